@@ -1,0 +1,189 @@
+"""Streaming probes against OpenAI-compatible and Anthropic endpoints.
+
+A probe sends one small streaming chat request and measures time to first token at the
+first *content* token (not at the response headers or the role-only first chunk), total
+latency, token usage as the endpoint reports it, and rate-limit signals (429 with
+``retry-after``). API keys come from the environment variable the config names and are sent
+only in the request header: they never appear in a result or an error text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from backends.engines import describe_http_error
+from console.models import ProbeResult
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    endpoint: str
+    kind: str  # openai | anthropic
+    base_url: str
+    model: str
+    prompt: str
+    max_tokens: int
+    timeout_s: float
+    api_key_env: str | None = None
+
+
+def _request(target: ProbeTarget, api_key: str | None) -> tuple[str, dict[str, str], dict]:
+    base = target.base_url.rstrip("/")
+    messages = [{"role": "user", "content": target.prompt}]
+    if target.kind == "anthropic":
+        headers = {"anthropic-version": "2023-06-01"}
+        if api_key:
+            headers["x-api-key"] = api_key
+        body = {
+            "model": target.model,
+            "messages": messages,
+            "max_tokens": target.max_tokens,
+            "stream": True,
+        }
+        return f"{base}/messages", headers, body
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {
+        "model": target.model,
+        "messages": messages,
+        "max_tokens": target.max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    return f"{base}/chat/completions", headers, body
+
+
+@dataclass
+class _StreamState:
+    first_token_at: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    model: str | None = None
+    stream_error: str | None = None
+
+
+def _on_openai_event(event: dict[str, Any], state: _StreamState, now: float) -> None:
+    state.model = event.get("model") or state.model
+    for choice in event.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") and state.first_token_at is None:
+            state.first_token_at = now
+    usage = event.get("usage")
+    if usage:
+        state.prompt_tokens = usage.get("prompt_tokens")
+        state.completion_tokens = usage.get("completion_tokens")
+    if "error" in event:
+        state.stream_error = str((event["error"] or {}).get("message", event["error"]))
+
+
+def _on_anthropic_event(event: dict[str, Any], state: _StreamState, now: float) -> None:
+    kind = event.get("type")
+    if kind == "message_start":
+        message = event.get("message") or {}
+        state.model = message.get("model") or state.model
+        state.prompt_tokens = (message.get("usage") or {}).get("input_tokens")
+    elif kind == "content_block_delta":
+        if (event.get("delta") or {}).get("text") and state.first_token_at is None:
+            state.first_token_at = now
+    elif kind == "message_delta":
+        state.completion_tokens = (event.get("usage") or {}).get("output_tokens")
+    elif kind == "error":
+        state.stream_error = str((event.get("error") or {}).get("message", "stream error"))
+
+
+def _error_body(text: str) -> str:
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return text.strip().splitlines()[0][:120] if text.strip() else ""
+    if isinstance(error, dict):
+        return str(error.get("message", ""))[:120]
+    return str(error)[:120] if error else ""
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    try:
+        return float(headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
+    """Send one streaming request and measure it. Never raises for endpoint failures."""
+    api_key = os.environ.get(target.api_key_env) if target.api_key_env else None
+    started_at = time.time()
+    if target.api_key_env and not api_key:
+        return ProbeResult(
+            endpoint=target.endpoint,
+            started_at=started_at,
+            ok=False,
+            status=None,
+            ttft_s=None,
+            latency_s=None,
+            error=f"environment variable {target.api_key_env} is not set",
+        )
+    url, headers, body = _request(target, api_key)
+    on_event = _on_anthropic_event if target.kind == "anthropic" else _on_openai_event
+    state = _StreamState()
+    start = time.perf_counter()
+    status: int | None = None
+    try:
+        async with client.stream(
+            "POST", url, json=body, headers=headers, timeout=target.timeout_s
+        ) as response:
+            status = response.status_code
+            if status != 200:
+                detail = _error_body((await response.aread()).decode(errors="replace"))
+                return ProbeResult(
+                    endpoint=target.endpoint,
+                    started_at=started_at,
+                    ok=False,
+                    status=status,
+                    ttft_s=None,
+                    latency_s=time.perf_counter() - start,
+                    error=f"HTTP {status}" + (f": {detail}" if detail else ""),
+                    retry_after_s=_retry_after(response.headers),
+                )
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    state.stream_error = f"malformed stream chunk: {data[:60]!r}"
+                    break
+                on_event(event, state, time.perf_counter())
+    except httpx.HTTPError as exc:
+        return ProbeResult(
+            endpoint=target.endpoint,
+            started_at=started_at,
+            ok=False,
+            status=status,
+            ttft_s=None,
+            latency_s=time.perf_counter() - start,
+            error=describe_http_error(exc),
+        )
+    latency = time.perf_counter() - start
+    error = state.stream_error
+    if error is None and state.first_token_at is None:
+        error = "stream ended without a content token"
+    return ProbeResult(
+        endpoint=target.endpoint,
+        started_at=started_at,
+        ok=error is None,
+        status=status,
+        ttft_s=state.first_token_at - start if state.first_token_at is not None else None,
+        latency_s=latency,
+        prompt_tokens=state.prompt_tokens,
+        completion_tokens=state.completion_tokens,
+        model=state.model,
+        error=error,
+    )

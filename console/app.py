@@ -1,0 +1,157 @@
+"""The Textual application: views as modes, global keys, the command palette.
+
+The app starts the hub's collectors on its event loop (they are async I/O, and CPU-heavy
+parsing goes to threads), then once per ``refresh_s`` takes the hub's latest snapshot and
+hands it to the visible view. Paused, it keeps collecting but stops repainting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import partial
+from typing import Protocol
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from console.models import FleetSnapshot
+from screens.modals import CommandLine, FaultPicker, HelpScreen
+from screens.views import VIEWS, FleetView
+
+
+class SnapshotSource(Protocol):
+    """What the app needs from the hub (tests give it fixed snapshots)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def snapshot(self) -> FleetSnapshot: ...
+
+
+class FaultInjector(Protocol):
+    faults: dict[str, str]
+
+    def inject(self, name: str) -> str: ...
+
+
+class LlmopsApp(App[None]):
+    TITLE = "llmops"
+    MODES = VIEWS  # type: ignore[assignment]
+    DEFAULT_MODE = "overview"
+    BINDINGS = [  # noqa: RUF012
+        Binding("question_mark", "help", "Help"),
+        Binding("colon", "command_line", "View"),
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("f", "inject_fault", "Fault"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        source: SnapshotSource,
+        *,
+        environment: str,
+        faults: FaultInjector | None = None,
+        refresh_s: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.environment = environment
+        self.faults = faults
+        self.refresh_s = refresh_s
+        self.paused = False
+        self.snapshot: FleetSnapshot | None = None
+
+    def on_mount(self) -> None:
+        self.title = f"llmops · {self.environment}"
+        self._update_subtitle()
+        self.source.start()
+        self.set_interval(self.refresh_s, self.refresh_view)
+        self.refresh_view()
+
+    async def on_unmount(self) -> None:
+        await self.source.stop()
+
+    def refresh_view(self) -> None:
+        if self.paused:
+            return
+        self.snapshot = self.source.snapshot()
+        if isinstance(self.screen, FleetView):
+            self.screen.apply(self.snapshot)
+
+    def on_screen_resume(self) -> None:
+        # A view shown again (mode switch, modal closed) paints the latest snapshot at once.
+        if self.snapshot is not None and isinstance(self.screen, FleetView):
+            self.screen.apply(self.snapshot)
+
+    def _update_subtitle(self) -> None:
+        parts = [self.current_mode]
+        if self.paused:
+            parts.append("PAUSED (space resumes)")
+        self.sub_title = " · ".join(parts)
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self._update_subtitle()
+        if not self.paused:
+            self.refresh_view()
+
+    def show_view(self, name: str) -> None:
+        self.switch_mode(name)
+        self._update_subtitle()
+
+    def action_help(self) -> None:
+        keys = []
+        for active in self.screen.active_bindings.values():
+            if active.binding.description and active.enabled:
+                keys.append((self.get_key_display(active.binding), active.binding.description))
+        keys += [
+            ("/ then !text", "inverse filter"),
+            ("j/k g/G", "move, top, bottom"),
+            ("ctrl+p", "command palette"),
+        ]
+        self.push_screen(HelpScreen(self.current_mode, keys))
+
+    def action_command_line(self) -> None:
+        commands = [*VIEWS, "quit"]
+        self.push_screen(CommandLine(commands), self._run_command)
+
+    def _run_command(self, command: str | None) -> None:
+        if not command:
+            return
+        if command in ("q", "quit"):
+            self.exit()
+        elif command in VIEWS:
+            self.show_view(command)
+        else:
+            self.notify(f"unknown view {command!r}: try {', '.join(VIEWS)}", severity="error")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "inject_fault" and self.faults is None:
+            return None  # only the demo fleet takes faults: hide the key elsewhere
+        return True
+
+    def action_inject_fault(self) -> None:
+        if self.faults is not None:
+            self.push_screen(FaultPicker(self.faults.faults), self._inject)
+
+    def _inject(self, name: str | None) -> None:
+        if name is None or self.faults is None:
+            return
+        try:
+            self.notify(self.faults.inject(name), title="fault injected", severity="warning")
+        except ValueError as exc:
+            self.notify(str(exc), severity="error")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        for name in VIEWS:
+            yield SystemCommand(
+                f"view: {name}", f"Show the {name} view", partial(self.show_view, name)
+            )
+        yield SystemCommand("pause: toggle", "Stop or resume repainting", self.action_toggle_pause)
+        if self.faults is not None:
+            for name, text in self.faults.faults.items():
+                yield SystemCommand(f"fault: {name}", text, partial(self._inject, name))
+        yield from super().get_system_commands(screen)

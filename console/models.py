@@ -1,0 +1,153 @@
+"""Typed records that flow from the backends through the hub to the screens.
+
+Backends return these; the hub aggregates them into a :class:`FleetSnapshot`; screens only
+read snapshots. Units are in the field names. ``None`` means "not known" (a field the
+hardware does not report, or a source that has not answered) and is shown as ``N/A``, never 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU as reported by one ``nvidia-smi --query-gpu`` row (or NVML)."""
+
+    node: str
+    index: int
+    uuid: str
+    name: str
+    util_pct: float | None
+    memory_util_pct: float | None
+    memory_total_mib: float | None
+    memory_used_mib: float | None
+    temperature_c: float | None
+    power_w: float | None
+    power_limit_w: float | None
+    sm_clock_mhz: float | None = None
+    fan_pct: float | None = None
+    pstate: str | None = None
+    ecc_uncorrected: int | None = None
+    throttle_reasons: int | None = None
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A cumulative Prometheus histogram: ``(upper_bound, cumulative_count)`` pairs."""
+
+    buckets: tuple[tuple[float, float], ...]
+    sum: float
+    count: float
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """One scrape of a vLLM engine's ``/metrics``, summed over its ``engine`` (DP rank) labels."""
+
+    node: str
+    model_name: str | None
+    running: float | None
+    waiting: float | None
+    kv_cache_usage: float | None  # 0..1
+    preemptions_total: float | None
+    prompt_tokens_total: float | None
+    generation_tokens_total: float | None
+    requests_finished_total: dict[str, float] = field(default_factory=dict)  # by finished_reason
+    ttft: Histogram | None = None
+    e2e_latency: Histogram | None = None
+    inter_token_latency: Histogram | None = None
+    skipped_lines: tuple[str, ...] = ()  # malformed exposition lines that were dropped
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One streaming request sent by the console to an endpoint."""
+
+    endpoint: str
+    started_at: float
+    ok: bool
+    status: int | None  # HTTP status, None when no response came
+    ttft_s: float | None  # first content token
+    latency_s: float | None  # whole response
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    model: str | None = None  # the model the endpoint says answered
+    error: str | None = None
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """How one polled source is doing: the basis of the "stale since" marker."""
+
+    name: str  # e.g. "gpus:gpu-a1", "engine:gpu-a1", "probe:chat-primary"
+    interval_s: float
+    last_ok_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    consecutive_failures: int = 0
+    stale: bool = False  # no good answer for longer than the configured number of intervals
+    warning: str | None = None  # answered, but with something dropped (malformed lines)
+
+
+@dataclass(frozen=True)
+class EndpointRow:
+    """What the overview shows for one endpoint, computed over the hub's rolling window."""
+
+    name: str
+    kind: str
+    model: str
+    served_model: str | None
+    p50_s: float | None
+    p95_s: float | None
+    p99_s: float | None
+    ttft_p95_s: float | None
+    requests_per_s: float | None
+    error_pct: float | None
+    cost_per_hour_usd: float | None
+    latency_history: tuple[float, ...] = ()  # recent P95 values, oldest first, for sparklines
+    source: str = "probe"  # where the latency figures come from: "engine" or "probe"
+    status: SourceStatus | None = None  # the endpoint's probe source
+
+
+@dataclass(frozen=True)
+class GpuRow:
+    reading: GpuReading
+    util_history: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    name: str
+    host: str
+    gpus: tuple[GpuRow, ...]
+    kv_cache_pct: float | None
+    running: float | None
+    waiting: float | None
+    preemptions_per_s: float | None
+    cost_per_hour_usd: float
+    gpu_status: SourceStatus | None = None
+    engine_status: SourceStatus | None = None  # None: no engine configured on this node
+    expected_gpus: int | None = None
+
+    @property
+    def util_pct(self) -> float | None:
+        values = [g.reading.util_pct for g in self.gpus if g.reading.util_pct is not None]
+        return sum(values) / len(values) if values else None
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """Everything the overview needs at one instant; immutable, so screens can keep it."""
+
+    taken_at: float
+    environment: str
+    endpoints: tuple[EndpointRow, ...]
+    nodes: tuple[NodeRow, ...]
+    sources: tuple[SourceStatus, ...]
+
+    @property
+    def failed_sources(self) -> tuple[SourceStatus, ...]:
+        """Sources whose latest poll failed."""
+        return tuple(s for s in self.sources if s.consecutive_failures > 0)

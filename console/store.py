@@ -1,0 +1,230 @@
+"""The local SQLite store: incident log (append-only events), probe results and samples.
+
+Opened through sqlite-utils in WAL mode with a busy timeout, so several console processes can
+share one database file (two engineers on one bastion). Schema changes are numbered
+migrations recorded in ``schema_migrations``; each runs in an IMMEDIATE transaction so two
+processes starting together apply it once. ``events`` rejects UPDATE and DELETE: the incident
+log is a trail, not a table to edit. Nothing secret is ever passed in here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from console.models import EngineStats, GpuReading, ProbeResult
+
+BUSY_TIMEOUT_MS = 10_000
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "events, probes, samples",
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            kind TEXT NOT NULL,
+            source TEXT,
+            message TEXT NOT NULL,
+            data TEXT,
+            pid INTEGER NOT NULL,
+            operator TEXT
+        );
+        CREATE INDEX events_ts ON events (ts);
+        CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+            BEGIN SELECT RAISE(ABORT, 'events is append-only'); END;
+        CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+            BEGIN SELECT RAISE(ABORT, 'events is append-only'); END;
+        CREATE TABLE probes (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            endpoint TEXT NOT NULL,
+            ok INTEGER NOT NULL,
+            status INTEGER,
+            ttft_s REAL,
+            latency_s REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            model TEXT,
+            error TEXT
+        );
+        CREATE INDEX probes_endpoint_ts ON probes (endpoint, ts);
+        CREATE TABLE samples (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            kind TEXT NOT NULL,
+            node TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            data TEXT NOT NULL
+        );
+        CREATE INDEX samples_node_ts ON samples (node, ts);
+        """,
+    ),
+)
+
+
+class Store:
+    """Thread-safe handle on the database (the hub writes from a worker thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None
+        )
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.Lock()
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self._migrate()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.db.conn
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            for version, (name, sql) in enumerate(MIGRATIONS, start=1):
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    done = self.conn.execute(
+                        "SELECT 1 FROM schema_migrations WHERE version = ?", (version,)
+                    ).fetchone()
+                    if not done:
+                        for statement in _statements(sql):
+                            self.conn.execute(statement)
+                        self.conn.execute(
+                            "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                            (version, name, time.time()),
+                        )
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+
+    @property
+    def schema_version(self) -> int:
+        row = self.conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def _insert_all(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.db[table].insert_all(rows)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
+    def append_event(
+        self,
+        kind: str,
+        message: str,
+        *,
+        source: str | None = None,
+        data: dict[str, Any] | None = None,
+        operator: str | None = None,
+        ts: float | None = None,
+    ) -> None:
+        self._insert_all(
+            "events",
+            [
+                {
+                    "ts": time.time() if ts is None else ts,
+                    "kind": kind,
+                    "source": source,
+                    "message": message,
+                    "data": json.dumps(data, sort_keys=True) if data else None,
+                    "pid": os.getpid(),
+                    "operator": operator,
+                }
+            ],
+        )
+
+    def add_probes(self, results: Iterable[ProbeResult]) -> None:
+        rows = []
+        for r in results:
+            row = asdict(r)
+            row.pop("retry_after_s")
+            row["ts"] = row.pop("started_at")
+            row["ok"] = int(r.ok)
+            rows.append(row)
+        self._insert_all("probes", rows)
+
+    def add_samples(
+        self,
+        ts: float,
+        gpus: Iterable[GpuReading] = (),
+        engines: Iterable[EngineStats] = (),
+    ) -> None:
+        rows = [
+            {
+                "ts": ts,
+                "kind": "gpu",
+                "node": g.node,
+                "subject": str(g.index),
+                "data": json.dumps(_compact(asdict(g), ("node", "index", "name", "uuid"))),
+            }
+            for g in gpus
+        ]
+        rows += [
+            {
+                "ts": ts,
+                "kind": "engine",
+                "node": e.node,
+                "subject": e.model_name or "",
+                "data": json.dumps(
+                    {
+                        "running": e.running,
+                        "waiting": e.waiting,
+                        "kv_cache_usage": e.kv_cache_usage,
+                        "preemptions_total": e.preemptions_total,
+                        "prompt_tokens_total": e.prompt_tokens_total,
+                        "generation_tokens_total": e.generation_tokens_total,
+                        "requests_finished_total": e.requests_finished_total,
+                    }
+                ),
+            }
+            for e in engines
+        ]
+        self._insert_all("samples", rows)
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", [limit]))
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies whole."""
+    statements, current = [], []
+    for line in sql.strip().splitlines():
+        current.append(line)
+        text = "\n".join(current).strip()
+        if text.endswith(";") and sqlite3.complete_statement(text):
+            statements.append(text)
+            current = []
+    return statements
+
+
+def _compact(row: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in drop and v is not None}

@@ -1,0 +1,245 @@
+"""Live tables: endpoints, nodes with their GPUs, and sources.
+
+Each table applies a :class:`~console.models.FleetSnapshot` by row key: cells whose text
+changed are updated in place, so the cursor and the scroll position never move on refresh.
+Rows are rebuilt only when the set of visible rows changes (a filter, a node added), and then
+the cursor is put back on the row it was on. Tables never fetch anything themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from textual.binding import Binding
+from textual.widgets import DataTable
+
+from console.models import EndpointRow, FleetSnapshot, GpuRow, NodeRow
+from console.stats import sparkline
+from screens import formatting as fmt
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """``/text`` keeps rows containing text; ``/!text`` keeps the others (as in k9s)."""
+
+    text: str = ""
+
+    @property
+    def inverse(self) -> bool:
+        return self.text.startswith("!")
+
+    def keeps(self, *names: str) -> bool:
+        needle = self.text[1:] if self.inverse else self.text
+        if not needle:
+            return True
+        found = any(needle.lower() in name.lower() for name in names)
+        return found != self.inverse
+
+
+Cells = tuple[str, ...]
+
+
+class LiveTable(DataTable[str]):
+    """A DataTable fed whole snapshots, updated by row key."""
+
+    BINDINGS = [  # noqa: RUF012
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("g", "scroll_top", "Top", show=False),
+        Binding("G", "scroll_bottom", "Bottom", show=False),
+    ]
+
+    COLUMNS: tuple[tuple[str, str, int], ...] = ()  # (key, label, width)
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=False)
+        self._rows: dict[str, Cells] = {}
+
+    def on_mount(self) -> None:
+        for key, label, width in self.COLUMNS:
+            self.add_column(label, key=key, width=width)
+
+    def rows_for(
+        self, snapshot: FleetSnapshot, row_filter: RowFilter
+    ) -> Iterable[tuple[str, Cells]]:
+        raise NotImplementedError
+
+    def apply(self, snapshot: FleetSnapshot, row_filter: RowFilter) -> None:
+        wanted = dict(self.rows_for(snapshot, row_filter))
+        if list(wanted) != list(self._rows):
+            self._rebuild(wanted)
+            return
+        keys = [key for key, _, _ in self.COLUMNS]
+        for row_key, cells in wanted.items():
+            old = self._rows[row_key]
+            for column, new_text, old_text in zip(keys, cells, old, strict=True):
+                if new_text != old_text:
+                    self.update_cell(row_key, column, new_text)
+        self._rows = wanted
+
+    def _rebuild(self, wanted: dict[str, Cells]) -> None:
+        current = self.selected_key
+        self.clear()
+        for row_key, cells in wanted.items():
+            self.add_row(*cells, key=row_key)
+        self._rows = wanted
+        if current in wanted:
+            self.move_cursor(row=list(wanted).index(current), animate=False)
+
+    @property
+    def selected_key(self) -> str | None:
+        if not self._rows or self.cursor_row >= len(self._rows):
+            return None
+        return list(self._rows)[self.cursor_row]
+
+
+class EndpointTable(LiveTable):
+    COLUMNS = (
+        ("name", "Endpoint", 14),
+        ("p50", "P50", 7),
+        ("p95", "P95", 7),
+        ("p99", "P99", 7),
+        ("ttft", "TTFT95", 7),
+        ("rps", "req/s", 6),
+        ("err", "err%", 5),
+        ("cost", "$/hour", 8),
+        ("trend", "P95 trend", 12),
+        ("state", "State", 26),
+    )
+
+    def rows_for(
+        self, snapshot: FleetSnapshot, row_filter: RowFilter
+    ) -> Iterable[tuple[str, Cells]]:
+        for e in snapshot.endpoints:
+            if row_filter.keeps(e.name, e.model):
+                yield f"endpoint:{e.name}", endpoint_cells(e)
+
+
+def endpoint_cells(e: EndpointRow) -> Cells:
+    state = fmt.source_state(e.status)
+    if e.served_model and e.served_model != e.model and state == "ok":
+        state = f"serving {e.served_model}"
+    return (
+        e.name,
+        fmt.seconds(e.p50_s),
+        fmt.seconds(e.p95_s),
+        fmt.seconds(e.p99_s),
+        fmt.seconds(e.ttft_p95_s),
+        fmt.number(e.requests_per_s, 1),
+        fmt.number(e.error_pct, 1),
+        fmt.usd(e.cost_per_hour_usd),
+        sparkline(e.latency_history),
+        state,
+    )
+
+
+class NodeTable(LiveTable):
+    COLUMNS = (
+        ("name", "Node/GPU", 12),
+        ("util", "Util", 5),
+        ("mem", "Mem GiB", 9),
+        ("temp", "Temp", 5),
+        ("power", "Power", 7),
+        ("kv", "KV%", 4),
+        ("run", "Run", 4),
+        ("wait", "Wait", 4),
+        ("trend", "Util trend", 12),
+        ("state", "State", 26),
+    )
+
+    def rows_for(
+        self, snapshot: FleetSnapshot, row_filter: RowFilter
+    ) -> Iterable[tuple[str, Cells]]:
+        for node in snapshot.nodes:
+            if not row_filter.keeps(node.name, node.host):
+                continue
+            yield f"node:{node.name}", node_cells(node)
+            for gpu in node.gpus:
+                yield f"gpu:{node.name}:{gpu.reading.index}", gpu_cells(gpu)
+
+
+def _gib(mib: float | None) -> float | None:
+    return None if mib is None else mib / 1024
+
+
+def _sum(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def node_cells(node: NodeRow) -> Cells:
+    readings = [g.reading for g in node.gpus]
+    used = _sum([r.memory_used_mib for r in readings])
+    total = _sum([r.memory_total_mib for r in readings])
+    temps = [r.temperature_c for r in readings if r.temperature_c is not None]
+    power = _sum([r.power_w for r in readings])
+    gpu_count = f"{len(readings)} GPU" if readings else "no GPUs"
+    if node.expected_gpus is not None and readings and len(readings) < node.expected_gpus:
+        gpu_count = f"{len(readings)}/{node.expected_gpus} GPU!"
+    status = fmt.worst(node.gpu_status, node.engine_status)
+    state = fmt.source_state(status)
+    if state == "ok":
+        state = gpu_count
+    elif status is not None and status is node.engine_status and node.engine_status.stale:
+        state = f"engine {state}"
+    history = [
+        sum(values) / len(values)
+        for values in zip(*(g.util_history for g in node.gpus), strict=False)
+    ]
+    return (
+        node.name,
+        fmt.pct(node.util_pct),
+        f"{fmt.number(_gib(used))}/{fmt.number(_gib(total))}",
+        "N/A" if not temps else f"{max(temps):.0f}C",
+        "N/A" if power is None else f"{power / 1000:.2f}kW",
+        fmt.number(node.kv_cache_pct),
+        fmt.number(node.running),
+        fmt.number(node.waiting),
+        sparkline(history, low=0, high=100),
+        state,
+    )
+
+
+def gpu_cells(gpu: GpuRow) -> Cells:
+    r = gpu.reading
+    return (
+        f" └ {r.index}",
+        fmt.pct(r.util_pct),
+        f"{fmt.number(_gib(r.memory_used_mib), 1)}/{fmt.number(_gib(r.memory_total_mib))}",
+        fmt.number(r.temperature_c) + ("C" if r.temperature_c is not None else ""),
+        fmt.number(r.power_w) + ("W" if r.power_w is not None else ""),
+        "",
+        "",
+        "",
+        sparkline(gpu.util_history, low=0, high=100),
+        "power capped" if r.throttle_reasons and r.throttle_reasons & 0x4 else "",
+    )
+
+
+class SourceTable(LiveTable):
+    COLUMNS = (
+        ("name", "Source", 24),
+        ("every", "Every", 6),
+        ("ok", "Last OK", 9),
+        ("fails", "Fails", 5),
+        ("state", "State", 24),
+        ("error", "Last error / warning", 60),
+    )
+
+    def rows_for(
+        self, snapshot: FleetSnapshot, row_filter: RowFilter
+    ) -> Iterable[tuple[str, Cells]]:
+        for s in snapshot.sources:
+            if row_filter.keeps(s.name):
+                yield (
+                    f"source:{s.name}",
+                    (
+                        s.name,
+                        f"{s.interval_s:g}s",
+                        fmt.clock(s.last_ok_at) if s.last_ok_at else "never",
+                        str(s.consecutive_failures),
+                        fmt.source_state(s),
+                        s.last_error or s.warning or "",
+                    ),
+                )

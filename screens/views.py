@@ -1,0 +1,131 @@
+"""The views: overview, endpoints, nodes, sources. Each shows the latest fleet snapshot.
+
+A view is a Textual screen made of live tables; the app hands it snapshots through
+:meth:`FleetView.apply`. ``/`` opens the row filter (``/!text`` inverts it, as in k9s),
+``esc`` clears the filter, then goes back to the overview. Views never do I/O.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Label
+
+from console.models import FleetSnapshot
+from screens.tables import EndpointTable, LiveTable, NodeTable, RowFilter, SourceTable
+
+
+class FleetView(Screen[None]):
+    """Base for the views: header, tables, a filter line and the footer with active keys."""
+
+    BINDINGS = [  # noqa: RUF012
+        Binding("slash", "open_filter", "Filter"),
+        Binding("escape", "back", "Back", show=False),
+        Binding("tab", "app.focus_next", "Next table", show=False),
+    ]
+    DEFAULT_CSS = """
+    FleetView LiveTable { height: 1fr; }
+    FleetView #filter { dock: bottom; display: none; }
+    FleetView #filter.-open { display: block; }
+    FleetView .caption { height: 1; padding: 0 1; color: $text-muted; }
+    """
+
+    VIEW_NAME = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.row_filter = RowFilter()
+        self._snapshot: FleetSnapshot | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        with Vertical():
+            yield from self.body()
+        yield Input(placeholder="filter rows (!text inverts)", id="filter")
+        yield Footer()
+
+    def body(self) -> ComposeResult:
+        raise NotImplementedError
+
+    def apply(self, snapshot: FleetSnapshot) -> None:
+        self._snapshot = snapshot
+        with self.app.batch_update():
+            for table in self.query(LiveTable):
+                table.apply(snapshot, self.row_filter)
+
+    def _reapply(self) -> None:
+        if self._snapshot is not None:
+            self.apply(self._snapshot)
+
+    def action_open_filter(self) -> None:
+        filter_input = self.query_one("#filter", Input)
+        filter_input.add_class("-open")
+        filter_input.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            self.row_filter = RowFilter(event.value.strip())
+            self._reapply()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            if not event.value.strip():
+                event.input.remove_class("-open")
+            self.query(LiveTable).first().focus()
+
+    def action_back(self) -> None:
+        filter_input = self.query_one("#filter", Input)
+        if self.row_filter.text or filter_input.has_class("-open"):
+            filter_input.value = ""  # posts Changed, which clears the filter
+            filter_input.remove_class("-open")
+            self.query(LiveTable).first().focus()
+        elif self.VIEW_NAME != "overview":
+            self.app.switch_mode("overview")
+
+
+class OverviewScreen(FleetView):
+    VIEW_NAME = "overview"
+    DEFAULT_CSS = """
+    OverviewScreen #endpoints { height: auto; max-height: 40%; }
+    """
+
+    def body(self) -> ComposeResult:
+        yield EndpointTable(id="endpoints")
+        yield NodeTable(id="nodes")
+
+
+class EndpointsScreen(FleetView):
+    VIEW_NAME = "endpoints"
+
+    def body(self) -> ComposeResult:
+        yield Label(
+            "Endpoints: latency from engine histograms (last minute) or probes", classes="caption"
+        )
+        yield EndpointTable(id="endpoints")
+
+
+class NodesScreen(FleetView):
+    VIEW_NAME = "nodes"
+
+    def body(self) -> ComposeResult:
+        yield NodeTable(id="nodes")
+
+
+class SourcesScreen(FleetView):
+    VIEW_NAME = "sources"
+
+    def body(self) -> ComposeResult:
+        yield Label(
+            "Every polled source: when it last answered and why it failed", classes="caption"
+        )
+        yield SourceTable(id="sources")
+
+
+VIEWS: dict[str, type[FleetView]] = {
+    "overview": OverviewScreen,
+    "endpoints": EndpointsScreen,
+    "nodes": NodesScreen,
+    "sources": SourcesScreen,
+}
