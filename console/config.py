@@ -238,6 +238,11 @@ def _is_null(node: Node) -> bool:
     return isinstance(node, ScalarNode) and node.tag == _NULL
 
 
+def _empty(node: Node | None) -> bool:
+    """Absent, null or an empty list (the raw YAML, so a broken entry still counts)."""
+    return node is None or _is_null(node) or (isinstance(node, SequenceNode) and not node.value)
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -374,12 +379,13 @@ class _Loader:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else 1
         problem = error.problem or error.context or "invalid YAML"
-        expected = "valid YAML"
+        # PyYAML's context says what it was reading, or what it expected, and where that began.
+        detail = "expected valid YAML"
+        if error.context and error.problem and error.context_mark:
+            detail = f"{error.context} at line {error.context_mark.line + 1}"
         if "\\t" in problem:
-            expected += "; indent with spaces, not tabs"
-        elif error.context and error.problem and error.context_mark:
-            expected = f"{error.context} at line {error.context_mark.line + 1}; {expected}"
-        self.fail(line, "(yaml)", f"{problem} ({expected})")
+            detail = "expected indentation with spaces, not tabs"
+        self.fail(line, "(yaml)", f"{problem} ({detail})")
 
     def scan_secrets(self, root: Node) -> None:
         """Refuse literal secrets anywhere, known key or not; the schema pass then skips them."""
@@ -653,13 +659,10 @@ class _Loader:
             ),
         }
         values = self.keys(root, "", spec, "a mapping")
-        nodes = values.get("nodes")
         if "node" in self.names:  # else the nodes list is broken, and says so itself
             self.check_refs(self.names["node"])
-        no_nodes = nodes == () and not self.names.get("node")
-        # An endpoints key that could not be read has already said so.
-        no_endpoints = values.get("endpoints") == () or _child(root, "endpoints") is None
-        if no_nodes and no_endpoints:
+        nodes = _child(root, "nodes")
+        if nodes is not None and _empty(nodes) and _empty(_child(root, "endpoints")):
             self.fail(root, "nodes", "no nodes and no endpoints (expected at least one to watch)")
         if self.problems:
             return None
@@ -669,7 +672,7 @@ class _Loader:
             store=values.get("store", default_store_path()),
             ssh=values.get("ssh", SshConfig()),
             poll=values.get("poll", PollConfig()),
-            nodes=nodes,
+            nodes=values["nodes"],
             endpoints=values.get("endpoints", ()),
             alerts=values.get("alerts", AlertThresholds()),
         )
@@ -764,9 +767,8 @@ class _Loader:
         build: Callable[[dict[str, Any], int], Any],
     ) -> Any:
         """A list of named records (nodes or endpoints) whose names must be unique."""
-        expect = f"a list of {what}s, each a mapping with " + ", ".join(
-            k for k, v in spec.items() if v.need
-        )
+        required = ", ".join(k for k, v in spec.items() if v.need)
+        expect = f"a list of {what}s, each a mapping with {required}"
         if _is_null(node):
             self.names[what] = set()
             return ()
@@ -778,7 +780,7 @@ class _Loader:
             item_path = f"{path}[{i}]"
             if id(item) in self.secrets:
                 continue
-            values = self.keys(item, item_path, spec, f"a {what}: {expect.split(', ', 1)[1]}")
+            values = self.keys(item, item_path, spec, f"a {what}: a mapping with {required}")
             if values is _BAD:
                 continue
             name = values.get("name")

@@ -84,7 +84,7 @@ class Store:
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.Lock()
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         self._migrate()
 
@@ -212,6 +212,22 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self.conn.close()
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting out a second process that is creating the same file.
+
+    SQLite does not call the busy handler for this pragma, so the wait is done here.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _statements(sql: str) -> list[str]:

@@ -1,0 +1,79 @@
+"""The SQLite store: migrations, append-only events, and two processes on one file."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+from pathlib import Path
+
+import pytest
+
+from console.models import ProbeResult
+from console.store import MIGRATIONS, Store
+from tests.conftest import FIXTURES
+from backends.gpu import parse_query_csv
+
+
+def test_migrations_are_recorded_once(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "llmops.db"
+    Store(path).close()
+    store = Store(path)
+    rows = store.conn.execute("SELECT version, name FROM schema_migrations").fetchall()
+    assert rows == [(i + 1, name) for i, (name, _) in enumerate(MIGRATIONS)]
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_events_are_append_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "x.db")
+    store.append_event("source.failed", "gpu-a1 down", source="gpus:gpu-a1", data={"n": 1})
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        store.conn.execute("UPDATE events SET message = 'nothing happened'")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        store.conn.execute("DELETE FROM events")
+    (event,) = store.events()
+    assert event["message"] == "gpu-a1 down"
+
+
+def test_probes_and_samples_round_trip(tmp_path: Path) -> None:
+    store = Store(tmp_path / "x.db")
+    store.add_probes([ProbeResult("chat", 1.0, True, 200, 0.1, 0.5, 10, 3, "m", None, None)])
+    readings = parse_query_csv(
+        "gpu-a1", (FIXTURES / "gpu" / "nvidia-smi-query-load.csv").read_text()
+    )
+    store.add_samples(2.0, gpus=readings)
+    probe = store.db["probes"].get(1)
+    assert (probe["endpoint"], probe["ok"], probe["ttft_s"]) == ("chat", 1, 0.1)
+    (sample,) = store.db["samples"].rows
+    assert sample["node"] == "gpu-a1"
+    assert '"util_pct": 100' in sample["data"]
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from console.store import Store
+store = Store(Path(sys.argv[1]))
+for i in range(200):
+    store.append_event("test", f"{sys.argv[2]} {i}")
+"""
+
+
+def test_two_processes_share_one_database(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), name],
+                         stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+        for name in ("first", "second")
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+    store = Store(path)
+    counts = dict(store.conn.execute(
+        "SELECT substr(message, 1, instr(message, ' ') - 1), count(*) FROM events GROUP BY 1"
+    ).fetchall())
+    assert counts == {"first": 200, "second": 200}
+    assert store.schema_version == len(MIGRATIONS)
+
