@@ -130,7 +130,7 @@ class LlmopsApp(App[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "inject_fault" and self.faults is None:
-            return None  # only the demo fleet takes faults: hide the key elsewhere
+            return False  # only the demo fleet takes faults: hide the key elsewhere
         return True
 
     def action_inject_fault(self) -> None:

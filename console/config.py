@@ -159,7 +159,10 @@ _SECRET_KEYS = frozenset(
 _SECRET_KEY_SUFFIXES = ("_api_key", "_token", "_password", "_secret")
 _KEY_PREFIX_RE = re.compile(r"(?:sk-|ghp_|gho_|ghu_|ghs_|github_pat_)[A-Za-z0-9_-]{6,}")
 _HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{16,}")  # hf_ alone is too common (hf_transfer)
-_BEARER_RE = re.compile(r"(?:^|[Aa]uthorization:\s*)Bearer\s+\S")
+# "Bearer x" as the whole value or a header; elsewhere in text only with a token-like word.
+_BEARER_RE = re.compile(
+    r"(?:^|[Aa]uthorization:\s*)Bearer\s+\S|\bBearer\s+(?=\S*\d)[A-Za-z0-9._~+/=-]{12,}"
+)
 _URL_PASSWORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")
 _WORD_SPLIT_RE = re.compile(r"[\s\"'`=:,;&?()\[\]{}<>]+")
 _LONG_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{32,}")

@@ -38,19 +38,20 @@ def clock(ts: float) -> str:
 
 
 def source_state(status: SourceStatus | None) -> str:
-    """One short word or phrase: ok, waiting, stale since HH:MM:SS, down, or a warning."""
+    """At most 14 characters: ok, waiting, retrying, DOWN (never answered) or
+    ``STALE HH:MM:SS``, the time of the last good answer (the "stale since" marker)."""
     if status is None:
         return "-"
     if status.stale:
         if status.last_ok_at is None:
-            return "DOWN (never answered)"
-        return f"STALE since {clock(status.last_ok_at)}"
+            return "DOWN"
+        return f"STALE {clock(status.last_ok_at)}"
     if status.consecutive_failures:
         return "retrying"
     if status.last_ok_at is None:
         return "waiting"
     if status.warning:
-        return "ok (warnings)"
+        return "ok, warnings"
     return "ok"
 
 

@@ -53,12 +53,14 @@ class LiveTable(DataTable[str]):
     COLUMNS: tuple[tuple[str, str, int], ...] = ()  # (key, label, width)
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id, cursor_type="row", zebra_stripes=False)
+        # No cell padding: the widths below carry a one-space gap, so that every column of the
+        # endpoint and node tables fits an 80-column terminal.
+        super().__init__(id=id, cursor_type="row", zebra_stripes=False, cell_padding=0)
         self._rows: dict[str, Cells] = {}
 
     def on_mount(self) -> None:
         for key, label, width in self.COLUMNS:
-            self.add_column(label, key=key, width=width)
+            self.add_column(label, key=key, width=width + 1)
 
     def rows_for(
         self, snapshot: FleetSnapshot, row_filter: RowFilter
@@ -96,16 +98,16 @@ class LiveTable(DataTable[str]):
 
 class EndpointTable(LiveTable):
     COLUMNS = (
-        ("name", "Endpoint", 14),
-        ("p50", "P50", 7),
-        ("p95", "P95", 7),
-        ("p99", "P99", 7),
-        ("ttft", "TTFT95", 7),
-        ("rps", "req/s", 6),
-        ("err", "err%", 5),
-        ("cost", "$/hour", 8),
-        ("trend", "P95 trend", 12),
-        ("state", "State", 26),
+        ("name", "Endpoint", 12),
+        ("state", "State", 14),
+        ("p50", "P50", 5),
+        ("p95", "P95", 5),
+        ("p99", "P99", 5),
+        ("ttft", "TTFT95", 6),
+        ("rps", "req/s", 5),
+        ("err", "err%", 4),
+        ("cost", "$/hour", 7),
+        ("trend", "trend", 6),
     )
 
     def rows_for(
@@ -119,9 +121,10 @@ class EndpointTable(LiveTable):
 def endpoint_cells(e: EndpointRow) -> Cells:
     state = fmt.source_state(e.status)
     if e.served_model and e.served_model != e.model and state == "ok":
-        state = f"serving {e.served_model}"
+        state = "model changed"  # the endpoint answers with another model than configured
     return (
         e.name,
+        state,
         fmt.seconds(e.p50_s),
         fmt.seconds(e.p95_s),
         fmt.seconds(e.p99_s),
@@ -129,23 +132,22 @@ def endpoint_cells(e: EndpointRow) -> Cells:
         fmt.number(e.requests_per_s, 1),
         fmt.number(e.error_pct, 1),
         fmt.usd(e.cost_per_hour_usd),
-        sparkline(e.latency_history),
-        state,
+        sparkline(e.latency_history, width=6),
     )
 
 
 class NodeTable(LiveTable):
     COLUMNS = (
-        ("name", "Node/GPU", 12),
-        ("util", "Util", 5),
-        ("mem", "Mem GiB", 9),
-        ("temp", "Temp", 5),
-        ("power", "Power", 7),
-        ("kv", "KV%", 4),
-        ("run", "Run", 4),
+        ("name", "Node/GPU", 10),
+        ("state", "State", 14),
+        ("util", "Util", 4),
+        ("mem", "Mem GiB", 7),
+        ("temp", "Temp", 4),
+        ("power", "Power", 6),
+        ("kv", "KV%", 3),
+        ("run", "Run", 3),
         ("wait", "Wait", 4),
-        ("trend", "Util trend", 12),
-        ("state", "State", 26),
+        ("trend", "Util trend", 10),
     )
 
     def rows_for(
@@ -181,14 +183,13 @@ def node_cells(node: NodeRow) -> Cells:
     state = fmt.source_state(status)
     if state == "ok":
         state = gpu_count
-    elif status is not None and status is node.engine_status and node.engine_status.stale:
-        state = f"engine {state}"
     history = [
         sum(values) / len(values)
         for values in zip(*(g.util_history for g in node.gpus), strict=False)
     ]
     return (
         node.name,
+        state,
         fmt.pct(node.util_pct),
         f"{fmt.number(_gib(used))}/{fmt.number(_gib(total))}",
         "N/A" if not temps else f"{max(temps):.0f}C",
@@ -196,8 +197,7 @@ def node_cells(node: NodeRow) -> Cells:
         fmt.number(node.kv_cache_pct),
         fmt.number(node.running),
         fmt.number(node.waiting),
-        sparkline(history, low=0, high=100),
-        state,
+        sparkline(history, width=10, low=0, high=100),
     )
 
 
@@ -205,6 +205,7 @@ def gpu_cells(gpu: GpuRow) -> Cells:
     r = gpu.reading
     return (
         f" └ {r.index}",
+        "power capped" if r.throttle_reasons and r.throttle_reasons & 0x4 else "",
         fmt.pct(r.util_pct),
         f"{fmt.number(_gib(r.memory_used_mib), 1)}/{fmt.number(_gib(r.memory_total_mib))}",
         fmt.number(r.temperature_c) + ("C" if r.temperature_c is not None else ""),
@@ -212,19 +213,18 @@ def gpu_cells(gpu: GpuRow) -> Cells:
         "",
         "",
         "",
-        sparkline(gpu.util_history, low=0, high=100),
-        "power capped" if r.throttle_reasons and r.throttle_reasons & 0x4 else "",
+        sparkline(gpu.util_history, width=10, low=0, high=100),
     )
 
 
 class SourceTable(LiveTable):
     COLUMNS = (
-        ("name", "Source", 24),
-        ("every", "Every", 6),
-        ("ok", "Last OK", 9),
+        ("name", "Source", 22),
+        ("state", "State", 14),
+        ("every", "Every", 5),
+        ("ok", "Last OK", 8),
         ("fails", "Fails", 5),
-        ("state", "State", 24),
-        ("error", "Last error / warning", 60),
+        ("error", "Last error / warning", 80),
     )
 
     def rows_for(
