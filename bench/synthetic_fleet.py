@@ -66,7 +66,8 @@ def make_snapshot(
             gpu_rows.append(GpuRow(reading, history[-30:]))
         stale = name in stale_nodes
         gpu_status = SourceStatus(
-            f"gpus:{name}", 2.0,
+            f"gpus:{name}",
+            2.0,
             last_ok_at=now - (60 if stale else 1),
             last_error="connection refused" if stale else None,
             consecutive_failures=5 if stale else 0,
@@ -75,10 +76,17 @@ def make_snapshot(
         engine_status = replace(gpu_status, name=f"engine:{name}")
         node_rows.append(
             NodeRow(
-                name=name, host=f"10.0.3.{11 + n}", gpus=tuple(gpu_rows),
-                kv_cache_pct=30 + 60 * _wave(n, tick), running=8 + n, waiting=n % 3,
-                preemptions_per_s=0.0, cost_per_hour_usd=98.32, gpu_status=gpu_status,
-                engine_status=engine_status, expected_gpus=gpus_per_node,
+                name=name,
+                host=f"10.0.3.{11 + n}",
+                gpus=tuple(gpu_rows),
+                kv_cache_pct=30 + 60 * _wave(n, tick),
+                running=8 + n,
+                waiting=n % 3,
+                preemptions_per_s=0.0,
+                cost_per_hour_usd=98.32,
+                gpu_status=gpu_status,
+                engine_status=engine_status,
+                expected_gpus=gpus_per_node,
             )
         )
     endpoint_rows = []
@@ -87,13 +95,20 @@ def make_snapshot(
         status = SourceStatus(f"probe:chat-{e + 1}", 5.0, last_ok_at=now - 1)
         endpoint_rows.append(
             EndpointRow(
-                name=f"chat-{e + 1}", kind="openai", model="meta-llama/Llama-3.1-8B-Instruct",
+                name=f"chat-{e + 1}",
+                kind="openai",
+                model="meta-llama/Llama-3.1-8B-Instruct",
                 served_model="meta-llama/Llama-3.1-8B-Instruct",
-                p50_s=0.4 + load, p95_s=1.2 + 2 * load, p99_s=2.0 + 3 * load,
-                ttft_p95_s=0.15 + 0.5 * load, requests_per_s=20 + 10 * e, error_pct=0.5 * load,
+                p50_s=0.4 + load,
+                p95_s=1.2 + 2 * load,
+                p99_s=2.0 + 3 * load,
+                ttft_p95_s=0.15 + 0.5 * load,
+                requests_per_s=20 + 10 * e,
+                error_pct=0.5 * load,
                 cost_per_hour_usd=196.64,
                 latency_history=tuple(1.2 + 2 * _wave(e, t) for t in range(tick + 1))[-30:],
-                source="engine", status=status,
+                source="engine",
+                status=status,
             )
         )
     sources = tuple(

@@ -129,9 +129,8 @@ class LlmopsApp(App[None]):
             self.notify(f"unknown view {command!r}: try {', '.join(VIEWS)}", severity="error")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "inject_fault" and self.faults is None:
-            return False  # only the demo fleet takes faults: hide the key elsewhere
-        return True
+        # Only the demo fleet takes faults: hide the key elsewhere.
+        return not (action == "inject_fault" and self.faults is None)
 
     def action_inject_fault(self) -> None:
         if self.faults is not None:
