@@ -103,14 +103,22 @@ class LlmopsApp(App[None]):
         self._update_subtitle()
 
     def action_help(self) -> None:
-        keys = []
-        for active in self.screen.active_bindings.values():
-            if active.binding.description and active.enabled:
-                keys.append((self.get_key_display(active.binding), active.binding.description))
+        screen = self.screen
+        keys = [
+            (self.get_key_display(binding), binding.description)
+            for binding in [*self.BINDINGS, *screen.BINDINGS]
+            if isinstance(binding, Binding)
+            and binding.show
+            and self.check_action(binding.action, ())
+        ]
         keys += [
-            ("/ then !text", "inverse filter"),
-            ("j/k g/G", "move, top, bottom"),
-            ("ctrl+p", "command palette"),
+            ("/!text", "Inverse filter"),
+            ("esc", "Clear filter, then back to overview"),
+            ("tab", "Next table"),
+            ("j k ↑ ↓", "Move down / up"),
+            ("g G", "Top / bottom"),
+            ("pgup pgdn", "Page up / down"),
+            ("ctrl+p", "Command palette"),
         ]
         self.push_screen(HelpScreen(self.current_mode, keys))
 
