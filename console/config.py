@@ -451,7 +451,8 @@ class _Loader:
                 return None
             if not isinstance(value, str):
                 # Numbers and booleans are not silently turned into text: quoting is explicit.
-                return self.wrong(node, path, "a string", expect + "; quote it")
+                quote = isinstance(node, ScalarNode) and not _is_null(node)
+                return self.wrong(node, path, "a string", expect + ("; quote it" if quote else ""))
             if not value.strip():
                 return self.bad(node, path, f"is empty (expected {expect})")
             if choices and value not in choices:
@@ -465,7 +466,7 @@ class _Loader:
         return read
 
     def integer(self, low: int, high: int | None = None, *, nullable: bool = False) -> Reader:
-        expect = f"an integer from {low} to {high}" if high else f"an integer >= {low}"
+        expect = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
 
         def read(node: Node, path: str) -> Any:
             value = self.scalar(node)
@@ -482,7 +483,9 @@ class _Loader:
         return read
 
     def number(self, low: float, high: float | None = None) -> Reader:
-        expect = f"a number from {low:g} to {high:g}" if high else f"a number >= {low:g}"
+        expect = (
+            f"a number from {low:g} to {high:g}" if high is not None else f"a number >= {low:g}"
+        )
 
         def read(node: Node, path: str) -> Any:
             value = self.scalar(node)
