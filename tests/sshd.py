@@ -70,9 +70,7 @@ def start_sshd(root: Path, fixture_csv: Path) -> Sshd:
     client.write_public_key(str(root / "authorized_keys"))
     port = free_port()
     known_hosts = root / "known_hosts"
-    known_hosts.write_bytes(
-        f"[127.0.0.1]:{port} ".encode() + host_key.export_public_key("openssh")
-    )
+    known_hosts.write_bytes(f"[127.0.0.1]:{port} ".encode() + host_key.export_public_key("openssh"))
     config = root / "sshd_config"
     config.write_text(
         "\n".join(
@@ -110,5 +108,4 @@ def start_sshd(root: Path, fixture_csv: Path) -> Sshd:
             break
         except OSError:
             time.sleep(0.05)
-    return Sshd(port, host_key, known_hosts, root / "client_key", getpass.getuser(), process,
-                root)
+    return Sshd(port, host_key, known_hosts, root / "client_key", getpass.getuser(), process, root)

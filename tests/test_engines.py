@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -73,7 +75,5 @@ def test_text_that_is_not_prometheus_is_an_error() -> None:
 
 @given(st.text(max_size=400))
 def test_parser_never_raises_anything_but_engine_error(text: str) -> None:
-    try:
+    with contextlib.suppress(EngineError):
         engine_stats_from_text("n", text)
-    except EngineError:
-        pass

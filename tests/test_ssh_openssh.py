@@ -27,8 +27,12 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
 
 def _target(sshd: Sshd, known_hosts: Path | None = None, port: int | None = None) -> SshTarget:
     return SshTarget(
-        node="gpu-a1", host="127.0.0.1", port=port or sshd.port, user=sshd.user,
-        known_hosts=known_hosts or sshd.known_hosts, identity_files=(sshd.client_key,),
+        node="gpu-a1",
+        host="127.0.0.1",
+        port=port or sshd.port,
+        user=sshd.user,
+        known_hosts=known_hosts or sshd.known_hosts,
+        identity_files=(sshd.client_key,),
         connect_timeout_s=5,
     )
 
@@ -60,7 +64,7 @@ async def test_changed_host_key_is_refused(sshd: Sshd, tmp_path: Path) -> None:
     other = asyncssh.generate_private_key("ssh-ed25519")
     stale = tmp_path / "stale_known_hosts"
     stale.write_bytes(f"[127.0.0.1]:{sshd.port} ".encode() + other.export_public_key("openssh"))
-    with pytest.raises(SshError, match="host key refused.*SHA256:"):
+    with pytest.raises(SshError, match=r"host key refused.*SHA256:"):
         await NodeConnection(_target(sshd, known_hosts=stale)).run("true")
 
 

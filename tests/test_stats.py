@@ -31,8 +31,9 @@ def test_percentile_stays_within_the_data(values: list[float], q: float) -> None
     assert min(values) - 1e-6 <= result <= max(values) + 1e-6
 
 
-HIST = Histogram(buckets=((0.1, 10.0), (0.5, 60.0), (1.0, 90.0), (float("inf"), 100.0)),
-                 sum=40.0, count=100.0)
+HIST = Histogram(
+    buckets=((0.1, 10.0), (0.5, 60.0), (1.0, 90.0), (float("inf"), 100.0)), sum=40.0, count=100.0
+)
 
 
 def test_histogram_quantile_like_promql() -> None:
@@ -45,8 +46,11 @@ def test_histogram_quantile_like_promql() -> None:
 
 
 def test_histogram_delta_and_restart() -> None:
-    later = Histogram(buckets=((0.1, 15.0), (0.5, 70.0), (1.0, 95.0), (float("inf"), 110.0)),
-                      sum=45.0, count=110.0)
+    later = Histogram(
+        buckets=((0.1, 15.0), (0.5, 70.0), (1.0, 95.0), (float("inf"), 110.0)),
+        sum=45.0,
+        count=110.0,
+    )
     delta = histogram_delta(later, HIST)
     assert delta.buckets == ((0.1, 5.0), (0.5, 10.0), (1.0, 5.0), (float("inf"), 10.0))
     assert delta.count == 10

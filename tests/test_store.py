@@ -5,15 +5,14 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
 
+from backends.gpu import parse_query_csv
 from console.models import ProbeResult
 from console.store import MIGRATIONS, Store
 from tests.conftest import FIXTURES
-from backends.gpu import parse_query_csv
 
 
 def test_migrations_are_recorded_once(tmp_path: Path) -> None:
@@ -63,17 +62,21 @@ for i in range(200):
 def test_two_processes_share_one_database(tmp_path: Path) -> None:
     path = tmp_path / "shared.db"
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(path), name],
-                         stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), name],
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).parent.parent,
+        )
         for name in ("first", "second")
     ]
     for proc in procs:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()
     store = Store(path)
-    counts = dict(store.conn.execute(
-        "SELECT substr(message, 1, instr(message, ' ') - 1), count(*) FROM events GROUP BY 1"
-    ).fetchall())
+    counts = dict(
+        store.conn.execute(
+            "SELECT substr(message, 1, instr(message, ' ') - 1), count(*) FROM events GROUP BY 1"
+        ).fetchall()
+    )
     assert counts == {"first": 200, "second": 200}
     assert store.schema_version == len(MIGRATIONS)
-

@@ -1,0 +1,198 @@
+"""The hub against real loopback HTTP servers: scheduling, backoff, staleness, aggregation."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from console.config import Config, load_config
+from console.hub import Hub
+from console.store import Store
+from tests.loopback_http import LoopbackServer
+from tests.sshd import free_port
+
+
+def metrics(finished: int, slow: int = 0, running: int = 4) -> str:
+    """vLLM 0.33-style exposition: ``finished`` requests, ``slow`` of them took 5-10 s."""
+    fast = finished - slow
+    labels = 'engine="0",model_name="m"'
+    return "\n".join(
+        [
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{{{labels}}} {running}",
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+            f"vllm:kv_cache_usage_perc{{{labels}}} 0.42",
+            "# TYPE vllm:request_success_total counter",
+            f'vllm:request_success_total{{{labels},finished_reason="stop"}} {finished}',
+            "# TYPE vllm:e2e_request_latency_seconds histogram",
+            f'vllm:e2e_request_latency_seconds_bucket{{{labels},le="1.0"}} {fast}',
+            f'vllm:e2e_request_latency_seconds_bucket{{{labels},le="5.0"}} {fast}',
+            f'vllm:e2e_request_latency_seconds_bucket{{{labels},le="10.0"}} {finished}',
+            f'vllm:e2e_request_latency_seconds_bucket{{{labels},le="+Inf"}} {finished}',
+            f"vllm:e2e_request_latency_seconds_sum{{{labels}}} {fast * 0.5 + slow * 7}",
+            f"vllm:e2e_request_latency_seconds_count{{{labels}}} {finished}",
+            "",
+        ]
+    )
+
+
+@pytest.fixture
+def engine() -> Iterator[LoopbackServer]:
+    server = LoopbackServer()
+    server.metrics_text = metrics(100)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def provider() -> Iterator[LoopbackServer]:
+    server = LoopbackServer()
+    yield server
+    server.close()
+
+
+def make_config(tmp_path: Path, engine: LoopbackServer, provider: LoopbackServer) -> Config:
+    (tmp_path / "known_hosts").write_text("")
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""
+environment: test
+store: store.db
+ssh: {{known_hosts: known_hosts, connect_timeout: 1s}}
+poll: {{gpus: 100ms, engine: 100ms, max_backoff: 800ms, stale_after_polls: 2}}
+nodes:
+  - name: gpu-a1
+    host: 127.0.0.1
+    port: {free_port()}
+    cost_per_hour_usd: 10
+    engine: {{kind: vllm, url: "{engine.url}"}}
+endpoints:
+  - name: chat-primary
+    kind: openai
+    base_url: "{engine.url}/v1"
+    model: m
+    nodes: [gpu-a1]
+    probe: {{every: 100ms, timeout: 2s}}
+  - name: chat-backup
+    kind: openai
+    base_url: "{provider.url}/v1"
+    model: gpt-4o-mini
+    price: {{input_per_mtok_usd: 1000, output_per_mtok_usd: 2000}}
+    probe: {{every: 100ms, timeout: 2s}}
+""")
+    return load_config(path)
+
+
+async def run_hub(hub: Hub, seconds: float) -> None:
+    hub.start()
+    await asyncio.sleep(seconds)
+
+
+async def test_slow_source_never_has_two_polls_in_flight(tmp_path, engine, provider) -> None:
+    engine.delay_s = 0.3  # three times the 100 ms interval
+    hub = Hub(make_config(tmp_path, engine, provider))
+    await run_hub(hub, 1.5)
+    await hub.stop()
+    scrapes = [t for t, path in engine.requests if path == "/metrics"]
+    assert 3 <= len(scrapes) <= 6
+    assert engine.max_in_flight <= 2  # one scrape plus at most one probe of chat-primary
+    gaps = [b - a for a, b in itertools.pairwise(scrapes)]
+    assert min(gaps) >= 0.35  # 300 ms of work + 100 ms of interval, never overlapping
+
+
+async def test_failing_source_backs_off_and_is_marked_stale(tmp_path, engine, provider) -> None:
+    hub = Hub(make_config(tmp_path, engine, provider), Store(tmp_path / "store.db"))
+    await run_hub(hub, 0.5)
+    assert hub.snapshot().nodes[0].engine_status.stale is False
+    engine.status = 500
+    await asyncio.sleep(2.5)
+    snapshot = hub.snapshot()
+    status = snapshot.nodes[0].engine_status
+    assert status.stale
+    assert status.last_error == f"gpu-a1: GET {engine.url}/metrics: HTTP 500"
+    assert status.last_ok_at is not None
+    await hub.stop()
+    failing = [t for t, path in engine.requests if path == "/metrics"][-5:]
+    gaps = [b - a for a, b in itertools.pairwise(failing)]
+    assert gaps == sorted(gaps)  # 100, 200, 400, 800 ms: exponential, capped
+    assert gaps[-1] == pytest.approx(0.8, abs=0.15)
+    events = Store(tmp_path / "store.db").events()
+    assert any(e["kind"] == "source.failed" and e["source"] == "engine:gpu-a1" for e in events)
+
+
+async def test_dead_ssh_node_degrades_only_its_gpu_panel(tmp_path, engine, provider) -> None:
+    hub = Hub(make_config(tmp_path, engine, provider))
+    await run_hub(hub, 0.8)
+    snapshot = hub.snapshot()
+    await hub.stop()
+    node = snapshot.nodes[0]
+    assert node.gpu_status.stale
+    assert node.gpu_status.last_error.startswith("gpu-a1 (llmops@127.0.0.1:")
+    assert "cannot connect" in node.gpu_status.last_error
+    assert node.engine_status.stale is False
+    assert node.kv_cache_pct == pytest.approx(42)
+    assert node.running == 4
+
+
+async def test_engine_histograms_give_endpoint_latency_and_rate(tmp_path, engine, provider) -> None:
+    hub = Hub(make_config(tmp_path, engine, provider))
+    await hub.poll_once("engine:")
+    await asyncio.sleep(0.5)
+    engine.metrics_text = metrics(200, slow=10)  # 100 more requests, 10 of them slow
+    await hub.poll_once("engine:")
+    row = hub.snapshot().endpoints[0]
+    await hub.stop()
+    assert row.source == "engine"
+    assert row.p50_s == pytest.approx(1.0 * 50 / 90)  # rank 50 of the 90 fast ones in (0, 1]
+    assert 5.0 < row.p99_s <= 10.0
+    assert row.requests_per_s == pytest.approx(100 / 0.5, rel=0.3)
+    assert row.error_pct == 0
+    assert row.cost_per_hour_usd == 10
+
+
+async def test_malformed_metric_line_is_a_warning_not_a_failure(tmp_path, engine, provider) -> None:
+    engine.metrics_text = metrics(10) + 'vllm:num_requests_waiting{engine="0" 3\n'
+    hub = Hub(make_config(tmp_path, engine, provider))
+    await hub.poll_once("engine:")
+    snapshot = hub.snapshot()
+    await hub.stop()
+    status = snapshot.nodes[0].engine_status
+    assert status.consecutive_failures == 0
+    assert "1 malformed metric line(s) skipped" in status.warning
+    assert snapshot.nodes[0].running == 4
+
+
+async def test_probe_measures_ttft_tokens_and_cost(tmp_path, engine, provider) -> None:
+    provider.chunks = ["o", "k"]
+    hub = Hub(make_config(tmp_path, engine, provider))
+    await hub.poll_once("probe:chat-backup")
+    await asyncio.sleep(0.2)
+    await hub.poll_once("probe:chat-backup")
+    row = hub.snapshot().endpoints[1]
+    await hub.stop()
+    assert row.source == "probe"
+    assert row.served_model == "gpt-4o-mini"
+    assert 0 < row.ttft_p95_s <= row.p95_s
+    assert row.error_pct == 0
+    assert row.requests_per_s is None  # probes are not the endpoint's traffic
+    # 2 probes x (12 prompt x $1000/M + 2 completion x $2000/M) over ~0.2 s, per hour
+    assert row.cost_per_hour_usd == pytest.approx(2 * 0.016 / 0.2 * 3600, rel=0.5)
+
+
+async def test_rate_limited_probe_counts_as_error_with_retry_after(
+    tmp_path, engine, provider
+) -> None:
+    provider.status = 429
+    provider.headers = {"retry-after": "7"}
+    hub = Hub(make_config(tmp_path, engine, provider), Store(tmp_path / "store.db"))
+    await hub.poll_once("probe:chat-backup")
+    row = hub.snapshot().endpoints[1]
+    await hub.stop()
+    assert row.error_pct == 100
+    assert row.status.consecutive_failures == 0  # it answered: not stale, just failing
+    probe = Store(tmp_path / "store.db").db["probes"].get(1)
+    assert probe["status"] == 429
+    assert probe["error"] == "HTTP 429: overloaded"
