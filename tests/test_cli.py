@@ -1,0 +1,110 @@
+"""The ``llmops`` command as a user runs it: a subprocess, its output and its exit status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def llmops(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "console.cli", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_config_check_accepts_the_example() -> None:
+    result = llmops("config", "check", "config.example.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "config.example.yaml: ok"
+
+
+def test_config_check_prints_every_problem_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("environment: prod\nnodes:\n  - name: a\n    hots: x\n    prot: 22\n")
+    result = llmops("config", "check", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert f"{path}:4: nodes[0].hots: unknown key (did you mean 'host'?)" in lines
+    assert any(line.startswith(f"{path}:5: nodes[0].prot: unknown key") for line in lines)
+    assert "Traceback" not in result.stderr
+
+
+def test_running_with_a_broken_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("environment: prod\nnodes: []\nendpoints:\n  - name: x\n    api_key: sk-abc\n")
+    result = llmops("--config", str(path))
+    assert result.returncode == 2
+    assert "literal secrets are not allowed" in result.stderr
+    assert "sk-abc" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_config_anywhere_points_at_the_example_and_the_demo(tmp_path: Path) -> None:
+    result = llmops("status", env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "config.example.yaml" in result.stderr
+    assert "llmops demo" in result.stderr
+
+
+def test_faults_need_the_demo() -> None:
+    result = llmops("status", "--fault", "node-down@1", "--config", "config.example.yaml")
+    assert result.returncode == 2
+    assert "add --demo" in result.stderr
+
+
+def test_bad_fault_spec_is_a_usage_error() -> None:
+    result = llmops("status", "--demo", "--fault", "meteor-strike@5")
+    assert result.returncode == 2
+    assert result.stderr.startswith("llmops: --fault: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_status_demo_json_has_every_node_and_endpoint_with_live_figures() -> None:
+    result = llmops("status", "--demo", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["environment"] == "demo"
+    assert [n["name"] for n in data["nodes"]] == ["gpu-a1", "gpu-a2", "gpu-a3", "gpu-a4"]
+    for node in data["nodes"]:
+        assert len(node["gpus"]) == 8
+        assert all(0 <= g["reading"]["util_pct"] <= 100 for g in node["gpus"])
+        assert node["kv_cache_pct"] is not None
+        assert node["gpu_status"]["last_error"] is None
+    names = {e["name"]: e for e in data["endpoints"]}
+    assert set(names) == {"chat-primary", "chat-large", "chat-backup"}
+    for endpoint in names.values():
+        assert endpoint["p95_s"] > 0
+        assert endpoint["ttft_p95_s"] > 0
+    assert names["chat-primary"]["requests_per_s"] > 0
+    assert all(s["consecutive_failures"] == 0 for s in data["sources"])
+
+
+def test_status_table_exits_1_and_names_the_failed_source(tmp_path: Path) -> None:
+    (tmp_path / "known_hosts").write_text("")
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "environment: staging\nstore: s.db\nssh: {known_hosts: known_hosts, connect_timeout: 1s}\n"
+        "nodes:\n  - {name: gpu-x1, host: 127.0.0.1, port: 9}\n"
+    )
+    result = llmops("status", "--config", str(path))
+    assert result.returncode == 1
+    assert "environment: staging" in result.stdout
+    assert "gpu-x1" in result.stdout
+    assert "FAILED gpus:gpu-x1: gpu-x1 (llmops@127.0.0.1:9): cannot connect" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status", "--help"], ["config", "check", "--help"]])
+def test_help(args: list[str]) -> None:
+    result = llmops(*args)
+    assert result.returncode == 0
+    assert "usage: llmops" in result.stdout
