@@ -81,11 +81,6 @@ class LlmopsApp(App[None]):
         if isinstance(self.screen, FleetView):
             self.screen.apply(self.snapshot)
 
-    def on_screen_resume(self) -> None:
-        # A view shown again (mode switch, modal closed) paints the latest snapshot at once.
-        if self.snapshot is not None and isinstance(self.screen, FleetView):
-            self.screen.apply(self.snapshot)
-
     def _update_subtitle(self) -> None:
         parts = [self.current_mode]
         if self.paused:

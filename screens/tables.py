@@ -59,8 +59,7 @@ class LiveTable(DataTable[str]):
         # endpoint and node tables fits an 80-column terminal.
         super().__init__(id=id, cursor_type="row", zebra_stripes=False, cell_padding=0)
         self._rows: dict[str, Cells] = {}
-
-    def on_mount(self) -> None:
+        # Columns exist from construction: a view may get its first snapshot before mounting.
         for key, label, width in self.COLUMNS:
             self.add_column(label, key=key, width=width + 1)
         self._column_keys = [key for key, _, _ in self.COLUMNS]
@@ -261,10 +260,10 @@ class SourceTable(LiveTable):
                     f"source:{s.name}",
                     (
                         s.name,
+                        fmt.source_state(s),
                         f"{s.interval_s:g}s",
                         fmt.clock(s.last_ok_at) if s.last_ok_at else "never",
                         str(s.consecutive_failures),
-                        fmt.source_state(s),
                         s.last_error or s.warning or "",
                     ),
                 )

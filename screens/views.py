@@ -49,6 +49,12 @@ class FleetView(Screen[None]):
     def body(self) -> ComposeResult:
         raise NotImplementedError
 
+    def on_screen_resume(self) -> None:
+        # A view shown (again) paints the app's latest snapshot at once, not at the next tick.
+        snapshot: FleetSnapshot | None = getattr(self.app, "snapshot", None)
+        if snapshot is not None:
+            self.apply(snapshot)
+
     def apply(self, snapshot: FleetSnapshot) -> None:
         self._snapshot = snapshot
         with self.app.batch_update():

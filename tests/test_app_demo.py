@@ -29,9 +29,7 @@ def fleet(tmp_path: Path) -> Iterator[DemoFleet]:
 def fast_config(fleet: DemoFleet) -> Config:
     """The demo's own config, polled faster so the tests do not wait for 2 s intervals."""
     config = load_config(fleet.config_path)
-    endpoints = tuple(
-        replace(e, probe=replace(e.probe, every_s=POLL_S)) for e in config.endpoints
-    )
+    endpoints = tuple(replace(e, probe=replace(e.probe, every_s=POLL_S)) for e in config.endpoints)
     poll = replace(config.poll, gpus_s=POLL_S, engine_s=POLL_S)
     return replace(config, poll=poll, endpoints=endpoints)
 
@@ -75,9 +73,10 @@ async def test_cursor_and_scroll_stay_put_across_refreshes(fleet, tmp_path) -> N
         nodes = app.screen.query_one(NodeTable)
         await wait_for(pilot, lambda: nodes.row_count == 4 * 9)
         nodes.focus()
-        await pilot.press(*["j"] * 14)
+        await pilot.press(*["j"] * 20)
+        await pilot.pause(0.3)  # let the table scroll to the cursor
         key, row, scroll = nodes.selected_key, nodes.cursor_row, nodes.scroll_y
-        assert key == "gpu:gpu-a2:4" and scroll > 0
+        assert key == "gpu:gpu-a3:1" and scroll > 0
         refreshed = app.snapshot
         await pilot.pause(3 * POLL_S + 0.5)  # several polls and refreshes
         assert app.snapshot is not refreshed
@@ -130,4 +129,3 @@ async def test_pause_stops_repainting(fleet, tmp_path) -> None:
         await pilot.press("space")
         await pilot.pause(0.5)
         assert app.snapshot is not frozen
-

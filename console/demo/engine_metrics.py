@@ -100,8 +100,9 @@ class EngineMetrics:
         waiting_by_reason.labels(*values, "deferred")
         sleep_state = Gauge(
             "vllm:engine_sleep_state",
-            "Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means engine is "
-            "awake; weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep level 2.",
+            "Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means engine "
+            "is awake; weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep "
+            "level 2.",
             (*labels, "sleep_state"),
             registry=reg,
         )

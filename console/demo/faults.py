@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 BACKUP_PROVIDER = "backup-provider"
+SLOWDOWN = 3.0  # latency-spike: how many times longer every engine step takes
+RETRY_AFTER_S = 20  # provider-429: the retry-after a rate-limited client is given
 
 FAULTS: dict[str, str] = {
-    "latency-spike": "every engine step on a node takes 8x longer (TTFT, inter-token, e2e rise)",
+    "latency-spike": f"engine steps on a node take {SLOWDOWN:g}x longer: TTFT, ITL and e2e rise",
     "node-down": "a node's SSH and HTTP servers stop listening and drop their connections",
     "provider-5xx": "the backup provider (or a node's vLLM server) answers chat with 503",
     "provider-429": "the backup provider (or a node's vLLM server) rate-limits chat with 429",
@@ -32,12 +34,21 @@ _SPEC = re.compile(
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """A fault to inject ``at_s`` seconds after the fleet starts, for ``duration_s`` (or forever)."""
+    """A fault injected ``at_s`` after start, lasting ``duration_s`` (None: until healed)."""
 
     name: str
     target: str | None = None
     at_s: float = 0.0
     duration_s: float | None = None
+
+
+@dataclass
+class ActiveFaults:
+    """The overlays one node or the backup provider is under right now (mutable, loop-owned)."""
+
+    slowdown: float = 1.0  # latency-spike: every engine step takes this many times longer
+    token_blowup: bool = False  # completions run to max_tokens
+    chat_error_status: int | None = None  # provider-5xx / provider-429: answer chat with this
 
 
 def parse_fault(text: str) -> FaultSpec:
