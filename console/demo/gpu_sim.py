@@ -77,7 +77,9 @@ class GpuSim:
             if engine is not None and gpu.index < engine.args.tensor_parallel_size:
                 batch_fill = min(1.0, engine.tokens_per_step / 256)
                 util = engine.busy_fraction * (30 + 70 * batch_fill)
-                used = engine.static_mib_per_gpu + engine.kv_usage * engine.kv_pool_mib_per_gpu
+                # vLLM allocates its whole KV pool at start-up, so nvidia-smi shows it all as
+                # used however full the cache is (gpu-memory-utilization of the card).
+                used = engine.static_mib_per_gpu + engine.kv_pool_mib_per_gpu
             else:
                 util = used = 0.0
             if self._rng is not None and util > 0:
