@@ -1,6 +1,6 @@
 """Save docs/overview.svg: the console itself, on the embedded demo fleet, at 100x30.
 
-    .venv/bin/python docs/make_screenshot.py
+.venv/bin/python docs/make_screenshot.py
 """
 
 from __future__ import annotations
