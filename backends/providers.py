@@ -117,21 +117,26 @@ async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
     """Send one streaming request and measure it. Never raises for endpoint failures."""
     api_key = os.environ.get(target.api_key_env) if target.api_key_env else None
     started_at = time.time()
-    if target.api_key_env and not api_key:
+    start = time.perf_counter()
+    status: int | None = None
+
+    def failed(error: str, retry_after_s: float | None = None) -> ProbeResult:
         return ProbeResult(
             endpoint=target.endpoint,
             started_at=started_at,
             ok=False,
-            status=None,
+            status=status,
             ttft_s=None,
-            latency_s=None,
-            error=f"environment variable {target.api_key_env} is not set",
+            latency_s=time.perf_counter() - start if status is not None else None,
+            error=error,
+            retry_after_s=retry_after_s,
         )
+
+    if target.api_key_env and not api_key:
+        return failed(f"environment variable {target.api_key_env} is not set")
     url, headers, body = _request(target, api_key)
     on_event = _on_anthropic_event if target.kind == "anthropic" else _on_openai_event
     state = _StreamState()
-    start = time.perf_counter()
-    status: int | None = None
     try:
         async with client.stream(
             "POST", url, json=body, headers=headers, timeout=target.timeout_s
@@ -139,15 +144,9 @@ async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
             status = response.status_code
             if status != 200:
                 detail = _error_body((await response.aread()).decode(errors="replace"))
-                return ProbeResult(
-                    endpoint=target.endpoint,
-                    started_at=started_at,
-                    ok=False,
-                    status=status,
-                    ttft_s=None,
-                    latency_s=time.perf_counter() - start,
-                    error=f"HTTP {status}" + (f": {detail}" if detail else ""),
-                    retry_after_s=_retry_after(response.headers),
+                return failed(
+                    f"HTTP {status}" + (f": {detail}" if detail else ""),
+                    _retry_after(response.headers),
                 )
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -162,15 +161,7 @@ async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
                     break
                 on_event(event, state, time.perf_counter())
     except httpx.HTTPError as exc:
-        return ProbeResult(
-            endpoint=target.endpoint,
-            started_at=started_at,
-            ok=False,
-            status=status,
-            ttft_s=None,
-            latency_s=time.perf_counter() - start,
-            error=describe_http_error(exc),
-        )
+        return failed(describe_http_error(exc))
     latency = time.perf_counter() - start
     error = state.stream_error
     if error is None and state.first_token_at is None:

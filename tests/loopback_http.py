@@ -20,6 +20,7 @@ class LoopbackServer:
         self.delay_s = 0.0
         self.headers: dict[str, str] = {}
         self.chunks = ["ok"]
+        self.received_headers: list[dict[str, str]] = []
         self.requests: list[tuple[float, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -75,11 +76,16 @@ class LoopbackServer:
             def do_POST(self) -> None:
                 self._enter()
                 try:
+                    server.received_headers.append(dict(self.headers))
                     length = int(self.headers.get("content-length", 0))
                     request = json.loads(self.rfile.read(length) or b"{}")
                     if server.status != 200:
                         error = {"error": {"message": "overloaded", "type": "server_error"}}
                         self._send(server.status, json.dumps(error).encode(), "application/json")
+                        return
+                    if self.path.endswith("/messages"):
+                        body = _anthropic_stream(request.get("model"), server.chunks)
+                        self._send(200, body, "text/event-stream")
                         return
                     events = [
                         {
@@ -104,3 +110,49 @@ class LoopbackServer:
                     self._leave()
 
         return Handler
+
+
+def _anthropic_stream(model: str | None, chunks: list[str]) -> bytes:
+    """Anthropic Messages streaming, in the event shapes its API reference documents."""
+    events = [
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {"model": model, "usage": {"input_tokens": 9, "output_tokens": 1}},
+            },
+        ),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        ("ping", {"type": "ping"}),
+        *[
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": c},
+                },
+            )
+            for c in chunks
+        ],
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": len(chunks)},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return b"".join(
+        f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events
+    )

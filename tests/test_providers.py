@@ -1,0 +1,79 @@
+"""Streaming probes against loopback servers speaking the OpenAI and Anthropic dialects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from backends.providers import ProbeTarget, probe
+from tests.loopback_http import LoopbackServer
+from tests.sshd import free_port
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    s = LoopbackServer()
+    yield s
+    s.close()
+
+
+def target(url: str, kind: str = "openai", key_env: str | None = None) -> ProbeTarget:
+    return ProbeTarget("chat", kind, f"{url}/v1", "m-1", "Reply ok", 8, 5.0, key_env)
+
+
+async def test_openai_stream_ttft_at_first_content_token(server, monkeypatch) -> None:
+    monkeypatch.setenv("TEST_PROBE_KEY", "k-123")
+    server.chunks = ["o", "k"]
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, target(server.url, key_env="TEST_PROBE_KEY"))
+    assert result.ok, result.error
+    assert 0 < result.ttft_s <= result.latency_s
+    assert (result.prompt_tokens, result.completion_tokens, result.model) == (12, 2, "m-1")
+    assert server.received_headers[0]["authorization"] == "Bearer k-123"
+    assert "k-123" not in repr(result)
+
+
+async def test_anthropic_stream(server, monkeypatch) -> None:
+    monkeypatch.setenv("TEST_PROBE_KEY", "k-456")
+    server.chunks = ["o", "k", "!"]
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, target(server.url, "anthropic", "TEST_PROBE_KEY"))
+    assert result.ok, result.error
+    assert (result.prompt_tokens, result.completion_tokens) == (9, 3)
+    headers = server.received_headers[0]
+    assert headers["x-api-key"] == "k-456"
+    assert headers["anthropic-version"] == "2023-06-01"
+
+
+async def test_missing_key_variable_sends_nothing(server, monkeypatch) -> None:
+    monkeypatch.delenv("TEST_PROBE_KEY", raising=False)
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, target(server.url, key_env="TEST_PROBE_KEY"))
+    assert not result.ok
+    assert result.error == "environment variable TEST_PROBE_KEY is not set"
+    assert server.requests == []
+
+
+async def test_stream_without_content_is_a_failed_probe(server) -> None:
+    server.chunks = []
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, target(server.url))
+    assert not result.ok
+    assert result.error == "stream ended without a content token"
+    assert result.ttft_s is None
+
+
+async def test_server_error_keeps_status_and_message(server) -> None:
+    server.status = 503
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, target(server.url))
+    assert (result.ok, result.status, result.error) == (False, 503, "HTTP 503: overloaded")
+
+
+async def test_nothing_listening() -> None:
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, target(f"http://127.0.0.1:{free_port()}"))
+    assert (result.ok, result.status) == (False, None)
+    assert result.error == "connection refused or host unreachable"
