@@ -38,6 +38,9 @@ class FaultInjector(Protocol):
 
 class LlmopsApp(App[None]):
     TITLE = "llmops"
+    CSS = """
+    LlmopsApp.-prod Header { background: $error; color: $text; }
+    """
     MODES = VIEWS  # type: ignore[assignment]
     DEFAULT_MODE = "overview"
     BINDINGS = [  # noqa: RUF012
@@ -66,6 +69,8 @@ class LlmopsApp(App[None]):
 
     def on_mount(self) -> None:
         self.title = f"llmops · {self.environment}"
+        # A production fleet gets a red header, so nobody mistakes it for staging at 3 a.m.
+        self.set_class(self.environment == "prod", "-prod")
         self._update_subtitle()
         self.source.start()
         self.set_interval(self.refresh_s, self.refresh_view)

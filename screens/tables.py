@@ -115,9 +115,14 @@ class LiveTable(DataTable[str]):
         return list(self._rows)[self.cursor_row]
 
 
+# Reverse video, not a colour: a stale source must stand out with NO_COLOR too.
+_ALARM_STYLE = "bold reverse"
+
+
 def _plain(value: str) -> Text:
     """Cells are plain text: a model or node name with ``[brackets]`` is not Rich markup."""
-    return Text(value, no_wrap=True, end="")
+    alarm = value.startswith(("STALE", "DOWN"))
+    return Text(value, style=_ALARM_STYLE if alarm else "", no_wrap=True, end="")
 
 
 class EndpointTable(LiveTable):

@@ -40,3 +40,9 @@ def test_filter_80x24(snap_compare) -> None:
 def test_overview_no_color_80x24(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_COLOR", "1")
     assert snap_compare(_app(), terminal_size=(80, 24))
+
+
+def test_prod_header_80x24(snap_compare) -> None:
+    app = _app()
+    app.environment = "prod"
+    assert snap_compare(app, terminal_size=(80, 24))
