@@ -49,6 +49,7 @@ from console.store import Store
 log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0  # figures on screen cover the last minute
+MIN_WINDOW_REQUESTS = 20  # fewer requests than this in the minute: use since-start histograms
 PROBE_WINDOW_S = 300.0  # probes are sparse: percentiles over five minutes of them
 HISTORY_LEN = 30  # points kept for sparklines
 HISTORY_STEP_S = 2.0
@@ -303,8 +304,12 @@ class Hub:
         )
 
     def _engine_window(self, endpoint: EndpointConfig) -> _EngineWindow | None:
-        """Request figures for the endpoint's nodes over the last minute of scrapes."""
-        e2e, ttft = [], []
+        """Request figures for the endpoint's nodes over the last minute of scrapes.
+
+        Percentiles of a handful of requests mislead, so a minute holding fewer than
+        ``MIN_WINDOW_REQUESTS`` falls back to the histograms since each engine started.
+        """
+        window_e2e, window_ttft, total_e2e, total_ttft = [], [], [], []
         finished = errors = 0.0
         span = 0.0
         for node in endpoint.nodes:
@@ -312,23 +317,27 @@ class Hub:
             if not window:
                 continue
             (t0, first), (t1, last) = window[0], window[-1]
-            single = len(window) < 2
             if last.e2e_latency:
-                e2e.append(histogram_delta(last.e2e_latency, None if single else first.e2e_latency))
+                total_e2e.append(last.e2e_latency)
+                window_e2e.append(histogram_delta(last.e2e_latency, first.e2e_latency))
             if last.ttft:
-                ttft.append(histogram_delta(last.ttft, None if single else first.ttft))
-            if not single:
+                total_ttft.append(last.ttft)
+                window_ttft.append(histogram_delta(last.ttft, first.ttft))
+            if len(window) >= 2:
                 span = max(span, t1 - t0)
                 for reason, total in last.requests_finished_total.items():
                     delta = counter_delta(total, first.requests_finished_total.get(reason, 0.0))
                     finished += delta
                     if reason in ("error", "abort"):
                         errors += delta
-        if not e2e:
+        e2e = merge_histograms(window_e2e)
+        if e2e is None:
             return None
-        return _EngineWindow(
-            merge_histograms(e2e), merge_histograms(ttft), finished, errors, span or None
-        )
+        since_start = e2e.count < MIN_WINDOW_REQUESTS
+        if since_start:
+            e2e = merge_histograms(total_e2e)
+        ttft = merge_histograms(total_ttft if since_start else window_ttft)
+        return _EngineWindow(e2e, ttft, finished, errors, span or None, since_start)
 
     def _endpoint_row(self, endpoint: EndpointConfig, now: float) -> EndpointRow:
         probes = [p for p in self._probes[endpoint.name] if p.started_at >= now - PROBE_WINDOW_S]
@@ -337,7 +346,7 @@ class Hub:
         served = next((p.model for p in reversed(ok) if p.model), None)
         engine = self._engine_window(endpoint)
         if engine is not None and engine.e2e is not None and engine.e2e.count > 0:
-            source = "engine"
+            source = "engine since start" if engine.since_start else "engine"
             p50, p95, p99 = (histogram_quantile(engine.e2e, q) for q in (0.5, 0.95, 0.99))
             ttft95 = histogram_quantile(engine.ttft, 0.95)
             rate = engine.finished / engine.span_s if engine.span_s else None
@@ -400,6 +409,7 @@ class _EngineWindow:
     finished: float
     errors: float
     span_s: float | None
+    since_start: bool  # percentiles cover each engine's whole life, not the last minute
 
 
 class ProbeUnanswered(Exception):

@@ -107,7 +107,9 @@ class EndpointRow:
     error_pct: float | None
     cost_per_hour_usd: float | None
     latency_history: tuple[float, ...] = ()  # recent P95 values, oldest first, for sparklines
-    source: str = "probe"  # where the latency figures come from: "engine" or "probe"
+    # Where the latency figures come from: "engine" (last minute), "engine since start"
+    # (too few requests in the minute), or "probe".
+    source: str = "probe"
     status: SourceStatus | None = None  # the endpoint's probe source
 
 

@@ -190,8 +190,13 @@ class NodeTable(LiveTable):
                 yield f"gpu:{node.name}:{gpu.reading.index}", gpu_cells(gpu)
 
 
-def _gib(mib: float | None) -> float | None:
-    return None if mib is None else mib / 1024
+def _memory(used_mib: float | None, total_mib: float | None, used_digits: int = 0) -> str:
+    """``used/total`` in GiB; a single N/A when neither is known."""
+    if used_mib is None and total_mib is None:
+        return fmt.NA
+    used = None if used_mib is None else used_mib / 1024
+    total = None if total_mib is None else total_mib / 1024
+    return f"{fmt.number(used, used_digits)}/{fmt.number(total)}"
 
 
 def _sum(values: Sequence[float | None]) -> float | None:
@@ -220,7 +225,7 @@ def node_cells(node: NodeRow) -> Cells:
         node.name,
         state,
         fmt.pct(node.util_pct),
-        f"{fmt.number(_gib(used))}/{fmt.number(_gib(total))}",
+        _memory(used, total),
         "N/A" if not temps else f"{max(temps):.0f}C",
         "N/A" if power is None else f"{power / 1000:.2f}kW",
         fmt.number(node.kv_cache_pct),
@@ -236,7 +241,7 @@ def gpu_cells(gpu: GpuRow) -> Cells:
         f" └ {r.index}",
         "power capped" if r.throttle_reasons and r.throttle_reasons & 0x4 else "",
         fmt.pct(r.util_pct),
-        f"{fmt.number(_gib(r.memory_used_mib), 1)}/{fmt.number(_gib(r.memory_total_mib))}",
+        _memory(r.memory_used_mib, r.memory_total_mib, 1),
         fmt.number(r.temperature_c) + ("C" if r.temperature_c is not None else ""),
         fmt.number(r.power_w) + ("W" if r.power_w is not None else ""),
         "",

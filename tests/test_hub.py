@@ -155,6 +155,20 @@ async def test_engine_histograms_give_endpoint_latency_and_rate(tmp_path, engine
     assert row.cost_per_hour_usd == 10
 
 
+async def test_quiet_minute_falls_back_to_since_start_percentiles(
+    tmp_path, engine, provider
+) -> None:
+    engine.metrics_text = metrics(100, slow=50)
+    hub = Hub(make_config(tmp_path, engine, provider))
+    await hub.poll_once("engine:")
+    engine.metrics_text = metrics(105, slow=50)  # five fast requests: too few to rank
+    await hub.poll_once("engine:")
+    row = hub.snapshot().endpoints[0]
+    await hub.stop()
+    assert row.source == "engine since start"
+    assert 5.0 < row.p95_s <= 10.0  # half of all 105 requests were slow
+
+
 async def test_malformed_metric_line_is_a_warning_not_a_failure(tmp_path, engine, provider) -> None:
     engine.metrics_text = metrics(10) + 'vllm:num_requests_waiting{engine="0" 3\n'
     hub = Hub(make_config(tmp_path, engine, provider))

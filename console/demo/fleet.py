@@ -47,6 +47,7 @@ from console.demo.traffic import TrafficGenerator, TrafficProfile
 
 _log = logging.getLogger(__name__)
 TICK_S = 0.5
+WARM_UP_S = 30.0  # simulated seconds of traffic run before the fleet is handed over
 _BOOT_S = 2.0
 _DETERMINISTIC_BOOT_S = 0.5
 _CALL_TIMEOUT_S = 30.0
@@ -265,6 +266,10 @@ class DemoFleet:
         self.backup_port = await self._backup.start()
         self.ssh_ports = {n.name: n.ssh.port for n in self._nodes.values()}
         self.http_ports = {n.name: n.http.port for n in self._nodes.values()}
+        if self._traffic_on:
+            # Open in steady state: a demo, or `status --demo`, should not show an idle fleet.
+            for _ in range(round(WARM_UP_S / TICK_S)):
+                self._tick()
         self._write_files()
         self._tasks.append(asyncio.create_task(self._tick_loop()))
         self._tasks.extend(asyncio.create_task(self._scheduled_fault(s)) for s in self._scheduled)
@@ -294,16 +299,19 @@ class DemoFleet:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            if self._traffic_on:
-                for group in self._groups:
-                    serving = [
-                        (n.service.engine, n.faults)
-                        for n in group.nodes
-                        if n.up and n.service.engine is not None
-                    ]
-                    group.traffic.tick(TICK_S, serving)
-            for node in self._nodes.values():
-                node.tick(TICK_S)
+            self._tick()
+
+    def _tick(self) -> None:
+        if self._traffic_on:
+            for group in self._groups:
+                serving = [
+                    (n.service.engine, n.faults)
+                    for n in group.nodes
+                    if n.up and n.service.engine is not None
+                ]
+                group.traffic.tick(TICK_S, serving)
+        for node in self._nodes.values():
+            node.tick(TICK_S)
 
     async def _scheduled_fault(self, spec: FaultSpec) -> None:
         await asyncio.sleep(spec.at_s)
