@@ -102,7 +102,8 @@ def test_status_table_exits_1_and_names_the_failed_source(tmp_path: Path) -> Non
     result = llmops("status", "--config", str(path))
     assert result.returncode == 1
     assert "environment: staging" in result.stdout
-    assert "gpu-x1" in result.stdout
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("gpu-x1")]
+    assert row.split()[:4] == ["gpu-x1", "DOWN", "N/A", "N/A"]  # never answered: no figures
     assert "FAILED gpus:gpu-x1: gpu-x1 (llmops@127.0.0.1:9): cannot connect" in result.stdout
 
 
