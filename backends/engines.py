@@ -70,12 +70,19 @@ def _sum(samples: Iterable[Sample], name: str) -> float | None:
     return sum(values) if values else None
 
 
+def _bucket_bound(sample: Sample) -> float | None:
+    try:
+        return float(sample.labels["le"])
+    except (KeyError, ValueError):
+        return None
+
+
 def _histogram(samples: list[Sample], family: str) -> Histogram | None:
     """Sum one histogram family over its engines (data-parallel ranks)."""
     buckets: dict[float, float] = defaultdict(float)
     for s in samples:
-        if s.name == f"{family}_bucket" and "le" in s.labels:
-            buckets[float(s.labels["le"])] += s.value
+        if s.name == f"{family}_bucket" and (bound := _bucket_bound(s)) is not None:
+            buckets[bound] += s.value
     if not buckets:
         return None
     return Histogram(
@@ -87,6 +94,11 @@ def _histogram(samples: list[Sample], family: str) -> Histogram | None:
 
 def engine_stats_from_text(node: str, text: str) -> EngineStats:
     samples, skipped = parse_samples(text)
+    # A bucket whose bound is not a number is as malformed as a bad line: drop and report it.
+    bad_buckets = [s for s in samples if s.name.endswith("_bucket") and _bucket_bound(s) is None]
+    if bad_buckets:
+        samples = [s for s in samples if s not in bad_buckets]
+        skipped += [f"{s.name}{s.labels} {s.value}" for s in bad_buckets]
     if not samples and text.strip():
         raise EngineError(f"{node}: /metrics has no Prometheus samples")
     model = next(

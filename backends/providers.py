@@ -9,8 +9,10 @@ only in the request header: they never appear in a result or an error text.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -67,33 +69,56 @@ class _StreamState:
     stream_error: str | None = None
 
 
+def _obj(value: object) -> dict[str, Any]:
+    """The value if it is a JSON object, else an empty one: servers send odd shapes."""
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _message(error: object) -> str:
+    return str(_obj(error).get("message") or error)[:120]
+
+
 def _on_openai_event(event: dict[str, Any], state: _StreamState, now: float) -> None:
-    state.model = event.get("model") or state.model
-    for choice in event.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if delta.get("content") and state.first_token_at is None:
+    state.model = str(event.get("model") or "") or state.model
+    choices = event.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        if _obj(_obj(choice).get("delta")).get("content") and state.first_token_at is None:
             state.first_token_at = now
-    usage = event.get("usage")
+    usage = _obj(event.get("usage"))
     if usage:
-        state.prompt_tokens = usage.get("prompt_tokens")
-        state.completion_tokens = usage.get("completion_tokens")
-    if "error" in event:
-        state.stream_error = str((event["error"] or {}).get("message", event["error"]))
+        state.prompt_tokens = _int(usage.get("prompt_tokens"))
+        state.completion_tokens = _int(usage.get("completion_tokens"))
+    if event.get("error"):
+        state.stream_error = _message(event["error"])
 
 
 def _on_anthropic_event(event: dict[str, Any], state: _StreamState, now: float) -> None:
     kind = event.get("type")
     if kind == "message_start":
-        message = event.get("message") or {}
-        state.model = message.get("model") or state.model
-        state.prompt_tokens = (message.get("usage") or {}).get("input_tokens")
+        message = _obj(event.get("message"))
+        state.model = str(message.get("model") or "") or state.model
+        state.prompt_tokens = _int(_obj(message.get("usage")).get("input_tokens"))
     elif kind == "content_block_delta":
-        if (event.get("delta") or {}).get("text") and state.first_token_at is None:
+        if _obj(event.get("delta")).get("text") and state.first_token_at is None:
             state.first_token_at = now
     elif kind == "message_delta":
-        state.completion_tokens = (event.get("usage") or {}).get("output_tokens")
+        state.completion_tokens = _int(_obj(event.get("usage")).get("output_tokens"))
     elif kind == "error":
-        state.stream_error = str((event.get("error") or {}).get("message", "stream error"))
+        state.stream_error = _message(event.get("error") or "stream error")
+
+
+_TOKEN_LIKE = re.compile(r"(?i)\b(bearer\s+)\S+|\b(sk-|sk-ant-|hf_)[A-Za-z0-9_-]{6,}")
+
+
+def _redact(text: str, api_key: str | None) -> str:
+    """Error text from a server may echo the key: it never reaches the store or the screen."""
+    if api_key:
+        text = text.replace(api_key, "[redacted]")
+    return _TOKEN_LIKE.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
 
 
 def _error_body(text: str) -> str:
@@ -128,7 +153,7 @@ async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
             status=status,
             ttft_s=None,
             latency_s=time.perf_counter() - start if status is not None else None,
-            error=error,
+            error=_redact(error, api_key),
             retry_after_s=retry_after_s,
         )
 
@@ -138,9 +163,13 @@ async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
     on_event = _on_anthropic_event if target.kind == "anthropic" else _on_openai_event
     state = _StreamState()
     try:
-        async with client.stream(
-            "POST", url, json=body, headers=headers, timeout=target.timeout_s
-        ) as response:
+        # httpx's timeout is per read: a trickling stream needs a deadline for the whole probe.
+        async with (
+            asyncio.timeout(target.timeout_s),
+            client.stream(
+                "POST", url, json=body, headers=headers, timeout=target.timeout_s
+            ) as response,
+        ):
             status = response.status_code
             if status != 200:
                 detail = _error_body((await response.aread()).decode(errors="replace"))
@@ -157,13 +186,17 @@ async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
                 try:
                     event = json.loads(data)
                 except ValueError:
+                    event = None
+                if not isinstance(event, dict):
                     state.stream_error = f"malformed stream chunk: {data[:60]!r}"
                     break
                 on_event(event, state, time.perf_counter())
     except httpx.HTTPError as exc:
         return failed(describe_http_error(exc))
+    except TimeoutError:
+        return failed(f"timed out after {target.timeout_s:g}s")
     latency = time.perf_counter() - start
-    error = state.stream_error
+    error = _redact(state.stream_error, api_key) if state.stream_error else None
     if error is None and state.first_token_at is None:
         error = "stream ended without a content token"
     return ProbeResult(

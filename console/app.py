@@ -98,7 +98,7 @@ class LlmopsApp(App[None]):
         if not self.paused:
             self.refresh_view()
 
-    def show_view(self, name: str) -> None:
+    def action_show_view(self, name: str) -> None:
         self.switch_mode(name)
         self._update_subtitle()
 
@@ -132,7 +132,7 @@ class LlmopsApp(App[None]):
         if command in ("q", "quit"):
             self.exit()
         elif command in VIEWS:
-            self.show_view(command)
+            self.action_show_view(command)
         else:
             self.notify(f"unknown view {command!r}: try {', '.join(VIEWS)}", severity="error")
 
@@ -155,7 +155,7 @@ class LlmopsApp(App[None]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         for name in VIEWS:
             yield SystemCommand(
-                f"view: {name}", f"Show the {name} view", partial(self.show_view, name)
+                f"view: {name}", f"Show the {name} view", partial(self.action_show_view, name)
             )
         yield SystemCommand("pause: toggle", "Stop or resume repainting", self.action_toggle_pause)
         if self.faults is not None:

@@ -110,19 +110,25 @@ def _demo_fleet(args: argparse.Namespace) -> Iterator[object]:
     except ValueError as exc:
         raise UsageError(f"--fault: {exc}") from exc
     workdir = Path(tempfile.mkdtemp(prefix="llmops-demo-"))
-    fleet = DemoFleet(
-        workdir,
-        nodes=int(_option(args, "nodes", 4)),  # type: ignore[arg-type]
-        gpus_per_node=int(_option(args, "gpus", 8)),  # type: ignore[arg-type]
-        seed=int(_option(args, "seed", 0)),  # type: ignore[arg-type]
-        faults=faults,
-        store=default_store_path().with_name("demo.db"),
-    )
     try:
-        fleet.start()
-        yield fleet
+        try:
+            fleet = DemoFleet(
+                workdir,
+                nodes=int(_option(args, "nodes", 4)),  # type: ignore[arg-type]
+                gpus_per_node=int(_option(args, "gpus", 8)),  # type: ignore[arg-type]
+                seed=int(_option(args, "seed", 0)),  # type: ignore[arg-type]
+                faults=faults,
+                store=default_store_path().with_name("demo.db"),
+            )
+        except ValueError as exc:  # a fault target that is not a node, a bad size
+            raise UsageError(f"demo fleet: {exc}") from exc
+        try:
+            fleet.start()
+            yield fleet
+        finally:
+            fleet.stop()
     finally:
-        fleet.stop()
+        # The folder holds the demo's private client key: never leave it behind.
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -183,9 +189,10 @@ def _status_table(snapshot: FleetSnapshot) -> str:
         return [line.rstrip() for line in lines]
 
     lines = [f"environment: {snapshot.environment}", ""]
-    lines += block(EndpointTable.COLUMNS, [endpoint_cells(e) for e in snapshot.endpoints])
+    limits = snapshot.thresholds
+    lines += block(EndpointTable.COLUMNS, [endpoint_cells(e, limits) for e in snapshot.endpoints])
     lines.append("")
-    lines += block(NodeTable.COLUMNS, [node_cells(n) for n in snapshot.nodes])
+    lines += block(NodeTable.COLUMNS, [node_cells(n, limits) for n in snapshot.nodes])
     failed = snapshot.failed_sources
     if failed:
         lines.append("")

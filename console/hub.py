@@ -54,6 +54,7 @@ PROBE_WINDOW_S = 300.0  # probes are sparse: percentiles over five minutes of th
 HISTORY_LEN = 30  # points kept for sparklines
 HISTORY_STEP_S = 2.0
 STORE_FLUSH_S = 1.0
+PURGE_EVERY_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,12 @@ class Hub:
         self.config = config
         self.store = store
         self.clock = clock
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+        # One pooled client for every engine and endpoint: keep a connection to each alive
+        # (the default pool of 20 would reconnect, and skew probe TTFT, on a big fleet).
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, connect=5.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        )
         self._connections = {n.name: NodeConnection(_ssh_target(config, n)) for n in config.nodes}
         self._status: dict[str, SourceStatus] = {}
         self._ok_duration: dict[str, float] = {}
@@ -85,6 +91,7 @@ class Hub:
         self._engine: dict[str, deque[tuple[float, EngineStats]]] = {}
         self._probes: dict[str, deque[ProbeResult]] = {e.name: deque() for e in config.endpoints}
         self._endpoint_history: dict[str, deque[tuple[float, float]]] = {}
+        self._first_model: dict[str, str] = {}
         self._pending_probes: list[ProbeResult] = []
         self._pending_gpus: list[GpuReading] = []
         self._pending_engines: list[EngineStats] = []
@@ -151,9 +158,13 @@ class Hub:
         while window and window[0].started_at < result.started_at - PROBE_WINDOW_S:
             window.popleft()
         self._pending_probes.append(result)
-        if result.status is None:
-            # No HTTP answer at all: the endpoint is unreachable, not merely failing requests.
-            raise ProbeUnanswered(f"{endpoint.name}: {result.error}")
+        if result.ok and result.model:
+            # APIs answer an alias with a dated name: compare with the first answer, not config.
+            self._first_model.setdefault(endpoint.name, result.model)
+        if not result.ok:
+            # Recorded above for error %, and raised so the source shows the failure and backs
+            # off (a 429 asks for exactly that).
+            raise ProbeFailed(result.error or "probe failed")
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -177,9 +188,9 @@ class Hub:
                 self._pending_events.append(("source.failed", source.name, message))
             return
         self._ok_duration[source.name] = time.perf_counter() - started
-        self._set_status(
-            source.name, last_ok_at=self.clock(), last_error=None, consecutive_failures=0
-        )
+        # The last error stays on record (the sources view shows what failed last time);
+        # consecutive_failures says whether it is failing now.
+        self._set_status(source.name, last_ok_at=self.clock(), consecutive_failures=0)
         if before.consecutive_failures > 0:
             self._pending_events.append(
                 ("source.recovered", source.name, f"{source.name} answers again")
@@ -196,15 +207,37 @@ class Hub:
             await self._poll(source)
             await asyncio.sleep(self._delay_after(source))
 
-    async def _run_store_writer(self) -> None:
+    async def _run_housekeeping(self) -> None:
+        """Once a second: a sparkline point per endpoint, then the store; purge now and then."""
+        last_purge = time.monotonic()
         while True:
             await asyncio.sleep(STORE_FLUSH_S)
+            self._sample_history()
             await self.flush()
+            if self.store is not None and time.monotonic() - last_purge > PURGE_EVERY_S:
+                last_purge = time.monotonic()
+                await self._purge()
+
+    def _sample_history(self) -> None:
+        now = self.clock()
+        for endpoint in self.config.endpoints:
+            history = self._endpoint_history.setdefault(endpoint.name, deque(maxlen=HISTORY_LEN))
+            if history and now - history[-1][0] < HISTORY_STEP_S:
+                continue
+            p95 = self._endpoint_row(endpoint, now).p95_s
+            if p95 is not None:
+                history.append((now, p95))
+
+    async def _purge(self) -> None:
+        store = self.store
+        assert store is not None
+        try:
+            await asyncio.to_thread(store.purge, self.clock())
+        except Exception as exc:  # retention is housekeeping: never stop the collectors
+            log.warning("store purge failed: %s", _one_line(exc))
 
     async def flush(self) -> None:
         """Write what was collected since the last flush, from a worker thread."""
-        if self.store is None:
-            return
         probes, gpus, engines, events = (
             self._pending_probes,
             self._pending_gpus,
@@ -214,6 +247,8 @@ class Hub:
         self._pending_probes, self._pending_gpus, self._pending_engines = [], [], []
         self._pending_events = []
         store = self.store
+        if store is None:
+            return
 
         def write() -> None:
             store.add_probes(probes)
@@ -231,7 +266,7 @@ class Hub:
         if self._tasks:
             return
         self._tasks = [asyncio.create_task(self._run_source(s), name=s.name) for s in self.sources]
-        self._tasks.append(asyncio.create_task(self._run_store_writer(), name="store"))
+        self._tasks.append(asyncio.create_task(self._run_housekeeping(), name="housekeeping"))
 
     async def poll_once(self, prefix: str = "") -> None:
         """Poll every source (or those whose name starts with ``prefix``) once, together."""
@@ -272,6 +307,7 @@ class Hub:
             endpoints=endpoints,
             nodes=nodes,
             sources=tuple(self.source_status(s.name, now) for s in self.sources),
+            thresholds=self.config.alerts,
         )
 
     def _node_row(self, node: NodeConfig, now: float) -> NodeRow:
@@ -303,18 +339,20 @@ class Hub:
             expected_gpus=node.gpus,
         )
 
-    def _engine_window(self, endpoint: EndpointConfig) -> _EngineWindow | None:
+    def _engine_window(self, endpoint: EndpointConfig, now: float) -> _EngineWindow | None:
         """Request figures for the endpoint's nodes over the last minute of scrapes.
 
+        A node whose engine source is stale is left out: its last minute is history, not
+        the endpoint's present. Rates are summed per node (each over its own span).
         Percentiles of a handful of requests mislead, so a minute holding fewer than
         ``MIN_WINDOW_REQUESTS`` falls back to the histograms since each engine started.
         """
         window_e2e, window_ttft, total_e2e, total_ttft = [], [], [], []
-        finished = errors = 0.0
-        span = 0.0
+        finished_per_s = errors_per_s = 0.0
+        have_rate = False
         for node in endpoint.nodes:
             window = self._engine.get(node)
-            if not window:
+            if not window or self.source_status(f"engine:{node}", now).stale:
                 continue
             (t0, first), (t1, last) = window[0], window[-1]
             if last.e2e_latency:
@@ -323,13 +361,13 @@ class Hub:
             if last.ttft:
                 total_ttft.append(last.ttft)
                 window_ttft.append(histogram_delta(last.ttft, first.ttft))
-            if len(window) >= 2:
-                span = max(span, t1 - t0)
+            if t1 > t0:
+                have_rate = True
                 for reason, total in last.requests_finished_total.items():
                     delta = counter_delta(total, first.requests_finished_total.get(reason, 0.0))
-                    finished += delta
+                    finished_per_s += delta / (t1 - t0)
                     if reason in ("error", "abort"):
-                        errors += delta
+                        errors_per_s += delta / (t1 - t0)
         e2e = merge_histograms(window_e2e)
         if e2e is None:
             return None
@@ -337,29 +375,43 @@ class Hub:
         if since_start:
             e2e = merge_histograms(total_e2e)
         ttft = merge_histograms(total_ttft if since_start else window_ttft)
-        return _EngineWindow(e2e, ttft, finished, errors, span or None, since_start)
+        return _EngineWindow(
+            e2e,
+            ttft,
+            finished_per_s if have_rate else None,
+            errors_per_s if have_rate else None,
+            since_start,
+        )
 
     def _endpoint_row(self, endpoint: EndpointConfig, now: float) -> EndpointRow:
         probes = [p for p in self._probes[endpoint.name] if p.started_at >= now - PROBE_WINDOW_S]
         ok = [p for p in probes if p.ok]
         status = self.source_status(f"probe:{endpoint.name}", now)
         served = next((p.model for p in reversed(ok) if p.model), None)
-        engine = self._engine_window(endpoint)
+        probe_error_pct = 100 * (len(probes) - len(ok)) / len(probes) if probes else None
+        engine = self._engine_window(endpoint, now)
         if engine is not None and engine.e2e is not None and engine.e2e.count > 0:
             source = "engine since start" if engine.since_start else "engine"
             p50, p95, p99 = (histogram_quantile(engine.e2e, q) for q in (0.5, 0.95, 0.99))
             ttft95 = histogram_quantile(engine.ttft, 0.95)
-            rate = engine.finished / engine.span_s if engine.span_s else None
-            error_pct = 100 * engine.errors / engine.finished if engine.finished else None
+            rate = engine.finished_per_s
+            engine_error_pct = (
+                100 * engine.errors_per_s / engine.finished_per_s
+                if engine.finished_per_s and engine.errors_per_s is not None
+                else None
+            )
+            # The engine never counts what its API server refused (a 503, a 429): the probes
+            # see those, so the worse of the two is the endpoint's error rate.
+            known = [e for e in (engine_error_pct, probe_error_pct) if e is not None]
+            error_pct = max(known) if known else None
         else:
             source = "probe"
             latencies = [p.latency_s for p in ok if p.latency_s is not None]
             p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
             ttft95 = percentile([p.ttft_s for p in ok if p.ttft_s is not None], 95)
             rate = None  # probes are our own traffic, not the endpoint's request rate
-            error_pct = 100 * (len(probes) - len(ok)) / len(probes) if probes else None
-        if p95 is not None:
-            self._record_history(endpoint.name, now, p95)
+            error_pct = probe_error_pct
+        first_model = self._first_model.get(endpoint.name)
         return EndpointRow(
             name=endpoint.name,
             kind=endpoint.kind,
@@ -375,12 +427,8 @@ class Hub:
             latency_history=tuple(v for _, v in self._endpoint_history.get(endpoint.name, ())),
             source=source,
             status=status,
+            model_changed=served is not None and first_model not in (None, served),
         )
-
-    def _record_history(self, name: str, now: float, value: float) -> None:
-        history = self._endpoint_history.setdefault(name, deque(maxlen=HISTORY_LEN))
-        if not history or now - history[-1][0] >= HISTORY_STEP_S:
-            history.append((now, value))
 
     def _cost_per_hour(self, endpoint: EndpointConfig, probes: list[ProbeResult]) -> float | None:
         if endpoint.nodes:
@@ -406,14 +454,13 @@ class Hub:
 class _EngineWindow:
     e2e: Histogram | None
     ttft: Histogram | None
-    finished: float
-    errors: float
-    span_s: float | None
+    finished_per_s: float | None  # None: a single scrape so far, no rate yet
+    errors_per_s: float | None
     since_start: bool  # percentiles cover each engine's whole life, not the last minute
 
 
-class ProbeUnanswered(Exception):
-    """A probe got no HTTP response at all."""
+class ProbeFailed(Exception):
+    """A probe got no answer, an error status, or a stream without content."""
 
 
 def _bind(

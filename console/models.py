@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from console.config import AlertThresholds
+
 
 @dataclass(frozen=True)
 class GpuReading:
@@ -111,6 +113,7 @@ class EndpointRow:
     # (too few requests in the minute), or "probe".
     source: str = "probe"
     status: SourceStatus | None = None  # the endpoint's probe source
+    model_changed: bool = False  # answers with another model than when the console started
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ class FleetSnapshot:
     endpoints: tuple[EndpointRow, ...]
     nodes: tuple[NodeRow, ...]
     sources: tuple[SourceStatus, ...]
+    thresholds: AlertThresholds = field(default_factory=AlertThresholds)  # cells past them alarm
 
     @property
     def failed_sources(self) -> tuple[SourceStatus, ...]:

@@ -14,13 +14,43 @@ def seconds(value: float | None) -> str:
         return NA
     if value < 1:
         return f"{value * 1000:.0f}ms"
-    if value < 100:
+    if value < 10:
         return f"{value:.2f}s"
+    if value < 100:
+        return f"{value:.1f}s"
     return f"{value:.0f}s"
 
 
 def number(value: float | None, digits: int = 0) -> str:
     return NA if value is None else f"{value:.{digits}f}"
+
+
+def error_pct(value: float | None) -> str:
+    """Four characters at most: 0.0 .. 99.9, then 100."""
+    if value is None:
+        return NA
+    return f"{value:.1f}" if value < 99.95 else f"{value:.0f}"
+
+
+def celsius(value: float | None) -> str:
+    return NA if value is None else f"{value:.0f}C"
+
+
+def failure_label(error: str | None) -> str:
+    """Nine characters at most for why a probe failed; the sources view has the whole text."""
+    if not error:
+        return "unknown"
+    if error.startswith("HTTP "):
+        return error.split(":", 1)[0]
+    for needle, label in (
+        ("refused", "refused"),
+        ("timed out", "timeout"),
+        ("without a content token", "no tokens"),
+        ("is not set", "no key"),
+    ):
+        if needle in error:
+            return label
+    return error[:9]
 
 
 def pct(value: float | None) -> str:

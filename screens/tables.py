@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey, RowKey
 
+from console.config import AlertThresholds
 from console.models import EndpointRow, FleetSnapshot, GpuRow, NodeRow
 from console.stats import sparkline
 from screens import formatting as fmt
@@ -115,13 +116,27 @@ class LiveTable(DataTable[str]):
         return list(self._rows)[self.cursor_row]
 
 
-# Reverse video, not a colour: a stale source must stand out with NO_COLOR too.
+class Alarm(str):
+    """Cell text to make stand out: a stale source, a failure, a figure past its threshold."""
+
+    __slots__ = ()
+
+
+def alarm_if(condition: bool, text: str) -> str:
+    return Alarm(text) if condition else text
+
+
+def _over(value: float | None, threshold: float) -> bool:
+    return value is not None and value > threshold
+
+
+# Reverse video, not a colour: an alarm must stand out with NO_COLOR too.
 _ALARM_STYLE = "bold reverse"
 
 
 def _plain(value: str) -> Text:
     """Cells are plain text: a model or node name with ``[brackets]`` is not Rich markup."""
-    alarm = value.startswith(("STALE", "DOWN"))
+    alarm = isinstance(value, Alarm)
     return Text(value, style=_ALARM_STYLE if alarm else "", no_wrap=True, end="")
 
 
@@ -144,22 +159,28 @@ class EndpointTable(LiveTable):
     ) -> Iterable[tuple[str, Cells]]:
         for e in snapshot.endpoints:
             if row_filter.keeps(e.name, e.model):
-                yield f"endpoint:{e.name}", endpoint_cells(e)
+                yield f"endpoint:{e.name}", endpoint_cells(e, snapshot.thresholds)
 
 
-def endpoint_cells(e: EndpointRow) -> Cells:
-    state = fmt.source_state(e.status)
-    if e.served_model and e.served_model != e.model and state == "ok":
-        state = "model changed"  # the endpoint answers with another model than configured
+def endpoint_cells(e: EndpointRow, limits: AlertThresholds) -> Cells:
+    status = e.status
+    if status is not None and status.consecutive_failures:
+        state = Alarm(f"FAIL {fmt.failure_label(status.last_error)}")
+    else:
+        state = fmt.source_state(status)
+        if state == "ok" and e.model_changed:
+            state = Alarm("model changed")
+        elif state == "ok" and e.source == "engine since start":
+            state = "ok (lifetime)"  # too few requests in the minute: since-start percentiles
     return (
         e.name,
         state,
         fmt.seconds(e.p50_s),
-        fmt.seconds(e.p95_s),
+        alarm_if(_over(e.p95_s, limits.p95_latency_s), fmt.seconds(e.p95_s)),
         fmt.seconds(e.p99_s),
-        fmt.seconds(e.ttft_p95_s),
+        alarm_if(_over(e.ttft_p95_s, limits.ttft_p95_s), fmt.seconds(e.ttft_p95_s)),
         fmt.number(e.requests_per_s, 1),
-        fmt.number(e.error_pct, 1),
+        alarm_if(_over(e.error_pct, limits.error_rate_pct), fmt.error_pct(e.error_pct)),
         fmt.usd(e.cost_per_hour_usd),
         sparkline(e.latency_history, width=6),
     )
@@ -167,7 +188,7 @@ def endpoint_cells(e: EndpointRow) -> Cells:
 
 class NodeTable(LiveTable):
     COLUMNS = (
-        ("name", "Node/GPU", 10),
+        ("name", "Node/GPU", 12),
         ("state", "State", 14),
         ("util", "Util", 4),
         ("mem", "Mem GiB", 7),
@@ -185,9 +206,11 @@ class NodeTable(LiveTable):
         for node in snapshot.nodes:
             if not row_filter.keeps(node.name, node.host):
                 continue
-            yield f"node:{node.name}", node_cells(node)
+            yield f"node:{node.name}", node_cells(node, snapshot.thresholds)
+            stale = node.gpu_status is not None and node.gpu_status.stale
             for gpu in node.gpus:
-                yield f"gpu:{node.name}:{gpu.reading.index}", gpu_cells(gpu)
+                key = f"gpu:{node.name}:{gpu.reading.index}"
+                yield key, gpu_cells(gpu, snapshot.thresholds, stale)
 
 
 def _memory(used_mib: float | None, total_mib: float | None, used_digits: int = 0) -> str:
@@ -204,7 +227,7 @@ def _sum(values: Sequence[float | None]) -> float | None:
     return sum(known) if known else None
 
 
-def node_cells(node: NodeRow) -> Cells:
+def node_cells(node: NodeRow, limits: AlertThresholds) -> Cells:
     readings = [g.reading for g in node.gpus]
     used = _sum([r.memory_used_mib for r in readings])
     total = _sum([r.memory_total_mib for r in readings])
@@ -217,6 +240,7 @@ def node_cells(node: NodeRow) -> Cells:
     state = fmt.source_state(status)
     if state == "ok":
         state = gpu_count
+    hottest = max(temps) if temps else None
     history = [
         sum(values) / len(values)
         for values in zip(*(g.util_history for g in node.gpus), strict=False)
@@ -226,23 +250,27 @@ def node_cells(node: NodeRow) -> Cells:
         state,
         fmt.pct(node.util_pct),
         _memory(used, total),
-        "N/A" if not temps else f"{max(temps):.0f}C",
+        alarm_if(_over(hottest, limits.gpu_temp_c), fmt.celsius(hottest)),
         "N/A" if power is None else f"{power / 1000:.2f}kW",
-        fmt.number(node.kv_cache_pct),
+        alarm_if(_over(node.kv_cache_pct, limits.kv_cache_pct), fmt.number(node.kv_cache_pct)),
         fmt.number(node.running),
         fmt.number(node.waiting),
         sparkline(history, width=10, low=0, high=100),
     )
 
 
-def gpu_cells(gpu: GpuRow) -> Cells:
+def gpu_cells(gpu: GpuRow, limits: AlertThresholds, stale: bool) -> Cells:
     r = gpu.reading
+    if stale:
+        state = "last known"  # the node stopped answering: these are its last readings
+    else:
+        state = "power capped" if r.throttle_reasons and r.throttle_reasons & 0x4 else ""
     return (
         f" └ {r.index}",
-        "power capped" if r.throttle_reasons and r.throttle_reasons & 0x4 else "",
+        state,
         fmt.pct(r.util_pct),
         _memory(r.memory_used_mib, r.memory_total_mib, 1),
-        fmt.number(r.temperature_c) + ("C" if r.temperature_c is not None else ""),
+        alarm_if(_over(r.temperature_c, limits.gpu_temp_c), fmt.celsius(r.temperature_c)),
         fmt.number(r.power_w) + ("W" if r.power_w is not None else ""),
         "",
         "",

@@ -81,14 +81,14 @@ class FleetView(Screen[None]):
                 event.input.remove_class("-open")
             self.query(LiveTable).first().focus()
 
-    def action_back(self) -> None:
+    async def action_back(self) -> None:
         filter_input = self.query_one("#filter", Input)
         if self.row_filter.text or filter_input.has_class("-open"):
             filter_input.value = ""  # posts Changed, which clears the filter
             filter_input.remove_class("-open")
             self.query(LiveTable).first().focus()
         elif self.VIEW_NAME != "overview":
-            self.app.switch_mode("overview")
+            await self.app.run_action("show_view('overview')")
 
 
 class OverviewScreen(FleetView):

@@ -17,6 +17,10 @@ class LoopbackServer:
     def __init__(self) -> None:
         self.metrics_text = ""
         self.status = 200
+        self.chat_status: int | None = None  # overrides status for POST (chat) only
+        self.error_message = "overloaded"
+        self.raw_stream: bytes | None = None  # sent instead of the generated chat stream
+        self.trickle_s = 0.0  # pause between lines of a response
         self.delay_s = 0.0
         self.headers: dict[str, str] = {}
         self.chunks = ["ok"]
@@ -64,7 +68,13 @@ class LoopbackServer:
                 for name, value in server.headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if not server.trickle_s:
+                    self.wfile.write(body)
+                    return
+                for line in body.splitlines(keepends=True):  # a slow stream, line by line
+                    self.wfile.write(line)
+                    self.wfile.flush()
+                    time.sleep(server.trickle_s)
 
             def do_GET(self) -> None:
                 self._enter()
@@ -79,9 +89,10 @@ class LoopbackServer:
                     server.received_headers.append(dict(self.headers))
                     length = int(self.headers.get("content-length", 0))
                     request = json.loads(self.rfile.read(length) or b"{}")
-                    if server.status != 200:
-                        error = {"error": {"message": "overloaded", "type": "server_error"}}
-                        self._send(server.status, json.dumps(error).encode(), "application/json")
+                    status = server.chat_status or server.status
+                    if status != 200:
+                        error = {"error": {"message": server.error_message, "type": "x"}}
+                        self._send(status, json.dumps(error).encode(), "application/json")
                         return
                     if self.path.endswith("/messages"):
                         body = _anthropic_stream(request.get("model"), server.chunks)
@@ -104,7 +115,9 @@ class LoopbackServer:
                             "usage": {"prompt_tokens": 12, "completion_tokens": len(server.chunks)},
                         }
                     )
-                    body = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
+                    body = server.raw_stream or b"".join(
+                        f"data: {json.dumps(e)}\n\n".encode() for e in events
+                    )
                     self._send(200, body + b"data: [DONE]\n\n", "text/event-stream")
                 finally:
                     self._leave()

@@ -81,3 +81,12 @@ async def test_q_quits() -> None:
         await pilot.press("q")
         await pilot.pause()
     assert app.return_code == 0
+
+
+async def test_esc_back_updates_the_header() -> None:
+    app = make_app()
+    async with app.run_test() as pilot:
+        await pilot.press("colon", *"sources", "enter")
+        assert app.sub_title == "sources"
+        await pilot.press("escape")
+        assert app.sub_title == "overview"

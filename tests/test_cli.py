@@ -65,11 +65,21 @@ def test_faults_need_the_demo() -> None:
     assert "add --demo" in result.stderr
 
 
-def test_bad_fault_spec_is_a_usage_error() -> None:
-    result = llmops("status", "--demo", "--fault", "meteor-strike@5")
+@pytest.mark.parametrize(
+    ("args", "start"),
+    [
+        (["--fault", "meteor-strike@5"], "llmops: --fault: "),
+        (["--fault", "node-down:gpu-z9@5"], "llmops: demo fleet: "),
+        (["--nodes", "0"], "llmops: demo fleet: "),
+        (["--gpus", "9"], "llmops: demo fleet: "),
+    ],
+)
+def test_bad_demo_options_are_usage_errors(args: list[str], start: str, tmp_path: Path) -> None:
+    result = llmops("status", "--demo", *args, env={"TMPDIR": str(tmp_path)})
     assert result.returncode == 2
-    assert result.stderr.startswith("llmops: --fault: ")
+    assert result.stderr.startswith(start)
     assert result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # no demo folder (with its private key) left behind
 
 
 def test_status_demo_json_has_every_node_and_endpoint_with_live_figures() -> None:

@@ -57,6 +57,19 @@ def test_one_malformed_line_drops_only_that_line() -> None:
     assert len(stats.skipped_lines) == 2
 
 
+def test_bucket_with_a_bound_that_is_not_a_number_is_skipped() -> None:
+    text = (
+        "# TYPE vllm:time_to_first_token_seconds histogram\n"
+        'vllm:time_to_first_token_seconds_bucket{le="0.1",model_name="m"} 4\n'
+        'vllm:time_to_first_token_seconds_bucket{le="abc",model_name="m"} 5\n'
+        'vllm:time_to_first_token_seconds_bucket{le="+Inf",model_name="m"} 6\n'
+    )
+    stats = engine_stats_from_text("n", text)
+    assert stats.ttft is not None
+    assert stats.ttft.buckets == ((0.1, 4), (float("inf"), 6))
+    assert len(stats.skipped_lines) == 1
+
+
 def test_data_parallel_ranks_are_summed_and_kv_averaged() -> None:
     text = "".join(
         f'vllm:num_requests_running{{engine="{i}",model_name="m"}} {i + 1}.0\n'

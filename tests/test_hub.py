@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from console.config import Config, load_config
+from console.config import AlertThresholds, Config, load_config
 from console.hub import Hub
 from console.store import Store
+from screens.tables import endpoint_cells
 from tests.loopback_http import LoopbackServer
 from tests.sshd import free_port
 
@@ -155,6 +156,38 @@ async def test_engine_histograms_give_endpoint_latency_and_rate(tmp_path, engine
     assert row.cost_per_hour_usd == 10
 
 
+async def test_self_hosted_endpoint_refusing_requests_shows_errors(
+    tmp_path, engine, provider
+) -> None:
+    engine.chat_status = 503  # the API server refuses; the engine's counters never see it
+    hub = Hub(make_config(tmp_path, engine, provider))
+    await hub.poll_once()
+    await asyncio.sleep(0.2)
+    engine.metrics_text = metrics(200)
+    await hub.poll_once("engine:")
+    row = hub.snapshot().endpoints[0]
+    await hub.stop()
+    assert row.source == "engine"
+    assert row.error_pct == 100  # the probes' 503s, not the engine's 0 %
+    assert row.status.last_error == "HTTP 503: overloaded"
+
+
+async def test_stale_node_leaves_its_endpoint_figures(tmp_path, engine, provider) -> None:
+    hub = Hub(make_config(tmp_path, engine, provider))
+    await hub.poll_once("engine:")
+    await asyncio.sleep(0.2)
+    engine.metrics_text = metrics(200)
+    await hub.poll_once("engine:")
+    assert hub.snapshot().endpoints[0].requests_per_s > 0
+    engine.status = 500
+    await asyncio.sleep(0.5)  # past two 100 ms intervals
+    await hub.poll_once("engine:")
+    row = hub.snapshot().endpoints[0]
+    await hub.stop()
+    assert row.requests_per_s is None  # its only node is stale: no engine figures at all
+    assert row.source == "probe"
+
+
 async def test_quiet_minute_falls_back_to_since_start_percentiles(
     tmp_path, engine, provider
 ) -> None:
@@ -208,7 +241,9 @@ async def test_rate_limited_probe_counts_as_error_with_retry_after(
     row = hub.snapshot().endpoints[1]
     await hub.stop()
     assert row.error_pct == 100
-    assert row.status.consecutive_failures == 0  # it answered: not stale, just failing
+    assert row.status.consecutive_failures == 1  # the source is failing: status exits 1
+    assert row.status.last_error == "HTTP 429: overloaded"
+    assert endpoint_cells(row, AlertThresholds())[1] == "FAIL HTTP 429"
     probe = Store(tmp_path / "store.db").db["probes"].get(1)
     assert probe["status"] == 429
     assert probe["error"] == "HTTP 429: overloaded"

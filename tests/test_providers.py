@@ -77,3 +77,43 @@ async def test_nothing_listening() -> None:
         result = await probe(client, target(f"http://127.0.0.1:{free_port()}"))
     assert (result.ok, result.status) == (False, None)
     assert result.error == "connection refused or host unreachable"
+
+
+@pytest.mark.parametrize(
+    ("stream", "error"),
+    [
+        (b'data: {"error": "boom"}\n\n', "boom"),
+        (b'data: {"error": {"message": "model overloaded"}}\n\n', "model overloaded"),
+        (b'data: ["not", "an", "object"]\n\n', "malformed stream chunk"),
+        (b'data: {"choices": ["x", {"delta": "y"}], "usage": "n/a"}\n\n', "without a content"),
+        (b"data: {not json\n\n", "malformed stream chunk"),
+    ],
+)
+async def test_odd_stream_shapes_fail_the_probe_not_the_hub(server, stream, error) -> None:
+    server.raw_stream = stream
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, target(server.url))
+    assert not result.ok
+    assert error in result.error
+
+
+async def test_timeout_covers_a_trickling_stream(server) -> None:
+    server.chunks = ["a"] * 20
+    server.trickle_s = 0.1  # every read is quick, the whole answer takes ~2 s
+    slow = ProbeTarget("chat", "openai", f"{server.url}/v1", "m-1", "Reply ok", 8, 0.5)
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, slow)
+    assert not result.ok
+    assert result.error == "timed out after 0.5s"
+    assert result.latency_s < 1.5
+
+
+async def test_a_key_echoed_by_the_server_is_redacted(server, monkeypatch) -> None:
+    monkeypatch.setenv("TEST_PROBE_KEY", "k-secret-value-42")
+    server.status = 401
+    server.error_message = "Incorrect API key provided: k-secret-value-42 (Bearer k-secret)"
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, target(server.url, key_env="TEST_PROBE_KEY"))
+    assert result.status == 401
+    assert "k-secret" not in result.error
+    assert "[redacted]" in result.error
