@@ -42,9 +42,23 @@ QUERY_FIELDS: tuple[str, ...] = (
     "clocks_event_reasons.active",
 )
 
-NVIDIA_SMI_COMMAND = shlex.join(
-    ["nvidia-smi", f"--query-gpu={','.join(QUERY_FIELDS)}", "--format=csv,nounits"]
+# Drivers before 535 call the throttle mask by its old name and reject the whole query
+# with the new one.
+LEGACY_QUERY_FIELDS = tuple(
+    "clocks_throttle_reasons.active" if f == "clocks_event_reasons.active" else f
+    for f in QUERY_FIELDS
 )
+
+# A wedged GPU can hang nvidia-smi: coreutils' timeout ends it on the node, where cancelling
+# the SSH channel alone would leave it running.
+NODE_TIMEOUT = ("timeout", "-k", "5", "20")
+
+
+def query_command(fields: tuple[str, ...] = QUERY_FIELDS) -> str:
+    return shlex.join(
+        [*NODE_TIMEOUT, "nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,nounits"]
+    )
+
 
 # nvidia-smi prints these instead of a value for fields it cannot read.
 _NOT_AVAILABLE = {"[N/A]", "N/A", "[Not Supported]", "[Unknown Error]", "[GPU is lost]", ""}
@@ -104,7 +118,9 @@ def parse_query_csv(node: str, text: str) -> list[GpuReading]:
         index = _integer(values.get("index"))
         if index is None:
             raise GpuQueryError(f"{node}: nvidia-smi row without a GPU index: {row!r}")
-        throttle = _integer(values.get("clocks_event_reasons.active"))
+        throttle = _integer(
+            values.get("clocks_event_reasons.active", values.get("clocks_throttle_reasons.active"))
+        )
         readings.append(
             GpuReading(
                 node=node,
@@ -132,6 +148,21 @@ def parse_query_csv(node: str, text: str) -> list[GpuReading]:
 RunCommand = Callable[[str], Awaitable[str]]
 
 
-async def read_gpus(node: str, run: RunCommand) -> list[GpuReading]:
-    """Run the nvidia-smi query on ``node`` through ``run`` and parse its output."""
-    return parse_query_csv(node, await run(NVIDIA_SMI_COMMAND))
+class GpuReader:
+    """Reads one node's GPUs, remembering whether its driver needs the legacy field names."""
+
+    def __init__(self, node: str, run: RunCommand) -> None:
+        self.node = node
+        self._run = run
+        self.fields = QUERY_FIELDS
+
+    async def read(self) -> list[GpuReading]:
+        try:
+            output = await self._run(query_command(self.fields))
+        except Exception as exc:
+            if self.fields is QUERY_FIELDS and "clocks_event_reasons" in str(exc):
+                self.fields = LEGACY_QUERY_FIELDS
+                output = await self._run(query_command(self.fields))
+            else:
+                raise
+        return parse_query_csv(self.node, output)

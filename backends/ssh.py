@@ -105,6 +105,12 @@ class NodeConnection:
             raise SshError(f"{self.target.node}: `{command}` exited {result.exit_status}: {detail}")
         return str(result.stdout or "")
 
+    def _drop(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Close a connection that failed (its socket and keepalive timer go with it)."""
+        conn.close()
+        if self._conn is conn:
+            self._conn = None
+
     async def read_file(self, path: str) -> bytes:
         conn = await self._connected()
         try:

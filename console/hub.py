@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import httpx
 
 from backends.engines import engine_stats_from_text, fetch_metrics
-from backends.gpu import read_gpus
+from backends.gpu import GpuReader
 from backends.providers import ProbeTarget, probe
 from backends.ssh import NodeConnection, SshTarget
 from console.config import Config, EndpointConfig, NodeConfig
@@ -84,6 +84,9 @@ class Hub:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
         )
         self._connections = {n.name: NodeConnection(_ssh_target(config, n)) for n in config.nodes}
+        self._gpu_readers = {
+            name: GpuReader(name, conn.run) for name, conn in self._connections.items()
+        }
         self._status: dict[str, SourceStatus] = {}
         self._ok_duration: dict[str, float] = {}
         self._gpus: dict[str, tuple[GpuReading, ...]] = {}
@@ -123,7 +126,7 @@ class Hub:
         return sources
 
     async def _poll_gpus(self, node: NodeConfig) -> None:
-        readings = tuple(await read_gpus(node.name, self._connections[node.name].run))
+        readings = tuple(await self._gpu_readers[node.name].read())
         self._gpus[node.name] = readings
         for r in readings:
             history = self._gpu_history.setdefault((node.name, r.index), deque(maxlen=HISTORY_LEN))

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from backends.gpu import read_gpus
+from backends.gpu import GpuReader
 from backends.ssh import NodeConnection, SshError, SshTarget
 from tests.conftest import FIXTURES
 from tests.sshd import Sshd, free_port, sshd_available, start_sshd
@@ -39,9 +39,10 @@ def _target(sshd: Sshd, known_hosts: Path | None = None, port: int | None = None
 
 async def test_gpu_readings_over_real_sshd_reuse_one_connection(sshd: Sshd) -> None:
     conn = NodeConnection(_target(sshd))
-    (gpu,) = await read_gpus("gpu-a1", conn.run)
+    reader = GpuReader("gpu-a1", conn.run)
+    (gpu,) = await reader.read()
     first = conn._conn
-    (again,) = await read_gpus("gpu-a1", conn.run)
+    (again,) = await reader.read()
     assert conn._conn is first  # one persistent connection per node
     assert gpu.name == "NVIDIA H100 80GB HBM3"
     assert again.power_w == pytest.approx(698.06)
@@ -106,3 +107,12 @@ async def test_nothing_listening_is_a_one_line_error(tmp_path: Path) -> None:
     target = SshTarget("gpu-z9", "127.0.0.1", free_port(), "llmops", known, connect_timeout_s=2)
     with pytest.raises(SshError, match=r"^gpu-z9 \(llmops@127.0.0.1:\d+\): cannot connect"):
         await NodeConnection(target).run("true")
+
+
+async def test_a_hung_command_times_out_and_the_next_call_reconnects(sshd: Sshd) -> None:
+    conn = NodeConnection(_target(sshd))
+    with pytest.raises(SshError, match=r"gpu-a1: `sleep 5` timed out after 0.5s"):
+        await conn.run("sleep 5", timeout_s=0.5)
+    assert conn._conn is None  # the suspect connection was closed, not kept
+    assert "H100" in await conn.run("nvidia-smi")
+    await conn.close()

@@ -5,6 +5,7 @@ Accepted (an optional leading ``sudo`` is ignored):
 * ``nvidia-smi --query-gpu=FIELDS --format=csv[,noheader][,nounits] [-i IDS]``
 * ``systemctl restart|start|stop|is-active vllm.service`` (``vllm`` works too)
 * ``journalctl -u vllm.service [-n N] [--no-pager]``
+* any of these behind coreutils' ``timeout [-k D] D`` (simulated commands never hang)
 
 Anything else gets bash's ``command not found`` and exit status 127. It runs no real process.
 """
@@ -42,6 +43,7 @@ class NodeShell:
             return CommandResult(stderr=f"bash: -c: line 1: {exc}\n", exit_status=2)
         if argv[:1] == ["sudo"]:
             argv = [a for a in argv[1:] if a != "-n"]  # -n: never prompt; there is no password
+        argv = _without_timeout(argv)
         if not argv:
             return CommandResult()
         program, args = argv[0].rsplit("/", 1)[-1], argv[1:]
@@ -93,3 +95,13 @@ class NodeShell:
                 return CommandResult(stderr=f"Failed to parse lines '{count}'.\n", exit_status=1)
             lines = lines[-int(count) :] if int(count) else []
         return CommandResult(stdout="".join(line + "\n" for line in lines))
+
+
+def _without_timeout(argv: list[str]) -> list[str]:
+    """``timeout -k 5 20 CMD...`` -> ``CMD...``."""
+    if argv[:1] != ["timeout"]:
+        return argv
+    rest = argv[1:]
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in ("-k", "-s") else rest[1:]
+    return rest[1:]  # drop the duration
