@@ -93,11 +93,12 @@ class NodeConnection:
         try:
             result = await asyncio.wait_for(conn.run(command, check=False), timeout_s)
         except TimeoutError as exc:
+            self._drop(conn)  # it may be half dead: open a fresh one next time
             raise SshError(
                 f"{self.target.node}: `{command}` timed out after {timeout_s:g}s"
             ) from exc
         except (OSError, asyncssh.Error) as exc:
-            self._conn = None
+            self._drop(conn)
             raise SshError(f"{self.target.node}: `{command}`: {_reason(exc)}") from exc
         if result.exit_status != 0:
             stderr = str(result.stderr or "").strip().splitlines()
