@@ -7,6 +7,7 @@ hands it to the visible view. Paused, it keeps collecting but stops repainting.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from functools import partial
 from typing import Protocol
@@ -31,9 +32,15 @@ class SnapshotSource(Protocol):
 
 
 class FaultInjector(Protocol):
+    """The demo fleet's fault controls (thread-safe; each call may take a moment)."""
+
     faults: dict[str, str]
 
-    def inject(self, name: str) -> str: ...
+    def targets(self, name: str) -> list[str]: ...
+
+    def inject(self, name: str, target: str | None = None) -> str: ...
+
+    def heal(self) -> None: ...
 
 
 class LlmopsApp(App[None]):
@@ -140,17 +147,37 @@ class LlmopsApp(App[None]):
         # Only the demo fleet takes faults: hide the key elsewhere.
         return not (action == "inject_fault" and self.faults is None)
 
+    def _fault_choices(self) -> list[tuple[str, str]]:
+        """``(choice, label)`` for the picker and the palette: every fault on every target."""
+        assert self.faults is not None
+        choices = [
+            (f"{name}@{target}", f"{name} → {target}: {text}")
+            for name, text in self.faults.faults.items()
+            for target in self.faults.targets(name)
+        ]
+        choices.append(("heal", "heal: clear every active fault"))
+        return choices
+
     def action_inject_fault(self) -> None:
         if self.faults is not None:
-            self.push_screen(FaultPicker(self.faults.faults), self._inject)
+            self.push_screen(FaultPicker(self._fault_choices()), self._apply_fault)
 
-    def _inject(self, name: str | None) -> None:
-        if name is None or self.faults is None:
-            return
+    def _apply_fault(self, choice: str | None) -> None:
+        if choice is not None and self.faults is not None:
+            self.run_worker(self._fault_worker(self.faults, choice), group="faults")
+
+    async def _fault_worker(self, faults: FaultInjector, choice: str) -> None:
+        # The fleet answers from its own thread: wait for it off the UI loop.
         try:
-            self.notify(self.faults.inject(name), title="fault injected", severity="warning")
-        except ValueError as exc:
-            self.notify(str(exc), severity="error")
+            if choice == "heal":
+                await asyncio.to_thread(faults.heal)
+                self.notify("every fault cleared", title="demo fleet")
+                return
+            name, target = choice.split("@", 1)
+            text = await asyncio.to_thread(faults.inject, name, target)
+            self.notify(text, title="fault injected", severity="warning")
+        except Exception as exc:  # a fault that cannot be applied must not take the app down
+            self.notify(f"{choice}: {exc}", title="fault not injected", severity="error")
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         for name in VIEWS:
@@ -159,6 +186,7 @@ class LlmopsApp(App[None]):
             )
         yield SystemCommand("pause: toggle", "Stop or resume repainting", self.action_toggle_pause)
         if self.faults is not None:
-            for name, text in self.faults.faults.items():
-                yield SystemCommand(f"fault: {name}", text, partial(self._inject, name))
+            for choice, label in self._fault_choices():
+                title, _, text = label.partition(": ")
+                yield SystemCommand(f"fault: {title}", text, partial(self._apply_fault, choice))
         yield from super().get_system_commands(screen)

@@ -212,7 +212,7 @@ class Hub:
 
     async def _run_housekeeping(self) -> None:
         """Once a second: a sparkline point per endpoint, then the store; purge now and then."""
-        last_purge = time.monotonic()
+        last_purge = float("-inf")  # purge once at start, then every PURGE_EVERY_S
         while True:
             await asyncio.sleep(STORE_FLUSH_S)
             self._sample_history()

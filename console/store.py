@@ -24,6 +24,9 @@ import sqlite_utils
 from console.models import EngineStats, GpuReading, ProbeResult
 
 BUSY_TIMEOUT_MS = 10_000
+# How long readings are kept: a day of samples is enough for a postmortem's graphs, a week
+# of probe results for "was it slow before?"; a 512-GPU fleet writes ~6 GB of samples a day.
+RETENTION_S = {"samples": 24 * 3600.0, "probes": 7 * 24 * 3600.0}
 
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
@@ -205,6 +208,15 @@ class Store:
             for e in engines
         ]
         self._insert_all("samples", rows)
+
+    def purge(self, now: float) -> dict[str, int]:
+        """Drop samples and probe results past their retention; events are never purged."""
+        removed = {}
+        with self._lock:
+            for table, keep_s in RETENTION_S.items():
+                cursor = self.conn.execute(f"DELETE FROM {table} WHERE ts < ?", (now - keep_s,))
+                removed[table] = cursor.rowcount
+        return removed
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", [limit]))

@@ -65,26 +65,24 @@ class CommandLine(ModalScreen[str | None]):
 
 
 class FaultPicker(ModalScreen[str | None]):
-    """Demo fleet only: choose a fault to inject now."""
+    """Demo fleet only: choose a fault and its target, or heal everything."""
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]  # noqa: RUF012
     DEFAULT_CSS = """
     FaultPicker { align: center middle; }
     FaultPicker > Vertical { width: 70; height: auto; border: round $warning;
                              background: $surface; padding: 0 1; }
-    FaultPicker OptionList { height: auto; max-height: 12; }
+    FaultPicker OptionList { height: auto; max-height: 16; }
     """
 
-    def __init__(self, faults: dict[str, str]) -> None:
+    def __init__(self, choices: Sequence[tuple[str, str]]) -> None:
         super().__init__()
-        self.faults = faults
+        self.choices = choices
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Inject a fault into the demo fleet (esc cancels)")
-            yield OptionList(
-                *(Option(f"{name}: {text}", id=name) for name, text in self.faults.items())
-            )
+            yield OptionList(*(Option(label, id=choice) for choice, label in self.choices))
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id)

@@ -110,10 +110,20 @@ async def test_fault_key_injects_into_the_demo(fleet, tmp_path) -> None:
         await pilot.press("f")
         picker = app.screen
         options = picker.query_one("OptionList")
-        index = [o.id for o in options.options].index("provider-429")
-        options.highlighted = index
+        ids = [o.id for o in options.options]
+        assert "node-down@gpu-a4" in ids and "heal" in ids
+        options.highlighted = ids.index("provider-429@backup-provider")
         await pilot.press("enter")
         await wait_for(pilot, lambda: cell(endpoints, "endpoint:chat-backup", "err") != "0.0")
+        await wait_for(
+            pilot, lambda: cell(endpoints, "endpoint:chat-backup", "state") == "FAIL HTTP 429"
+        )
+        assert fleet.active_faults() == [("provider-429", "backup-provider")]
+        await pilot.press("f")
+        options = app.screen.query_one("OptionList")
+        options.highlighted = [o.id for o in options.options].index("heal")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: fleet.active_faults() == [])
         assert app.is_running
 
 

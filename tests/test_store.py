@@ -80,3 +80,25 @@ def test_two_processes_share_one_database(tmp_path: Path) -> None:
     )
     assert counts == {"first": 200, "second": 200}
     assert store.schema_version == len(MIGRATIONS)
+
+
+def test_purge_keeps_events_and_recent_rows(tmp_path: Path) -> None:
+    store = Store(tmp_path / "x.db")
+    day = 24 * 3600.0
+    now = 10 * day
+    store.add_probes(
+        [
+            ProbeResult("chat", now - 8 * day, True, 200, 0.1, 0.5),
+            ProbeResult("chat", now - 6 * day, True, 200, 0.1, 0.5),
+        ]
+    )
+    readings = parse_query_csv(
+        "gpu-a1", (FIXTURES / "gpu" / "nvidia-smi-query-load.csv").read_text()
+    )
+    store.add_samples(now - 2 * day, gpus=readings)
+    store.add_samples(now - 3600, gpus=readings)
+    store.append_event("source.failed", "old news", ts=now - 30 * day)
+    assert store.purge(now) == {"samples": 1, "probes": 1}
+    assert [row["ts"] for row in store.db["probes"].rows] == [now - 6 * day]
+    assert [row["ts"] for row in store.db["samples"].rows] == [now - 3600]
+    assert [e["message"] for e in store.events()] == ["old news"]

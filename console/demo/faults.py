@@ -72,12 +72,17 @@ def check_fault_name(name: str) -> None:
         raise ValueError(f"unknown fault {name!r} (expected one of: {', '.join(FAULTS)})")
 
 
+def fault_targets(name: str, node_names: Sequence[str]) -> list[str]:
+    """Everything ``name`` can hit, its default first."""
+    check_fault_name(name)
+    return [BACKUP_PROVIDER, *node_names] if name in _PROVIDER_FAULTS else list(node_names)
+
+
 def resolve_target(name: str, target: str | None, node_names: Sequence[str]) -> str:
     """The target a fault applies to: the given one if valid, else the fault's default."""
-    check_fault_name(name)
-    allowed = [*node_names, BACKUP_PROVIDER] if name in _PROVIDER_FAULTS else list(node_names)
+    allowed = fault_targets(name, node_names)
     if target is None:
-        return BACKUP_PROVIDER if name in _PROVIDER_FAULTS else node_names[0]
+        return allowed[0]
     if target not in allowed:
         raise ValueError(
             f"unknown target {target!r} for {name} (expected one of: {', '.join(allowed)})"

@@ -37,6 +37,7 @@ from console.demo.faults import (
     SLOWDOWN,
     ActiveFaults,
     FaultSpec,
+    fault_targets,
     resolve_target,
 )
 from console.demo.http_server import HOST, HttpServer
@@ -185,6 +186,10 @@ class DemoFleet:
         if duration_s is not None and duration_s <= 0:
             raise ValueError("duration_s must be more than 0 seconds")
         return self._call(self._inject(name, resolved, duration_s))
+
+    def targets(self, name: str) -> list[str]:
+        """What fault ``name`` can be injected into, its default first."""
+        return fault_targets(name, self.node_names)
 
     def heal(self) -> None:
         """Clear every active fault."""
