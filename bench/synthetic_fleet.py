@@ -42,7 +42,10 @@ def make_snapshot(
     endpoints: int = 3,
     tick: int = 0,
     stale_nodes: tuple[str, ...] = (),
+    failing_endpoints: tuple[str, ...] = (),
 ) -> FleetSnapshot:
+    """``stale_nodes`` stopped answering a minute ago; ``failing_endpoints`` answer 503 and
+    are slow (P95 and TTFT past the default thresholds)."""
     base = _base_gpu()
     now = TAKEN_AT + tick * 2
     node_rows = []
@@ -92,19 +95,28 @@ def make_snapshot(
     endpoint_rows = []
     for e in range(endpoints):
         load = _wave(e, tick)
-        status = SourceStatus(f"probe:chat-{e + 1}", 5.0, last_ok_at=now - 1)
+        name = f"chat-{e + 1}"
+        failing = name in failing_endpoints
+        status = SourceStatus(
+            f"probe:{name}",
+            5.0,
+            last_ok_at=now - 1,
+            last_error="HTTP 503: overloaded" if failing else None,
+            consecutive_failures=3 if failing else 0,
+        )
+        slow = 4.0 if failing else 0.0
         endpoint_rows.append(
             EndpointRow(
-                name=f"chat-{e + 1}",
+                name=name,
                 kind="openai",
                 model="meta-llama/Llama-3.1-8B-Instruct",
                 served_model="meta-llama/Llama-3.1-8B-Instruct",
                 p50_s=0.4 + load,
-                p95_s=1.2 + 2 * load,
-                p99_s=2.0 + 3 * load,
-                ttft_p95_s=0.15 + 0.5 * load,
+                p95_s=1.2 + 2 * load + slow,
+                p99_s=2.0 + 3 * load + slow,
+                ttft_p95_s=0.15 + 0.5 * load + slow / 2,
                 requests_per_s=20 + 10 * e,
-                error_pct=0.5 * load,
+                error_pct=35.0 if failing else 0.5 * load,
                 cost_per_hour_usd=196.64,
                 latency_history=tuple(1.2 + 2 * _wave(e, t) for t in range(tick + 1))[-30:],
                 source="engine",

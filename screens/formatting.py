@@ -9,6 +9,12 @@ from console.models import SourceStatus
 NA = "N/A"
 
 
+class Alarm(str):
+    """Cell text to make stand out: a stale source, a failure, a figure past its threshold."""
+
+    __slots__ = ()
+
+
 def seconds(value: float | None) -> str:
     if value is None:
         return NA
@@ -74,8 +80,8 @@ def source_state(status: SourceStatus | None) -> str:
         return "-"
     if status.stale:
         if status.last_ok_at is None:
-            return "DOWN"
-        return f"STALE {clock(status.last_ok_at)}"
+            return Alarm("DOWN")
+        return Alarm(f"STALE {clock(status.last_ok_at)}")
     if status.consecutive_failures:
         return "retrying"
     if status.last_ok_at is None:

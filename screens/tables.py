@@ -20,6 +20,7 @@ from console.config import AlertThresholds
 from console.models import EndpointRow, FleetSnapshot, GpuRow, NodeRow
 from console.stats import sparkline
 from screens import formatting as fmt
+from screens.formatting import Alarm
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,10 @@ class LiveTable(DataTable[str]):
         """
         if not changed:
             return
+        if not hasattr(self, "_update_count"):  # another DataTable inside: the public way
+            for row_key, column, value in changed:
+                self.update_cell(row_key, column, _plain(value))
+            return
         data = self._data
         for row_key, column, value in changed:
             data[RowKey(row_key)][ColumnKey(column)] = _plain(value)
@@ -114,12 +119,6 @@ class LiveTable(DataTable[str]):
         if not self._rows or self.cursor_row >= len(self._rows):
             return None
         return list(self._rows)[self.cursor_row]
-
-
-class Alarm(str):
-    """Cell text to make stand out: a stale source, a failure, a figure past its threshold."""
-
-    __slots__ = ()
 
 
 def alarm_if(condition: bool, text: str) -> str:

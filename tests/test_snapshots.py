@@ -25,6 +25,11 @@ def test_overview(snap_compare, size: tuple[int, int]) -> None:
     assert snap_compare(_app(), terminal_size=size)
 
 
+def test_overview_during_an_incident_160x48(snap_compare) -> None:
+    """A failing, slow endpoint and a stale node: every alarm in reverse video."""
+    assert snap_compare(_app(failing_endpoints=("chat-2",)), terminal_size=(160, 48))
+
+
 def test_sources_view_80x24(snap_compare) -> None:
     assert snap_compare(_app(), terminal_size=(80, 24), press=["colon", *"sources", "enter"])
 
@@ -46,3 +51,15 @@ def test_prod_header_80x24(snap_compare) -> None:
     app = _app()
     app.environment = "prod"
     assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_refresh_repaints_changed_cells_80x24(snap_compare) -> None:
+    """The batched cell update must reach the screen: tick 5 painted, then tick 9 applied."""
+    app = _app()
+
+    async def next_tick(pilot) -> None:
+        app.source.tick = 9  # type: ignore[attr-defined]
+        app.refresh_view()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=next_tick)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from backends.ssh import NodeConnection, SshError, SshTarget
 from tests.conftest import FIXTURES
 from tests.sshd import Sshd, free_port, sshd_available, start_sshd
 
+if not sshd_available() and os.environ.get("LLMOPS_REQUIRE_SSHD"):
+    raise RuntimeError("LLMOPS_REQUIRE_SSHD is set but OpenSSH sshd is not installed")
 pytestmark = pytest.mark.skipif(
     not sshd_available(), reason="OpenSSH sshd is not installed (.ci/run installs it)"
 )
