@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -246,7 +247,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     return _run_console(config, None)
 
 
+def _exit_on_hangup(signum: int, frame: object) -> None:
+    # The SSH session went away: unwind, so the demo fleet stops and its folder (with its
+    # private key) is removed, instead of dying where we stand.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    signal.signal(signal.SIGHUP, _exit_on_hangup)
     try:
         code = run(argv)
     except ConfigError as exc:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +126,40 @@ def test_help(args: list[str]) -> None:
     result = llmops(*args)
     assert result.returncode == 0
     assert "usage: llmops" in result.stdout
+
+
+def test_hangup_stops_the_demo_and_removes_its_folder(tmp_path: Path) -> None:
+    """The SSH session drops: the console exits and leaves no demo key behind."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    primary, secondary = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "console.cli", "demo"],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp), "TERM": "xterm-256color"},
+        start_new_session=True,
+    )
+    os.close(secondary)
+
+    def drain() -> None:  # a terminal that is read, as a real one is
+        with contextlib.suppress(OSError):
+            while os.read(primary, 65536):
+                pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp.glob("llmops-demo-*/known_hosts")):
+            assert time.monotonic() < deadline, "the demo fleet never started"
+            assert proc.poll() is None, "llmops demo exited early"
+            time.sleep(0.2)
+        time.sleep(1.0)  # let the console come up on the fleet
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=30) == 128 + signal.SIGHUP
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert list(tmp.iterdir()) == []
