@@ -73,6 +73,7 @@ def make_snapshot(
             2.0,
             last_ok_at=now - (60 if stale else 1),
             last_error="connection refused" if stale else None,
+            last_error_at=now - 2 if stale else None,
             consecutive_failures=5 if stale else 0,
             stale=stale,
         )
@@ -102,6 +103,7 @@ def make_snapshot(
             5.0,
             last_ok_at=now - 1,
             last_error="HTTP 503: overloaded" if failing else None,
+            last_error_at=now - 3 if failing else None,
             consecutive_failures=3 if failing else 0,
         )
         slow = 4.0 if failing else 0.0

@@ -7,13 +7,15 @@ A view is a Textual screen made of live tables; the app hands it snapshots throu
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Label
+from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
 from console.models import FleetSnapshot
+from screens.formatting import clock
 from screens.tables import EndpointTable, LiveTable, NodeTable, RowFilter, SourceTable
 
 
@@ -30,6 +32,7 @@ class FleetView(Screen[None]):
     FleetView #filter { dock: bottom; display: none; }
     FleetView #filter.-open { display: block; }
     FleetView .caption { height: 1; padding: 0 1; color: $text-muted; }
+    FleetView .detail { height: auto; max-height: 4; padding: 0 1; }
     """
 
     VIEW_NAME = ""
@@ -127,6 +130,33 @@ class SourcesScreen(FleetView):
             "Every polled source: when it last answered and why it failed", classes="caption"
         )
         yield SourceTable(id="sources")
+        yield Static(id="detail", classes="detail")
+
+    def apply(self, snapshot: FleetSnapshot) -> None:
+        super().apply(snapshot)
+        self._show_detail()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        """The whole last error of the selected source: the table cuts it at its width."""
+        table = self.query_one(SourceTable)
+        key = table.selected_key
+        status = (
+            next((s for s in self._snapshot.sources if f"source:{s.name}" == key), None)
+            if self._snapshot
+            else None
+        )
+        detail = self.query_one("#detail", Static)
+        if status is None or not (status.last_error or status.warning):
+            detail.update("")
+            return
+        when = f" at {clock(status.last_error_at)}" if status.last_error_at else ""
+        text = f"{status.name}{when}: {status.last_error}" if status.last_error else ""
+        if status.warning:
+            text = f"{text}\n{status.name}: {status.warning}".strip()
+        detail.update(Text(text))
 
 
 VIEWS: dict[str, type[FleetView]] = {

@@ -31,7 +31,8 @@ def test_overview_during_an_incident_160x48(snap_compare) -> None:
 
 
 def test_sources_view_80x24(snap_compare) -> None:
-    assert snap_compare(_app(), terminal_size=(80, 24), press=["colon", *"sources", "enter"])
+    press = ["colon", *"sources", "enter", "j", "j"]  # onto a failing source: its detail
+    assert snap_compare(_app(), terminal_size=(80, 24), press=press)
 
 
 def test_help_80x24(snap_compare) -> None:
