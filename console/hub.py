@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import httpx
 
@@ -110,17 +111,17 @@ class Hub:
         poll = self.config.poll
         sources = []
         for node in self.config.nodes:
-            sources.append(Source(f"gpus:{node.name}", poll.gpus_s, _bind(self._poll_gpus, node)))
+            sources.append(Source(f"gpus:{node.name}", poll.gpus_s, partial(self._poll_gpus, node)))
             if node.engine is not None:
                 sources.append(
-                    Source(f"engine:{node.name}", poll.engine_s, _bind(self._poll_engine, node))
+                    Source(f"engine:{node.name}", poll.engine_s, partial(self._poll_engine, node))
                 )
         for endpoint in self.config.endpoints:
             sources.append(
                 Source(
                     f"probe:{endpoint.name}",
                     endpoint.probe.every_s,
-                    _bind(self._poll_probe, endpoint),
+                    partial(self._poll_probe, endpoint),
                 )
             )
         return sources
@@ -464,13 +465,6 @@ class _EngineWindow:
 
 class ProbeFailed(Exception):
     """A probe got no answer, an error status, or a stream without content."""
-
-
-def _bind(
-    method: Callable[[NodeConfig], Awaitable[None]] | Callable[[EndpointConfig], Awaitable[None]],
-    arg: NodeConfig | EndpointConfig,
-) -> Callable[[], Awaitable[None]]:
-    return lambda: method(arg)  # type: ignore[arg-type]
 
 
 def _ssh_target(config: Config, node: NodeConfig) -> SshTarget:
