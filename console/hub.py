@@ -216,7 +216,10 @@ class Hub:
         last_purge = float("-inf")  # purge once at start, then every PURGE_EVERY_S
         while True:
             await asyncio.sleep(STORE_FLUSH_S)
-            self._sample_history()
+            try:
+                self._sample_history()
+            except Exception:  # a bug here must not stop the store writes below, or for good
+                log.exception("sparkline sampling failed")
             await self.flush()
             if self.store is not None and time.monotonic() - last_purge > PURGE_EVERY_S:
                 last_purge = time.monotonic()
