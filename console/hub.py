@@ -56,6 +56,7 @@ HISTORY_LEN = 30  # points kept for sparklines
 HISTORY_STEP_S = 2.0
 STORE_FLUSH_S = 1.0
 PURGE_EVERY_S = 600.0
+MAX_PENDING_SAMPLES = 50_000  # rows kept in memory while the store cannot be written
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class Hub:
         self.sources = self._build_sources()
         for source in self.sources:
             self._status[source.name] = SourceStatus(source.name, source.interval_s)
+        if store is not None:  # the incident log's health is shown like any source's
+            self._status["store"] = SourceStatus("store", STORE_FLUSH_S)
 
     # -- sources ---------------------------------------------------------------------------
 
@@ -244,7 +247,17 @@ class Hub:
             log.warning("store purge failed: %s", _one_line(exc))
 
     async def flush(self) -> None:
-        """Write what was collected since the last flush, from a worker thread."""
+        """Write what was collected since the last flush, from a worker thread.
+
+        A failed write (locked, full or read-only disk) keeps the rows for the next try and
+        shows on the ``store`` source; samples beyond ``MAX_PENDING_SAMPLES`` are dropped
+        first, events and probe results never.
+        """
+        store = self.store
+        if store is None:
+            self._pending_probes, self._pending_gpus, self._pending_engines = [], [], []
+            self._pending_events = []
+            return
         probes, gpus, engines, events = (
             self._pending_probes,
             self._pending_gpus,
@@ -253,9 +266,6 @@ class Hub:
         )
         self._pending_probes, self._pending_gpus, self._pending_engines = [], [], []
         self._pending_events = []
-        store = self.store
-        if store is None:
-            return
 
         def write() -> None:
             store.add_probes(probes)
@@ -263,10 +273,22 @@ class Hub:
             for kind, source, message in events:
                 store.append_event(kind, message, source=source)
 
+        before = self._status["store"]
         try:
             await asyncio.to_thread(write)
         except Exception as exc:  # a locked or full disk must not stop the collectors
-            log.warning("store write failed: %s", _one_line(exc))
+            self._pending_probes[:0] = probes
+            self._pending_events[:0] = events
+            self._pending_gpus[:0] = gpus[-MAX_PENDING_SAMPLES:]
+            self._pending_engines[:0] = engines[-MAX_PENDING_SAMPLES:]
+            self._set_status(
+                "store",
+                last_error=f"{store.path}: {_one_line(exc)}",
+                last_error_at=self.clock(),
+                consecutive_failures=before.consecutive_failures + 1,
+            )
+            return
+        self._set_status("store", last_ok_at=self.clock(), consecutive_failures=0)
 
     def start(self) -> None:
         """Start every collector as an asyncio task on the running loop."""
@@ -313,7 +335,7 @@ class Hub:
             environment=self.config.environment,
             endpoints=endpoints,
             nodes=nodes,
-            sources=tuple(self.source_status(s.name, now) for s in self.sources),
+            sources=tuple(self.source_status(name, now) for name in self._status),
             thresholds=self.config.alerts,
         )
 

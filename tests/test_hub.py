@@ -247,3 +247,24 @@ async def test_rate_limited_probe_counts_as_error_with_retry_after(
     probe = Store(tmp_path / "store.db").db["probes"].get(1)
     assert probe["status"] == 429
     assert probe["error"] == "HTTP 429: overloaded"
+
+
+async def test_a_full_disk_keeps_the_rows_and_shows_on_the_store_source(
+    tmp_path, engine, provider
+) -> None:
+    store = Store(tmp_path / "store.db")
+    hub = Hub(make_config(tmp_path, engine, provider), store)
+    # A real "database or disk is full": SQLite may not grow the file past its current size.
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")
+    for _ in range(40):
+        await hub.poll_once("probe:")
+    await hub.flush()
+    status = {s.name: s for s in hub.snapshot().sources}["store"]
+    assert status.consecutive_failures == 1
+    assert "full" in status.last_error
+    store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+    await hub.flush()
+    await hub.stop()
+    assert {s.name: s for s in hub.snapshot().sources}["store"].consecutive_failures == 0
+    assert store.db["probes"].count == 80  # nothing lost while the disk was full
