@@ -8,6 +8,7 @@ hands it to the visible view. Paused, it keeps collecting but stops repainting.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from functools import partial
 from typing import Protocol
@@ -19,6 +20,9 @@ from textual.screen import Screen
 from console.models import FleetSnapshot
 from screens.modals import CommandLine, FaultPicker, HelpScreen
 from screens.views import VIEWS, FleetView
+
+
+log = logging.getLogger(__name__)
 
 
 class SnapshotSource(Protocol):
@@ -89,7 +93,12 @@ class LlmopsApp(App[None]):
     def refresh_view(self) -> None:
         if self.paused:
             return
-        self.snapshot = self.source.snapshot()
+        try:
+            self.snapshot = self.source.snapshot()
+        except Exception as exc:  # keep showing the last good picture rather than exiting
+            log.exception("snapshot failed")
+            self.notify(f"could not refresh: {exc}", severity="error", timeout=5)
+            return
         if isinstance(self.screen, FleetView):
             self.screen.apply(self.snapshot)
 
