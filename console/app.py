@@ -21,7 +21,6 @@ from console.models import FleetSnapshot
 from screens.modals import CommandLine, FaultPicker, HelpScreen
 from screens.views import VIEWS, FleetView
 
-
 log = logging.getLogger(__name__)
 
 
