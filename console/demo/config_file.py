@@ -91,7 +91,7 @@ def write_config(
         ],
         "alerts": {
             # End-to-end P95 of healthy demo traffic is ~4 s (8B) and ~8 s (70B) for its long
-            # answers: 10 s stays quiet until a latency spike, which pushes both past it.
+            # answers: 10 s stays quiet until a latency spike (3x) on one of their nodes.
             "p95_latency": "10s",
             "ttft_p95": "1.5s",
             "error_rate_pct": 5,
