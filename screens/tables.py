@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import DataTable
-from textual.widgets.data_table import ColumnKey, RowKey
 
 from console.config import AlertThresholds
 from console.models import EndpointRow, FleetSnapshot, GpuRow, NodeRow
@@ -99,9 +99,10 @@ class LiveTable(DataTable[str]):
             for row_key, column, value in changed:
                 self.update_cell(row_key, column, _plain(value))
             return
+        # DataTable's keys compare and hash equal to their strings: no key objects to build.
         data = self._data
         for row_key, column, value in changed:
-            data[RowKey(row_key)][ColumnKey(column)] = _plain(value)
+            data[row_key][column] = _plain(value)
         self._update_count += 1
         self.refresh()
 
@@ -135,7 +136,13 @@ _ALARM_STYLE = "bold reverse"
 
 def _plain(value: str) -> Text:
     """Cells are plain text: a model or node name with ``[brackets]`` is not Rich markup."""
-    alarm = isinstance(value, Alarm)
+    return _cell_text(str(value), isinstance(value, Alarm))
+
+
+@lru_cache(maxsize=8192)
+def _cell_text(value: str, alarm: bool) -> Text:
+    # Shared between cells: most figures repeat from tick to tick and row to row, and a
+    # DataTable only reads its cells (Rich copies a Text before styling or wrapping it).
     return Text(value, style=_ALARM_STYLE if alarm else "", no_wrap=True, end="")
 
 
