@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import Protocol
 
-from textual.app import App, SystemCommand
+from textual.app import App, ScreenStackError, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
@@ -98,8 +98,12 @@ class LlmopsApp(App[None]):
             log.exception("snapshot failed")
             self.notify(f"could not refresh: {exc}", severity="error", timeout=5)
             return
-        if isinstance(self.screen, FleetView):
-            self.screen.apply(self.snapshot)
+        try:
+            screen = self.screen
+        except ScreenStackError:  # the timer fired while the app was closing its screens
+            return
+        if isinstance(screen, FleetView):
+            screen.apply(self.snapshot)
 
     def _update_subtitle(self) -> None:
         parts = [self.current_mode]

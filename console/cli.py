@@ -247,14 +247,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     return _run_console(config, None)
 
 
-def _exit_on_hangup(signum: int, frame: object) -> None:
-    # The SSH session went away: unwind, so the demo fleet stops and its folder (with its
-    # private key) is removed, instead of dying where we stand.
+def _exit_on_signal(signum: int, frame: object) -> None:
+    # The SSH session went away (SIGHUP) or someone asked us to stop (SIGTERM, timeout,
+    # systemd): unwind, so the demo fleet stops and its folder (with its private key) is
+    # removed, instead of dying where we stand.
     raise SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    signal.signal(signal.SIGHUP, _exit_on_hangup)
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, _exit_on_signal)
     try:
         code = run(argv)
     except ConfigError as exc:

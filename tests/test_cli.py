@@ -128,8 +128,9 @@ def test_help(args: list[str]) -> None:
     assert "usage: llmops" in result.stdout
 
 
-def test_hangup_stops_the_demo_and_removes_its_folder(tmp_path: Path) -> None:
-    """The SSH session drops: the console exits and leaves no demo key behind."""
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+def test_hangup_or_term_stops_the_demo_and_removes_its_folder(tmp_path: Path, signum: int) -> None:
+    """The SSH session drops or the console is told to stop: no demo key is left behind."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     primary, secondary = os.openpty()
@@ -157,8 +158,8 @@ def test_hangup_stops_the_demo_and_removes_its_folder(tmp_path: Path) -> None:
             assert proc.poll() is None, "llmops demo exited early"
             time.sleep(0.2)
         time.sleep(1.0)  # let the console come up on the fleet
-        proc.send_signal(signal.SIGHUP)
-        assert proc.wait(timeout=30) == 128 + signal.SIGHUP
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == 128 + signum
     finally:
         if proc.poll() is None:
             proc.kill()
