@@ -139,6 +139,8 @@ async def fetch_metrics(client: httpx.AsyncClient, node: str, base_url: str) -> 
         response = await client.get(url)
     except httpx.HTTPError as exc:
         raise EngineError(f"{node}: GET {url}: {describe_http_error(exc)}") from exc
+    except httpx.InvalidURL as exc:  # not an HTTPError: raised before any connection
+        raise EngineError(f"{node}: GET {url}: invalid URL: {exc}") from exc
     if response.status_code != 200:
         raise EngineError(f"{node}: GET {url}: HTTP {response.status_code}")
     return response.text

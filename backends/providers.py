@@ -193,6 +193,8 @@ async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
                 on_event(event, state, time.perf_counter())
     except httpx.HTTPError as exc:
         return failed(describe_http_error(exc))
+    except httpx.InvalidURL as exc:  # not an HTTPError: raised before any connection
+        return failed(f"invalid URL {url}: {exc}")
     except TimeoutError:
         return failed(f"timed out after {target.timeout_s:g}s")
     latency = time.perf_counter() - start

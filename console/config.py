@@ -548,11 +548,15 @@ class _Loader:
             if value is _BAD:
                 return _BAD
             try:
-                ok = bool(urlsplit(value).hostname)
+                parts = urlsplit(value)
+                ok = bool(parts.hostname)
+                port = parts.port  # ValueError when not a number in 0..65535
             except ValueError:  # e.g. an unclosed [IPv6 address
-                ok = False
+                ok, port = False, None
             if not ok or not value.startswith(("http://", "https://")) or not value.isprintable():
                 return self.bad(node, path, f"{_show(value)} is not a URL (expected {expect})")
+            if port == 0:
+                return self.bad(node, path, f"{_show(value)} has port 0 (expected 1 to 65535)")
             return value
 
         return read

@@ -12,6 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from console.cli import main
 from console.config import (
     AlertThresholds,
     Config,
@@ -263,12 +264,23 @@ def test_the_corpus_is_large_enough() -> None:
 
 
 @pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
-def test_broken_config(path: Path) -> None:
+def test_broken_config(
+    path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     fragment, line = expectation(path)
     found = problems(path)
     assert_well_formed(path, found)
     prefix = f"{path}:{line}: " if line else f"{path}:"
     assert any(p.startswith(prefix) and fragment in p for p in found), found
+    # What the engineer sees: the same lines on stderr, nothing on stdout, exit status 2.
+    # (main() would also take over SIGHUP/SIGTERM, which belong to pytest here.)
+    monkeypatch.setattr("console.cli.signal.signal", lambda signum, handler: None)
+    with pytest.raises(SystemExit) as exited:
+        main(["config", "check", str(path)])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == found
 
 
 def test_all_problems_are_reported_at_once_in_line_order(tmp_path: Path) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends.engines import EngineError, engine_stats_from_text, parse_samples
+from backends.engines import EngineError, engine_stats_from_text, fetch_metrics, parse_samples
 from console.stats import histogram_quantile
 from tests.conftest import FIXTURES
+from tests.sshd import free_port
 
 DESIGN_EXCERPT = (FIXTURES / "vllm" / "metrics-vllm-docs-design-v1-excerpt.txt").read_text()
 USAGE_EXCERPT = (FIXTURES / "vllm" / "metrics-vllm-docs-usage-excerpt.txt").read_text()
@@ -90,3 +92,12 @@ def test_text_that_is_not_prometheus_is_an_error() -> None:
 def test_parser_never_raises_anything_but_engine_error(text: str) -> None:
     with contextlib.suppress(EngineError):
         engine_stats_from_text("n", text)
+
+
+async def test_metrics_fetch_failures_are_engine_errors_naming_node_and_url() -> None:
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(EngineError, match=r"^gpu-a1: GET http://\[::1/metrics: invalid URL"):
+            await fetch_metrics(client, "gpu-a1", "http://[::1")
+        down = f"http://127.0.0.1:{free_port()}"
+        with pytest.raises(EngineError, match=f"^gpu-a1: GET {down}/metrics: connection refused"):
+            await fetch_metrics(client, "gpu-a1", down)

@@ -79,6 +79,13 @@ async def test_nothing_listening() -> None:
     assert result.error == "connection refused or host unreachable"
 
 
+async def test_malformed_url_is_a_failed_probe_not_an_exception() -> None:
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, target("http://[::1"))
+    assert (result.ok, result.status) == (False, None)
+    assert result.error.startswith("invalid URL http://[::1/v1/chat/completions: ")
+
+
 @pytest.mark.parametrize(
     ("stream", "error"),
     [
