@@ -63,10 +63,13 @@ def _common_options() -> argparse.ArgumentParser:
         "--nodes",
         type=int,
         default=argparse.SUPPRESS,
-        help="demo fleet: number of nodes (default 4)",
+        help="demo fleet: number of nodes, 1 to 64 (default 4)",
     )
     common.add_argument(
-        "--gpus", type=int, default=argparse.SUPPRESS, help="demo fleet: GPUs per node (default 8)"
+        "--gpus",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="demo fleet: GPUs per node, 1 to 8 (default 8)",
     )
     common.add_argument(
         "--seed", type=int, default=argparse.SUPPRESS, help="demo fleet: random seed (default 0)"

@@ -74,8 +74,9 @@ def test_faults_need_the_demo() -> None:
     [
         (["--fault", "meteor-strike@5"], "llmops: --fault: "),
         (["--fault", "node-down:gpu-z9@5"], "llmops: demo fleet: "),
-        (["--nodes", "0"], "llmops: demo fleet: "),
-        (["--gpus", "9"], "llmops: demo fleet: "),
+        (["--nodes", "0"], "llmops: demo fleet: nodes must be between 1 and 64"),
+        (["--nodes", "5000"], "llmops: demo fleet: nodes must be between 1 and 64"),
+        (["--gpus", "9"], "llmops: demo fleet: gpus_per_node must be between 1 and 8"),
     ],
 )
 def test_bad_demo_options_are_usage_errors(args: list[str], start: str, tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ WARM_UP_S = 30.0  # simulated seconds of traffic run before the fleet is handed 
 _BOOT_S = 2.0
 _DETERMINISTIC_BOOT_S = 0.5
 _CALL_TIMEOUT_S = 30.0
+MAX_NODES = 64
 
 Undo = Callable[[], Awaitable[None]]
 T = TypeVar("T")
@@ -114,8 +115,9 @@ class DemoFleet:
         store: Path | None = None,
         deterministic: bool = False,
     ) -> None:
-        if nodes < 1:
-            raise ValueError("a demo fleet needs at least one node")
+        # Every node is two servers in this one process: past 64 the demo stops being quick.
+        if not 1 <= nodes <= MAX_NODES:
+            raise ValueError(f"nodes must be between 1 and {MAX_NODES}")
         if not 1 <= gpus_per_node <= 8:
             raise ValueError("gpus_per_node must be between 1 and 8")
         self.workdir = workdir.resolve()
