@@ -462,21 +462,16 @@ class Hub:
     def _cost_per_hour(self, endpoint: EndpointConfig, probes: list[ProbeResult]) -> float | None:
         if endpoint.nodes:
             return sum(self.config.node(n).cost_per_hour_usd for n in endpoint.nodes)
-        if endpoint.price is None or len(probes) < 2:
+        if endpoint.price is None or not probes:
             return None
-        # Without request logs the only API spend the console sees is its own probing.
-        span = probes[-1].started_at - probes[0].started_at
-        if span <= 0:
-            return None
-        usd = (
-            sum(
-                (p.prompt_tokens or 0) * endpoint.price.input_per_mtok_usd
-                + (p.completion_tokens or 0) * endpoint.price.output_per_mtok_usd
-                for p in probes
-            )
-            / 1e6
-        )
-        return usd / span * 3600
+        # Without request logs the only API spend the console sees is its own probing: the
+        # mean cost of a recent probe (a refused one costs nothing) at the configured cadence.
+        usd_per_probe = sum(
+            (p.prompt_tokens or 0) * endpoint.price.input_per_mtok_usd
+            + (p.completion_tokens or 0) * endpoint.price.output_per_mtok_usd
+            for p in probes
+        ) / (1e6 * len(probes))
+        return usd_per_probe * 3600 / endpoint.probe.every_s
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,8 @@ def pct(value: float | None) -> str:
 def usd(value: float | None) -> str:
     if value is None:
         return NA
+    if 0 < value < 0.005:  # a few probes an hour: small, but not nothing
+        return "<$0.01"
     return f"${value:,.2f}" if value < 1000 else f"${value:,.0f}"
 
 

@@ -103,6 +103,7 @@ def test_status_demo_json_has_every_node_and_endpoint_with_live_figures() -> Non
     for endpoint in names.values():
         assert endpoint["p95_s"] > 0
         assert endpoint["ttft_p95_s"] > 0
+        assert endpoint["cost_per_hour_usd"] > 0  # GPU-hours, or the API probes' own spend
     assert names["chat-primary"]["requests_per_s"] > 0
     assert all(s["consecutive_failures"] == 0 for s in data["sources"])
 

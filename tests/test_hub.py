@@ -218,17 +218,19 @@ async def test_probe_measures_ttft_tokens_and_cost(tmp_path, engine, provider) -
     provider.chunks = ["o", "k"]
     hub = Hub(make_config(tmp_path, engine, provider))
     await hub.poll_once("probe:chat-backup")
-    await asyncio.sleep(0.2)
-    await hub.poll_once("probe:chat-backup")
     row = hub.snapshot().endpoints[1]
+    provider.status = 429
+    await hub.poll_once("probe:chat-backup")
+    refused = hub.snapshot().endpoints[1]
     await hub.stop()
     assert row.source == "probe"
     assert row.served_model == "gpt-4o-mini"
     assert 0 < row.ttft_p95_s <= row.p95_s
     assert row.error_pct == 0
     assert row.requests_per_s is None  # probes are not the endpoint's traffic
-    # 2 probes x (12 prompt x $1000/M + 2 completion x $2000/M) over ~0.2 s, per hour
-    assert row.cost_per_hour_usd == pytest.approx(2 * 0.016 / 0.2 * 3600, rel=0.5)
+    # From the first probe: (12 prompt x $1000/M + 2 completion x $2000/M) every 100 ms
+    assert row.cost_per_hour_usd == pytest.approx(0.016 * 36000)
+    assert refused.cost_per_hour_usd == pytest.approx(0.016 * 36000 / 2)  # a 429 costs nothing
 
 
 async def test_rate_limited_probe_counts_as_error_with_retry_after(
