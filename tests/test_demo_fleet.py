@@ -147,6 +147,9 @@ async def test_nvidia_smi_formats_units_subsets_and_errors(fleet: DemoFleet) -> 
         units = await conn.run("nvidia-smi --query-gpu=memory.used,index,power.draw --format=csv")
         bare = await conn.run("nvidia-smi --query-gpu=index,pstate --format=csv,noheader,nounits")
         unknown = await conn.run("nvidia-smi --query-gpu=index,gpu.magic --format=csv")
+        legacy = await conn.run(
+            "nvidia-smi --query-gpu=index,clocks_throttle_reasons.active --format=csv,noheader"
+        )
         missing = await conn.run("ls -l /etc")
     first = units.stdout.splitlines()
     assert first[0] == "memory.used [MiB], index, power.draw [W]"
@@ -155,6 +158,7 @@ async def test_nvidia_smi_formats_units_subsets_and_errors(fleet: DemoFleet) -> 
     assert unknown.exit_status == 2
     assert unknown.stdout == ""
     assert 'Field "gpu.magic" is not a valid field to query.' in unknown.stderr
+    assert re.fullmatch(r"0, 0x[0-9A-F]{16}", legacy.stdout.splitlines()[0])
     assert missing.exit_status == 127
     assert missing.stderr == "bash: ls: command not found\n"
 

@@ -58,6 +58,8 @@ FIELDS: dict[str, _Field] = {
     "mig.mode.current": _Field(None, lambda g: g.mig_mode),
     "clocks_event_reasons.active": _Field(None, lambda g: f"0x{g.event_reasons:016X}"),
 }
+# Drivers from 535 still answer the mask's old name, as the console's fallback query asks it.
+FIELDS["clocks_throttle_reasons.active"] = FIELDS["clocks_event_reasons.active"]
 
 
 def query_gpus(argv: Sequence[str], gpus: Sequence[GpuState]) -> str:
