@@ -237,6 +237,14 @@ def _describe(node: Node) -> str:
     return _show(node.value)
 
 
+def _foreign_tag(node: Node) -> str | None:
+    """An explicit tag outside YAML's own types (!!python/..., !custom), as it was written."""
+    if not node.tag.startswith(_TAG):
+        return node.tag
+    name = node.tag.removeprefix(_TAG)
+    return f"!!{name}" if "/" in name else None
+
+
 def _is_null(node: Node) -> bool:
     return isinstance(node, ScalarNode) and node.tag == _NULL
 
@@ -315,6 +323,8 @@ class _Loader:
     def wrong(self, node: Node, path: str, kind: str, expect: str) -> Any:
         if _is_null(node):
             return self.bad(node, path, f"has no value (expected {expect})")
+        if tag := _foreign_tag(node):  # the file is only composed, so a tag is never obeyed
+            return self.bad(node, path, f"the YAML tag {tag} is not supported (expected {expect})")
         return self.bad(node, path, f"{_describe(node)} is not {kind} (expected {expect})")
 
     # -- reading the file
