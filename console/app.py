@@ -148,10 +148,12 @@ class LlmopsApp(App[None]):
     def _run_command(self, command: str | None) -> None:
         if not command:
             return
-        if command in ("q", "quit"):
+        # As in k9s, a unique beginning is enough: ":no" is the nodes view.
+        matches = [name for name in (*VIEWS, "quit") if name.startswith(command.lower())]
+        if command == "q" or matches == ["quit"]:
             self.exit()
-        elif command in VIEWS:
-            self.action_show_view(command)
+        elif len(matches) == 1:
+            self.action_show_view(matches[0])
         else:
             self.notify(f"unknown view {command!r}: try {', '.join(VIEWS)}", severity="error")
 

@@ -44,7 +44,10 @@ class HelpScreen(ModalScreen[None]):
 class CommandLine(ModalScreen[str | None]):
     """``:``: type a view name (k9s style); tab completes, esc cancels."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]  # noqa: RUF012
+    BINDINGS = [  # noqa: RUF012
+        Binding("escape", "dismiss(None)", "Cancel"),
+        Binding("tab", "complete", "Complete"),
+    ]
     DEFAULT_CSS = """
     CommandLine { align: center bottom; }
     CommandLine > Input { width: 100%; dock: bottom; margin-bottom: 1; }
@@ -59,6 +62,12 @@ class CommandLine(ModalScreen[str | None]):
             placeholder=":" + " | ".join(self.commands),
             suggester=SuggestFromList(self.commands, case_sensitive=False),
         )
+
+    def action_complete(self) -> None:
+        # Input takes its grey suggestion on right-arrow at the end of the text; tab does both.
+        command = self.query_one(Input)
+        command.action_end()
+        command.action_cursor_right()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip().lstrip(":"))

@@ -19,6 +19,15 @@ from screens.formatting import clock
 from screens.tables import EndpointTable, LiveTable, NodeTable, RowFilter, SourceTable
 
 
+class FilterInput(Input):
+    """The ``/`` line; lists its own keys in the footer while it has the focus."""
+
+    BINDINGS = [  # noqa: RUF012
+        Binding("enter", "submit", "Apply"),
+        Binding("escape", "screen.back", "Clear filter"),
+    ]
+
+
 class FleetView(Screen[None]):
     """Base for the views: header, tables, a filter line and the footer with active keys."""
 
@@ -29,7 +38,7 @@ class FleetView(Screen[None]):
     ]
     DEFAULT_CSS = """
     FleetView LiveTable { height: 1fr; }
-    FleetView #filter { dock: bottom; display: none; }
+    FleetView #filter { display: none; }
     FleetView #filter.-open { display: block; }
     FleetView .caption { height: 1; padding: 0 1; color: $text-muted; }
     FleetView .detail { height: auto; max-height: 4; padding: 0 1; }
@@ -41,12 +50,14 @@ class FleetView(Screen[None]):
         super().__init__()
         self.row_filter = RowFilter()
         self._snapshot: FleetSnapshot | None = None
+        self._filtered_from: LiveTable | None = None  # where the focus goes back to
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
         with Vertical():
             yield from self.body()
-        yield Input(placeholder="filter rows (!text inverts)", id="filter")
+            # In the flow above the footer, not docked: two docked widgets would overlap.
+            yield FilterInput(placeholder="filter rows (!text inverts)", id="filter")
         yield Footer()
 
     def body(self) -> ComposeResult:
@@ -69,9 +80,21 @@ class FleetView(Screen[None]):
             self.apply(self._snapshot)
 
     def action_open_filter(self) -> None:
+        if isinstance(self.focused, LiveTable):
+            self._filtered_from = self.focused
         filter_input = self.query_one("#filter", Input)
         filter_input.add_class("-open")
         filter_input.focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # While the filter line has the focus, "/" is a character to type, not a key to list.
+        return not (action == "open_filter" and isinstance(self.focused, FilterInput))
+
+    def _refocus_table(self) -> None:
+        table = self._filtered_from
+        if table is None or not table.is_attached:
+            table = self.query(LiveTable).first()
+        table.focus()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "filter":
@@ -82,14 +105,14 @@ class FleetView(Screen[None]):
         if event.input.id == "filter":
             if not event.value.strip():
                 event.input.remove_class("-open")
-            self.query(LiveTable).first().focus()
+            self._refocus_table()
 
     async def action_back(self) -> None:
         filter_input = self.query_one("#filter", Input)
         if self.row_filter.text or filter_input.has_class("-open"):
             filter_input.value = ""  # posts Changed, which clears the filter
             filter_input.remove_class("-open")
-            self.query(LiveTable).first().focus()
+            self._refocus_table()
         elif self.VIEW_NAME != "overview":
             await self.app.run_action("show_view('overview')")
 

@@ -23,6 +23,19 @@ async def test_colon_switches_views_and_esc_goes_back() -> None:
         assert app.current_mode == "overview"
 
 
+async def test_colon_tab_completes_and_a_unique_beginning_is_enough() -> None:
+    app = make_app()
+    async with app.run_test() as pilot:
+        await pilot.press("colon", *"sou", "tab")
+        assert app.screen.query_one("Input").value == "sources"
+        await pilot.press("enter")
+        assert app.current_mode == "sources"
+        await pilot.press("colon", *"no", "enter")
+        assert app.current_mode == "nodes"
+        await pilot.press("colon", *"qu", "enter")
+        assert not app.is_running
+
+
 async def test_command_palette_switches_views() -> None:
     app = make_app()
     async with app.run_test() as pilot:
@@ -49,6 +62,26 @@ async def test_filter_and_inverse_filter() -> None:
         await pilot.press("escape")  # clears the filter, stays in the view
         assert nodes.row_count == 4 * 9
         assert app.current_mode == "overview"
+
+
+async def test_filter_lists_its_keys_and_hands_the_focus_back() -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        nodes = app.screen.query_one(NodeTable)
+        nodes.focus()
+        await pilot.press("slash", *"a3")
+        active = app.screen.active_bindings.values()
+        shown = {a.binding.key: a.binding.description for a in active if a.binding.show}
+        assert shown.get("escape") == "Clear filter" and shown.get("enter") == "Apply"
+        assert "slash" not in shown  # here "/" is typed, not a key
+        filter_line = app.screen.query_one("#filter")
+        footer = app.screen.query_one("Footer")
+        assert filter_line.region.bottom <= footer.region.y  # fully visible above the footer
+        await pilot.press("escape")
+        assert app.focused is nodes  # back where the engineer was, not the first table
+        active = app.screen.active_bindings.values()
+        assert "slash" in {a.binding.key for a in active if a.binding.show}
+        assert nodes.row_count == 4 * 9
 
 
 async def test_filter_keeps_the_cursor_on_its_row() -> None:
