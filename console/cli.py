@@ -149,7 +149,8 @@ def _open_store(config: Config) -> Store:
     try:
         return Store(config.store)
     except (OSError, sqlite3.Error) as exc:
-        raise UsageError(f"{config.path}: store: cannot open {config.store}: {exc}") from exc
+        where = f"{config.path}:{config.store_line}" if config.store_line else str(config.path)
+        raise UsageError(f"{where}: store: cannot open {config.store}: {exc}") from exc
 
 
 def _run_console(config: Config, fleet: object | None) -> int:

@@ -119,6 +119,7 @@ class Config:
     nodes: tuple[NodeConfig, ...]
     endpoints: tuple[EndpointConfig, ...]
     alerts: AlertThresholds = field(default_factory=AlertThresholds)
+    store_line: int = 0  # where `store:` is set; 0 when the default path is used
 
     def node(self, name: str) -> NodeConfig:
         return next(n for n in self.nodes if n.name == name)
@@ -245,6 +246,16 @@ def _foreign_tag(node: Node) -> str | None:
     return f"!!{name}" if "/" in name else None
 
 
+def _is_foreign_file(path: Path) -> bool:
+    """A file that exists, has content and does not start as every SQLite database does."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError:  # absent (the store creates it) or unreadable (opening it says why)
+        return False
+    return bool(head) and head != b"SQLite format 3\x00"
+
+
 def _is_null(node: Node) -> bool:
     return isinstance(node, ScalarNode) and node.tag == _NULL
 
@@ -306,6 +317,7 @@ class _Loader:
         self.secrets: set[int] = set()  # ids of nodes reported as secrets: never checked again
         self.refs: list[tuple[Node, str, str]] = []  # endpoint -> node names, checked at the end
         self.names: dict[str, set[str]] = {}  # "node" -> the names read, even of broken nodes
+        self.store_line = 0
         self.constructor = SafeConstructor()
 
     def sorted_problems(self) -> list[str]:
@@ -549,6 +561,26 @@ class _Loader:
 
         return read
 
+    def store_path(self) -> Reader:
+        file_path = self.file_path()
+        expect = "a path for the SQLite incident log"
+
+        def read(node: Node, path: str) -> Any:
+            value = file_path(node, path)
+            if value is _BAD:
+                return _BAD
+            self.store_line = _line(node)
+            # Caught here, so `config check` says so before the console is started on it.
+            if value.is_dir():
+                return self.bad(node, path, f"{_show(node.value)} is a folder (expected {expect})")
+            if _is_foreign_file(value):
+                return self.bad(
+                    node, path, f"{_show(node.value)} is not a SQLite database (expected {expect})"
+                )
+            return value
+
+        return read
+
     def url(self) -> Reader:
         expect = "an http:// or https:// URL, e.g. http://10.0.3.11:8000/v1"
         text = self.text(expect)
@@ -658,7 +690,7 @@ class _Loader:
         }
         spec = {
             "environment": _Key("environment", self.text(), need="a string such as prod"),
-            "store": _Key("store", self.file_path()),
+            "store": _Key("store", self.store_path()),
             "ssh": _Key(
                 "ssh", self.section(ssh, SshConfig, "a mapping of ssh settings", SshConfig())
             ),
@@ -695,6 +727,7 @@ class _Loader:
             nodes=values["nodes"],
             endpoints=values.get("endpoints", ()),
             alerts=values.get("alerts", AlertThresholds()),
+            store_line=self.store_line,
         )
 
     def nodes(self, node: Node, path: str) -> Any:

@@ -123,6 +123,20 @@ def test_status_table_exits_1_and_names_the_failed_source(tmp_path: Path) -> Non
     assert "FAILED gpus:gpu-x1: gpu-x1 (llmops@127.0.0.1:9): cannot connect" in result.stdout
 
 
+def test_store_that_cannot_be_opened_names_file_line_and_key(tmp_path: Path) -> None:
+    (tmp_path / "known_hosts").write_text("")
+    (tmp_path / "not-a-folder").write_text("")
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "environment: staging\nssh: {known_hosts: known_hosts}\n"
+        "store: not-a-folder/llmops.db\nnodes:\n  - {name: gpu-x1, host: 127.0.0.1, port: 9}\n"
+    )
+    result = llmops("status", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"llmops: {path}:3: store: cannot open {tmp_path}/not-a-folder")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("args", [["--help"], ["status", "--help"], ["config", "check", "--help"]])
 def test_help(args: list[str]) -> None:
     result = llmops(*args)
