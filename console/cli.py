@@ -183,6 +183,10 @@ def _status_table(snapshot: FleetSnapshot) -> str:
     from screens.tables import EndpointTable, NodeTable, endpoint_cells, node_cells
 
     def block(columns: Sequence[tuple[str, str, int]], rows: list[tuple[str, ...]]) -> list[str]:
+        # One poll has no history: the trend columns would be empty, and push past 80 columns.
+        keep = [i for i, (key, _, _) in enumerate(columns) if key != "trend"]
+        columns = [columns[i] for i in keep]
+        rows = [tuple(r[i] for i in keep) for r in rows]
         widths = [
             max(len(label), *(len(r[i]) for r in rows)) if rows else len(label)
             for i, (_, label, _) in enumerate(columns)

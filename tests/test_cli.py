@@ -108,6 +108,16 @@ def test_status_demo_json_has_every_node_and_endpoint_with_live_figures() -> Non
     assert all(s["consecutive_failures"] == 0 for s in data["sources"])
 
 
+def test_status_table_fits_80_columns() -> None:
+    result = llmops("status", "--demo")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines if line.startswith(("chat-", "gpu-"))] == [
+        "chat-primary", "chat-large", "chat-backup", "gpu-a1", "gpu-a2", "gpu-a3", "gpu-a4"
+    ]  # fmt: skip
+    assert max(len(line) for line in lines) <= 80
+
+
 def test_status_table_exits_1_and_names_the_failed_source(tmp_path: Path) -> None:
     (tmp_path / "known_hosts").write_text("")
     path = tmp_path / "config.yaml"
