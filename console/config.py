@@ -136,6 +136,8 @@ class ConfigError(Exception):
 # --- the loader ------------------------------------------------------------------------------
 
 DURATION = "a number of seconds or e.g. 500ms, 15s, 2m, 1h"
+MIN_INTERVAL_S = 0.1  # poll and probe intervals
+MAX_GPUS_PER_NODE = 64
 NAME = "a name of letters, digits, '.', '_' and '-'"
 SECRET = (
     "literal secrets are not allowed in the config (name an environment variable with api_key_env)"
@@ -522,21 +524,27 @@ class _Loader:
 
         return read
 
-    def duration(self) -> Reader:
+    def duration(self, minimum_s: float = 0.0) -> Reader:
+        expect = DURATION if not minimum_s else f"{DURATION}; at least {minimum_s * 1000:g}ms"
+
         def read(node: Node, path: str) -> Any:
             value = self.scalar(node)
             if isinstance(value, str) and (match := _DURATION_RE.fullmatch(value)):
-                seconds = _finite(float(match[1]) * _UNITS[match[2] or "s"])
-            elif _is_number(value):
-                seconds = _finite(value)
-            else:
-                return self.wrong(node, path, "a duration", DURATION)
+                value = float(match[1]) * _UNITS[match[2] or "s"]
+            elif not _is_number(value):
+                return self.wrong(node, path, "a duration", expect)
+            if math.isnan(value):  # e.g. `.nan`
+                what = f"{_describe(node)} is not a number"
+                return self.bad(node, path, f"{what} (expected {expect})")
+            seconds = _finite(value)
             if seconds is None:
-                return self.bad(node, path, f"{_describe(node)} is too long (expected {DURATION})")
+                return self.bad(node, path, f"{_describe(node)} is too long (expected {expect})")
             if seconds <= 0:
                 return self.bad(
-                    node, path, f"{_describe(node)} is not greater than zero (expected {DURATION})"
+                    node, path, f"{_describe(node)} is not greater than zero (expected {expect})"
                 )
+            if seconds < minimum_s:
+                return self.bad(node, path, f"{_describe(node)} is too short (expected {expect})")
             return seconds
 
         return read
@@ -666,6 +674,8 @@ class _Loader:
 
     def config(self, root: MappingNode) -> Config | None:
         seconds = self.duration()
+        # Faster than this, polling and probing load the fleet (and pay for probes) for nothing.
+        interval = self.duration(minimum_s=MIN_INTERVAL_S)
         ssh = {
             "user": _Key("user", self.text("a user name")),
             "known_hosts": _Key("known_hosts", self.file_path()),
@@ -676,8 +686,8 @@ class _Loader:
             "keepalive": _Key("keepalive_s", seconds),
         }
         poll = {
-            "gpus": _Key("gpus_s", seconds),
-            "engine": _Key("engine_s", seconds),
+            "gpus": _Key("gpus_s", interval),
+            "engine": _Key("engine_s", interval),
             "max_backoff": _Key("max_backoff_s", seconds),
             "stale_after_polls": _Key("stale_after_polls", self.integer(1)),
         }
@@ -747,7 +757,7 @@ class _Loader:
                 need="a host name or IP address",
             ),
             "port": _Key("port", self.integer(1, 65535)),
-            "gpus": _Key("gpus", self.integer(1, nullable=True)),
+            "gpus": _Key("gpus", self.integer(1, MAX_GPUS_PER_NODE, nullable=True)),
             "cost_per_hour_usd": _Key("cost_per_hour_usd", self.number(0)),
             "engine": _Key(
                 "engine", self.section(engine, dict, "a mapping of engine settings", None)
@@ -774,7 +784,7 @@ class _Loader:
             return value
 
         probe = {
-            "every": _Key("every_s", self.duration()),
+            "every": _Key("every_s", self.duration(minimum_s=MIN_INTERVAL_S)),
             "prompt": _Key("prompt", self.text()),
             "max_tokens": _Key("max_tokens", self.integer(1)),
             "timeout": _Key("timeout_s", self.duration()),
