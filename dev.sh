@@ -18,8 +18,15 @@ setup() {
             exit 2
         }
     fi
+    # The install is editable: only a changed pyproject.toml needs pip (and the network) again.
+    stamp=".venv/.installed-$(echo "$1" | tr -c 'a-z\n' '_')"
+    wanted=$(cksum < pyproject.toml)
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+        return
+    fi
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$1"
+    echo "$wanted" > "$stamp"
 }
 
 command=${1:-}
