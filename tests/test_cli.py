@@ -118,13 +118,19 @@ def test_status_table_fits_80_columns() -> None:
     assert max(len(line) for line in lines) <= 80
 
 
-def test_status_table_exits_1_and_names_the_failed_source(tmp_path: Path) -> None:
+def unreachable_node_config(tmp_path: Path, store: str) -> Path:
+    """A config whose one node has nothing listening on its SSH port."""
     (tmp_path / "known_hosts").write_text("")
     path = tmp_path / "config.yaml"
     path.write_text(
-        "environment: staging\nstore: s.db\nssh: {known_hosts: known_hosts, connect_timeout: 1s}\n"
-        "nodes:\n  - {name: gpu-x1, host: 127.0.0.1, port: 9}\n"
+        "environment: staging\nssh: {known_hosts: known_hosts, connect_timeout: 1s}\n"
+        f"store: {store}\nnodes:\n  - {{name: gpu-x1, host: 127.0.0.1, port: 9}}\n"
     )
+    return path
+
+
+def test_status_table_exits_1_and_names_the_failed_source(tmp_path: Path) -> None:
+    path = unreachable_node_config(tmp_path, "s.db")
     result = llmops("status", "--config", str(path))
     assert result.returncode == 1
     assert "environment: staging" in result.stdout
@@ -134,13 +140,8 @@ def test_status_table_exits_1_and_names_the_failed_source(tmp_path: Path) -> Non
 
 
 def test_store_that_cannot_be_opened_names_file_line_and_key(tmp_path: Path) -> None:
-    (tmp_path / "known_hosts").write_text("")
     (tmp_path / "not-a-folder").write_text("")
-    path = tmp_path / "config.yaml"
-    path.write_text(
-        "environment: staging\nssh: {known_hosts: known_hosts}\n"
-        "store: not-a-folder/llmops.db\nnodes:\n  - {name: gpu-x1, host: 127.0.0.1, port: 9}\n"
-    )
+    path = unreachable_node_config(tmp_path, "not-a-folder/llmops.db")
     result = llmops("status", "--config", str(path))
     assert result.returncode == 2
     assert result.stderr.startswith(f"llmops: {path}:3: store: cannot open {tmp_path}/not-a-folder")
