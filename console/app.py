@@ -23,6 +23,8 @@ from screens.views import VIEWS, FleetView
 
 log = logging.getLogger(__name__)
 
+COMMANDS = (*VIEWS, "quit")  # what the ``:`` line takes
+
 
 class SnapshotSource(Protocol):
     """What the app needs from the hub (tests give it fixed snapshots)."""
@@ -142,15 +144,14 @@ class LlmopsApp(App[None]):
         self.push_screen(HelpScreen(self.current_mode, keys))
 
     def action_command_line(self) -> None:
-        commands = [*VIEWS, "quit"]
-        self.push_screen(CommandLine(commands), self._run_command)
+        self.push_screen(CommandLine(COMMANDS), self._run_command)
 
     def _run_command(self, command: str | None) -> None:
         if not command:
             return
         # As in k9s, a unique beginning is enough: ":no" is the nodes view.
-        matches = [name for name in (*VIEWS, "quit") if name.startswith(command.lower())]
-        if command == "q" or matches == ["quit"]:
+        matches = [name for name in COMMANDS if name.startswith(command.lower())]
+        if matches == ["quit"]:
             self.exit()
         elif len(matches) == 1:
             self.action_show_view(matches[0])

@@ -319,7 +319,6 @@ class _Loader:
         self.secrets: set[int] = set()  # ids of nodes reported as secrets: never checked again
         self.refs: list[tuple[Node, str, str]] = []  # endpoint -> node names, checked at the end
         self.names: dict[str, set[str]] = {}  # "node" -> the names read, even of broken nodes
-        self.store_line = 0
         self.constructor = SafeConstructor()
 
     def sorted_problems(self) -> list[str]:
@@ -577,7 +576,6 @@ class _Loader:
             value = file_path(node, path)
             if value is _BAD:
                 return _BAD
-            self.store_line = _line(node)
             # Caught here, so `config check` says so before the console is started on it.
             if value.is_dir():
                 return self.bad(node, path, f"{_show(node.value)} is a folder (expected {expect})")
@@ -737,7 +735,7 @@ class _Loader:
             nodes=values["nodes"],
             endpoints=values.get("endpoints", ()),
             alerts=values.get("alerts", AlertThresholds()),
-            store_line=self.store_line,
+            store_line=_line(store) if (store := _child(root, "store")) is not None else 0,
         )
 
     def nodes(self, node: Node, path: str) -> Any:
