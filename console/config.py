@@ -22,6 +22,8 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from console.redact import looks_secret, secret_key_name
+
 
 def default_config_path() -> Path:
     """``$XDG_CONFIG_HOME/llmops/config.yaml`` (``~/.config/llmops/config.yaml``)."""
@@ -155,24 +157,6 @@ _ENV_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 _HOST_RE = re.compile(r"[^\s/]+")
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]+")  # keys that can be written into a key.path as they are
 
-# Secrets: key names that only ever hold one, and values shaped like provider keys.
-_SECRET_KEYS = frozenset(
-    {"api_key", "apikey", "token", "password", "passwd", "secret", "authorization"}
-)
-_SECRET_KEY_SUFFIXES = ("_api_key", "_token", "_password", "_secret")
-_KEY_PREFIX_RE = re.compile(r"(?:sk-|ghp_|gho_|ghu_|ghs_|github_pat_)[A-Za-z0-9_-]{6,}")
-_HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{16,}")  # hf_ alone is too common (hf_transfer)
-# "Bearer x" as the whole value or a header; elsewhere in text only with a token-like word.
-_BEARER_RE = re.compile(
-    r"(?:^|[Aa]uthorization:\s*)Bearer\s+\S|\bBearer\s+(?=\S*\d)[A-Za-z0-9._~+/=-]{12,}"
-)
-_URL_PASSWORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")
-_WORD_SPLIT_RE = re.compile(r"[\s\"'`=:,;&?()\[\]{}<>]+")
-_LONG_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{32,}")
-# A random key has a long run without separators; model names (Mistral-Nemo-Instruct-2407-FP8)
-# and UUIDs are made of short runs.
-_RANDOM_RUN_RE = re.compile(r"[A-Za-z0-9]{16,}")
-
 _BAD: Any = object()  # a value whose problem is already reported
 
 Reader = Callable[[Node, str], Any]
@@ -201,28 +185,6 @@ def check_config(path: Path | str) -> list[str]:
     except ConfigError as error:
         return error.problems
     return []
-
-
-def _looks_secret(text: str) -> bool:
-    if _BEARER_RE.search(text) or _URL_PASSWORD_RE.search(text):
-        return True
-    for word in _WORD_SPLIT_RE.split(text):
-        if _KEY_PREFIX_RE.match(word) or _HF_TOKEN_RE.match(word):
-            return True
-        if _LONG_TOKEN_RE.fullmatch(word) and any(
-            _letters_and_digits(run) for run in _RANDOM_RUN_RE.findall(word)
-        ):
-            return True
-    return False
-
-
-def _secret_key(name: str) -> bool:
-    name = name.lower().replace("-", "_")
-    return name in _SECRET_KEYS or name.endswith(_SECRET_KEY_SUFFIXES)
-
-
-def _letters_and_digits(text: str) -> bool:
-    return any(c.isascii() and c.isalpha() for c in text) and any(c.isdigit() for c in text)
 
 
 def _show(text: str) -> str:
@@ -423,7 +385,7 @@ class _Loader:
                 continue
             seen.add(id(node))
             if isinstance(node, ScalarNode):
-                if _looks_secret(node.value):
+                if looks_secret(node.value):
                     self.secret(node, path)
             elif isinstance(node, SequenceNode):
                 stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node.value))
@@ -432,10 +394,10 @@ class _Loader:
                     if not isinstance(key, ScalarNode):
                         stack.append((key, path))
                         stack.append((child, path))
-                    elif _secret_key(key.value):
+                    elif secret_key_name(key.value):
                         self.secret(key, _key_path(path, key.value))
                         self.secrets.add(id(child))  # the whole value is the secret
-                    elif _looks_secret(key.value):
+                    elif looks_secret(key.value):
                         self.secret(key, path)  # the key is the secret: leave it out of the path
                         stack.append((child, path))
                     else:

@@ -7,9 +7,8 @@ hardware does not report, or a source that has not answered) and is shown as ``N
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-from console.config import AlertThresholds
 
 
 @dataclass(frozen=True)
@@ -30,8 +29,13 @@ class GpuReading:
     sm_clock_mhz: float | None = None
     fan_pct: float | None = None
     pstate: str | None = None
-    ecc_uncorrected: int | None = None
-    throttle_reasons: int | None = None
+    ecc_uncorrected: int | None = None  # volatile (since the driver loaded)
+    ecc_corrected: int | None = None
+    throttle_reasons: int | None = None  # the clocks_event_reasons bit mask as reported
+    # The mask decoded to words ("power cap", "HW slowdown"); () when nothing slows the clocks,
+    # None when the GPU does not report it.
+    clock_events: tuple[str, ...] | None = None
+    lost: bool = False  # nvidia-smi printed [GPU is lost] for it: the GPU fell off the bus
 
 
 @dataclass(frozen=True)
@@ -43,23 +47,30 @@ class Histogram:
     count: float
 
 
+# A series' labels other than ``le``, sorted: ``(("engine", "0"), ("model_name", "m"))``.
+SeriesLabels = tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True)
 class EngineStats:
-    """One scrape of a vLLM engine's ``/metrics``, summed over its ``engine`` (DP rank) labels."""
+    """One scrape of a vLLM engine's ``/metrics``.
+
+    Gauges are summed over the engine's data-parallel ranks (``engine`` label). Counters and
+    histograms are kept per series, as Prometheus stores them, so that rates and increases are
+    taken per series (with counter-reset detection) before anything is added up.
+    """
 
     node: str
     model_name: str | None
     running: float | None
     waiting: float | None
-    kv_cache_usage: float | None  # 0..1
-    preemptions_total: float | None
-    prompt_tokens_total: float | None
-    generation_tokens_total: float | None
-    requests_finished_total: dict[str, float] = field(default_factory=dict)  # by finished_reason
-    ttft: Histogram | None = None
-    e2e_latency: Histogram | None = None
-    inter_token_latency: Histogram | None = None
+    kv_cache_usage: float | None  # 0..1, the mean over ranks
+    # Counter family (e.g. "vllm:request_success_total") -> series -> cumulative value.
+    counters: Mapping[str, Mapping[SeriesLabels, float]] = field(default_factory=dict)
+    # Histogram family (e.g. "vllm:e2e_request_latency_seconds") -> series -> cumulative buckets.
+    histograms: Mapping[str, Mapping[SeriesLabels, Histogram]] = field(default_factory=dict)
     skipped_lines: tuple[str, ...] = ()  # malformed exposition lines that were dropped
+    non_finite: tuple[str, ...] = ()  # samples dropped because their value was NaN or +-Inf
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,17 @@ class NodeRow:
 
 
 @dataclass(frozen=True)
+class Thresholds:
+    """Figures past which a cell alarms (the config's ``alerts:``)."""
+
+    p95_latency_s: float = 4.0
+    ttft_p95_s: float = 1.5
+    error_rate_pct: float = 5.0
+    gpu_temp_c: float = 85.0
+    kv_cache_pct: float = 90.0
+
+
+@dataclass(frozen=True)
 class FleetSnapshot:
     """Everything the overview needs at one instant; immutable, so screens can keep it."""
 
@@ -151,7 +173,7 @@ class FleetSnapshot:
     endpoints: tuple[EndpointRow, ...]
     nodes: tuple[NodeRow, ...]
     sources: tuple[SourceStatus, ...]
-    thresholds: AlertThresholds = field(default_factory=AlertThresholds)  # cells past them alarm
+    thresholds: Thresholds = field(default_factory=Thresholds)  # cells past them alarm
 
     @property
     def failed_sources(self) -> tuple[SourceStatus, ...]:

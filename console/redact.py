@@ -1,0 +1,81 @@
+"""Secret detection and redaction: one set of rules for everything the console keeps or shows.
+
+The config loader refuses a value that :func:`looks_secret`; probe errors, command output and
+anything else headed for the store, a log or the screen go through :func:`redact` first. The
+rules recognise provider keys by shape (``sk-``, ``hf_``, GitHub tokens, bearer tokens,
+passwords in URLs, long random runs) and any exact secret the caller knows (the API key a
+probe sent). This module must not import anything of the console's: every layer uses it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+REDACTED = "[redacted]"
+
+# Key names that only ever hold a secret.
+_SECRET_KEYS = frozenset(
+    {"api_key", "apikey", "token", "password", "passwd", "secret", "authorization"}
+)
+_SECRET_KEY_SUFFIXES = ("_api_key", "_token", "_password", "_secret")
+_KEY_PREFIX_RE = re.compile(r"(?:sk-|ghp_|gho_|ghu_|ghs_|github_pat_)[A-Za-z0-9_-]{6,}")
+_HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{16,}")  # hf_ alone is too common (hf_transfer)
+# "Bearer x" as the whole value or a header; elsewhere in text only with a token-like word.
+_BEARER_RE = re.compile(
+    r"(?:^|[Aa]uthorization:\s*)Bearer\s+\S|\bBearer\s+(?=\S*\d)[A-Za-z0-9._~+/=-]{12,}"
+)
+_URL_PASSWORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")
+_WORD_SPLIT_RE = re.compile(r"[\s\"'`=:,;&?()\[\]{}<>]+")
+_LONG_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{32,}")
+# A random key has a long run without separators; model names (Mistral-Nemo-Instruct-2407-FP8)
+# and UUIDs are made of short runs.
+_RANDOM_RUN_RE = re.compile(r"[A-Za-z0-9]{16,}")
+
+# What redact() replaces in free text: bearer tokens, prefixed keys, passwords in URLs.
+_BEARER_TOKEN_RE = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_URL_PASSWORD_PART_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:)[^/?#@\s]+(@)")
+
+
+def secret_key_name(name: str) -> bool:
+    """A mapping key such as ``api_key`` or ``db_password`` whose value is always a secret."""
+    name = name.lower().replace("-", "_")
+    return name in _SECRET_KEYS or name.endswith(_SECRET_KEY_SUFFIXES)
+
+
+def _letters_and_digits(text: str) -> bool:
+    return any(c.isascii() and c.isalpha() for c in text) and any(c.isdigit() for c in text)
+
+
+def _random_token(word: str) -> bool:
+    return bool(_LONG_TOKEN_RE.fullmatch(word)) and any(
+        _letters_and_digits(run) for run in _RANDOM_RUN_RE.findall(word)
+    )
+
+
+def looks_secret(text: str) -> bool:
+    """Whether ``text`` holds something shaped like a credential."""
+    if _BEARER_RE.search(text) or _URL_PASSWORD_RE.search(text):
+        return True
+    for word in _WORD_SPLIT_RE.split(text):
+        if _KEY_PREFIX_RE.match(word) or _HF_TOKEN_RE.match(word) or _random_token(word):
+            return True
+    return False
+
+
+def redact(text: str, known: Iterable[str | None] = ()) -> str:
+    """``text`` with every known secret and every credential-shaped word replaced."""
+    for secret in known:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    text = _BEARER_TOKEN_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _URL_PASSWORD_PART_RE.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
+    text = _KEY_PREFIX_RE.sub(REDACTED, text)
+    text = _HF_TOKEN_RE.sub(REDACTED, text)
+    return "".join(
+        REDACTED if _random_token(part) else part for part in _WORD_SPLIT_RE_KEEP.split(text)
+    )
+
+
+# Splits on separators but keeps them, so that the text is rebuilt as it was.
+_WORD_SPLIT_RE_KEEP = re.compile(r"([\s\"'`=:,;&?()\[\]{}<>]+)")
