@@ -2,17 +2,21 @@
 
 A probe sends one small streaming chat request and measures time to first token at the
 first *content* token (not at the response headers or the role-only first chunk), total
-latency, token usage as the endpoint reports it, and rate-limit signals (429 with
-``retry-after``). API keys come from the environment variable the config names and are sent
-only in the request header: they never appear in a result or an error text.
+latency, token usage as the endpoint reports it, and rate-limit signals (429 or 503 with
+``Retry-After``, as seconds or an HTTP-date, bounded). Durations come from a monotonic clock;
+``started_at`` is wall time, for display. An error page is read only up to a bound, so a huge
+or endless one costs neither memory nor the probe's deadline. API keys come from the
+environment variable the config names and are sent only in the request header: every error
+text passes through console.redact, so a key a server echoes never reaches a result.
+Knows nothing of the UI or the hub.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +25,13 @@ import httpx
 
 from backends.engines import describe_http_error
 from console.models import ProbeResult
+from console.redact import redact
+
+# Only the start of an error page is read: enough for any JSON error, never a whole HTML dump.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+# A server asking for more than this is asking for longer than an on-call engineer can go
+# without a fresh reading; the probe comes back after this at the latest.
+MAX_RETRY_AFTER_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -111,16 +122,6 @@ def _on_anthropic_event(event: dict[str, Any], state: _StreamState, now: float) 
         state.stream_error = _message(event.get("error") or "stream error")
 
 
-_TOKEN_LIKE = re.compile(r"(?i)\b(bearer\s+)\S+|\b(sk-|sk-ant-|hf_)[A-Za-z0-9_-]{6,}")
-
-
-def _redact(text: str, api_key: str | None) -> str:
-    """Error text from a server may echo the key: it never reaches the store or the screen."""
-    if api_key:
-        text = text.replace(api_key, "[redacted]")
-    return _TOKEN_LIKE.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
-
-
 def _error_body(text: str) -> str:
     try:
         error = json.loads(text).get("error")
@@ -131,17 +132,44 @@ def _error_body(text: str) -> str:
     return str(error)[:120] if error else ""
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
-    try:
-        return float(headers["retry-after"])
-    except (KeyError, ValueError):
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (RFC 9110 section 10.2.3): delta-seconds
+    or an HTTP-date, clamped to ``[0, MAX_RETRY_AFTER_S]``; None when absent or unreadable.
+
+    ``now`` is wall time (``time.time()``): an HTTP-date is a wall-clock instant.
+    """
+    if value is None or not value.strip():
         return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)  # a run of digits too long for a float is inf: clamped
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is GMT by definition
+            return None
+        seconds = when.timestamp() - now
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+async def _read_bounded(response: httpx.Response) -> bytes:
+    """At most MAX_ERROR_BODY_BYTES of the body; the rest is never read (the stream closes)."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) >= MAX_ERROR_BODY_BYTES:
+            break
+    return bytes(body[:MAX_ERROR_BODY_BYTES])
 
 
 async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
     """Send one streaming request and measure it. Never raises for endpoint failures."""
     api_key = os.environ.get(target.api_key_env) if target.api_key_env else None
     started_at = time.time()
+    # perf_counter is monotonic (a clock step never bends a latency) and finer than
+    # time.monotonic on Windows before Python 3.13.
     start = time.perf_counter()
     status: int | None = None
 
@@ -153,7 +181,7 @@ async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
             status=status,
             ttft_s=None,
             latency_s=time.perf_counter() - start if status is not None else None,
-            error=_redact(error, api_key),
+            error=redact(error, known=[api_key]),
             retry_after_s=retry_after_s,
         )
 
@@ -172,10 +200,10 @@ async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
         ):
             status = response.status_code
             if status != 200:
-                detail = _error_body((await response.aread()).decode(errors="replace"))
+                detail = _error_body((await _read_bounded(response)).decode(errors="replace"))
                 return failed(
                     f"HTTP {status}" + (f": {detail}" if detail else ""),
-                    _retry_after(response.headers),
+                    parse_retry_after(response.headers.get("retry-after"), time.time()),
                 )
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -198,7 +226,7 @@ async def probe(client: httpx.AsyncClient, target: ProbeTarget) -> ProbeResult:
     except TimeoutError:
         return failed(f"timed out after {target.timeout_s:g}s")
     latency = time.perf_counter() - start
-    error = _redact(state.stream_error, api_key) if state.stream_error else None
+    error = redact(state.stream_error, known=[api_key]) if state.stream_error else None
     if error is None and state.first_token_at is None:
         error = "stream ended without a content token"
     return ProbeResult(

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pynvml
 import pytest
 
 from backends.gpu import (
-    LEGACY_QUERY_FIELDS,
+    CLOCK_EVENT_WORDS,
     QUERY_FIELDS,
     GpuQueryError,
-    GpuReader,
+    clock_event_words,
     parse_query_csv,
     query_command,
 )
 from tests.conftest import FIXTURES
+
+SHARED_H100 = Path(__file__).parents[2] / "shared" / "fixtures" / "gpu" / "h100"
 
 
 def test_query_fields_match_the_captured_header() -> None:
@@ -42,6 +45,9 @@ def test_load_capture_parses_to_the_printed_values() -> None:
     assert gpu.power_limit_w == 700
     assert gpu.pstate == "P0"
     assert gpu.throttle_reasons == 0x4  # SW power cap, as the capture notes say
+    assert gpu.clock_events == ("power cap",)
+    assert (gpu.ecc_uncorrected, gpu.ecc_corrected) == (0, 0)
+    assert gpu.lost is False
     assert gpu.fan_pct is None  # "[N/A]" on a passively cooled card is unknown, not 0
 
 
@@ -51,6 +57,7 @@ def test_idle_capture() -> None:
     assert gpu.util_pct == 0
     assert gpu.memory_used_mib == 0
     assert gpu.throttle_reasons == 0x1  # GPU idle
+    assert gpu.clock_events == ("idle",)
 
 
 def test_subset_and_reordered_fields() -> None:
@@ -71,40 +78,133 @@ def test_unusable_output_is_a_one_line_error(text: str) -> None:
     assert "\n" not in str(info.value)
 
 
-# What a pre-535 driver does with the new field name (its message, as nvidia-smi words it);
-# with the old name it prints the same table under the old header.
-OLD_DRIVER = """#!/bin/sh
-case "$*" in
-  *clocks_event_reasons*)
-    echo 'Field "clocks_event_reasons.active" is not a valid field to query.' >&2; exit 2;;
-esac
-sed 's/clocks_event_reasons/clocks_throttle_reasons/' {capture}
-"""
+# --- Clock-event reasons ------------------------------------------------------------------
+
+# NVML's names for the bits (pynvml.nvmlClocksEventReason*, or the older
+# nvmlClocksThrottleReason* for the two that only exist under that name).
+_NVML_NAMES = {
+    "idle": "GpuIdle",
+    "app clocks": "ApplicationsClocksSetting",
+    "power cap": "SwPowerCap",
+    "HW slowdown": "HwSlowdown",
+    "sync boost": "SyncBoost",
+    "SW thermal": "SwThermalSlowdown",
+    "HW thermal": "HwThermalSlowdown",
+    "power brake": "HwPowerBrakeSlowdown",
+    "display clocks": "DisplayClockSetting",
+    "board limit": "BoardLimit",
+    "reliability": "Reliability",
+}
 
 
-async def test_old_driver_is_read_with_the_legacy_field_name(tmp_path: Path) -> None:
-    capture = FIXTURES / "gpu" / "nvidia-smi-query-load.csv"
-    fake = tmp_path / "nvidia-smi"
-    fake.write_text(OLD_DRIVER.replace("{capture}", str(capture)))
-    fake.chmod(0o755)
-    commands = []
+def test_clock_event_bits_are_nvmls() -> None:
+    assert [word for _, word in CLOCK_EVENT_WORDS] == list(_NVML_NAMES)
+    for bit, word in CLOCK_EVENT_WORDS:
+        name = _NVML_NAMES[word]
+        nvml = getattr(pynvml, f"nvmlClocksEventReason{name}", None)
+        assert (nvml or getattr(pynvml, f"nvmlClocksThrottleReason{name}")) == bit, word
 
-    async def run(command: str) -> str:  # a real shell, with coreutils' real timeout
-        commands.append(command)
-        proc = await asyncio.create_subprocess_shell(
-            command,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
-        )
-        out, err = await proc.communicate()
-        if proc.returncode:
-            raise RuntimeError(err.decode())
-        return out.decode()
 
-    reader = GpuReader("gpu-old", run)
-    (gpu,) = await reader.read()
-    assert gpu.throttle_reasons == 0x4
-    assert reader.fields == LEGACY_QUERY_FIELDS
-    await reader.read()
-    assert len(commands) == 3  # one refusal, then the legacy query every time
+@pytest.mark.parametrize(
+    ("mask", "words"),
+    [
+        (0x0, ()),
+        (0x1, ("idle",)),
+        (0x4, ("power cap",)),
+        (0x8 | 0x40, ("HW slowdown", "HW thermal")),
+        (0x20 | 0x80 | 0x10, ("sync boost", "SW thermal", "power brake")),
+        (0x2 | 0x100, ("app clocks", "display clocks")),
+        (0x4 | 0x1000, ("power cap", "0x1000")),  # a bit newer than NVML: shown, not dropped
+        (None, None),
+    ],
+)
+def test_clock_event_masks_decode_to_words(mask: int | None, words: tuple[str, ...]) -> None:
+    assert clock_event_words(mask) == words
+
+
+_XML_WORDS = {
+    "gpu_idle": "idle",
+    "applications_clocks_setting": "app clocks",
+    "sw_power_cap": "power cap",
+    "hw_slowdown": "HW slowdown",
+    "sync_boost": "sync boost",
+    "sw_thermal_slowdown": "SW thermal",
+    "hw_thermal_slowdown": "HW thermal",
+    "hw_power_brake_slowdown": "power brake",
+    "display_clocks_setting": "display clocks",
+}
+
+
+@pytest.mark.parametrize("state", ["idle", "load"])
+def test_decoded_reasons_agree_with_nvidia_smi_q(state: str) -> None:
+    """The CSV mask, decoded, names the reasons `nvidia-smi -q -x` marks Active at the time."""
+    reasons = ET.parse(SHARED_H100 / f"nvidia-smi-q-{state}.xml").find("gpu/clocks_event_reasons")
+    assert reasons is not None
+    active = {
+        _XML_WORDS[reason.tag.removeprefix("clocks_event_reason_")]
+        for reason in reasons
+        if reason.text == "Active"
+    }
+    (gpu,) = parse_query_csv("n", (SHARED_H100 / f"nvidia-smi-query-{state}.csv").read_text())
+    assert active and set(gpu.clock_events or ()) == active
+
+
+def _derived(column: str, value: str, state: str = "load") -> str:
+    """The real capture with one column's value changed (a derived row, not a capture)."""
+    header, row = (FIXTURES / "gpu" / f"nvidia-smi-query-{state}.csv").read_text().splitlines()
+    names = [cell.split(" [")[0] for cell in header.split(", ")]
+    cells = row.split(", ")
+    cells[names.index(column)] = value
+    return f"{header}\n{', '.join(cells)}\n"
+
+
+def test_derived_thermal_and_power_brake_row() -> None:
+    text = _derived("clocks_event_reasons.active", "0x00000000000000C8")
+    (gpu,) = parse_query_csv("n", text)
+    assert gpu.clock_events == ("HW slowdown", "HW thermal", "power brake")
+
+
+def test_derived_row_with_ecc_errors() -> None:
+    text = _derived("ecc.errors.corrected.volatile.total", "12")
+    text = text.replace(", 0, 12, Default", ", 3, 12, Default")  # uncorrected before it
+    (gpu,) = parse_query_csv("n", text)
+    assert (gpu.ecc_uncorrected, gpu.ecc_corrected) == (3, 12)
+
+
+def test_legacy_header_decodes_the_same_reasons() -> None:
+    text = (FIXTURES / "gpu" / "nvidia-smi-query-load.csv").read_text()
+    (gpu,) = parse_query_csv("n", text.replace("clocks_event_reasons", "clocks_throttle_reasons"))
+    assert (gpu.throttle_reasons, gpu.clock_events) == (0x4, ("power cap",))
+
+
+def _lost_row(index: str) -> str:
+    """A derived row: every value of the load capture replaced by ``[GPU is lost]``."""
+    cells = (FIXTURES / "gpu" / "nvidia-smi-query-load.csv").read_text().splitlines()[1]
+    return ", ".join([index, *["[GPU is lost]"] * (len(cells.split(", ")) - 1)])
+
+
+def test_a_lost_gpu_is_a_reading_that_says_so() -> None:
+    capture = (FIXTURES / "gpu" / "nvidia-smi-query-load.csv").read_text()
+    healthy, lost = parse_query_csv("gpu-a1", capture + _lost_row("1") + "\n")
+    assert (healthy.index, healthy.lost, healthy.power_w) == (0, False, pytest.approx(698.06))
+    assert (lost.index, lost.lost, lost.uuid, lost.name) == (1, True, "gpu-a1:1", "unknown GPU")
+    figures = (lost.util_pct, lost.memory_used_mib, lost.temperature_c, lost.power_w)
+    assert figures == (None, None, None, None)
+    assert (lost.ecc_uncorrected, lost.ecc_corrected, lost.clock_events) == (None, None, None)
+
+
+def test_a_lost_gpu_without_its_index_takes_its_place_in_the_list() -> None:
+    capture = (FIXTURES / "gpu" / "nvidia-smi-query-load.csv").read_text()
+    _, lost = parse_query_csv("gpu-a1", capture + _lost_row("[GPU is lost]") + "\n")
+    assert (lost.index, lost.lost) == (1, True)
+
+
+def test_a_figure_printed_next_to_gpu_is_lost_is_not_trusted() -> None:
+    (gpu,) = parse_query_csv("n", _derived("memory.used", "[GPU is lost]"))
+    assert gpu.lost
+    assert (gpu.power_w, gpu.uuid) == (None, "GPU-5e1ec7ed-0000-4000-8000-0000000000a1")
+
+
+def test_the_shared_h100_captures_are_the_ones_tested_here() -> None:
+    for name in ("nvidia-smi-query-idle.csv", "nvidia-smi-query-load.csv"):
+        assert (SHARED_H100 / name).read_bytes() == (FIXTURES / "gpu" / name).read_bytes()

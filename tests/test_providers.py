@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
-from backends.providers import ProbeTarget, probe
+from backends.providers import (
+    MAX_RETRY_AFTER_S,
+    ProbeTarget,
+    parse_retry_after,
+    probe,
+)
 from tests.loopback_http import LoopbackServer
 from tests.sshd import free_port
 
@@ -124,3 +132,91 @@ async def test_a_key_echoed_by_the_server_is_redacted(server, monkeypatch) -> No
     assert result.status == 401
     assert "k-secret" not in result.error
     assert "[redacted]" in result.error
+
+
+# --- Rate limits: Retry-After as delta-seconds or an HTTP-date (RFC 9110 10.2.3) ------------
+
+
+async def test_a_rate_limited_probe_carries_retry_after_seconds(server) -> None:
+    server.status = 429
+    server.headers = {"retry-after": "7"}
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, target(server.url))
+    assert (result.ok, result.status, result.retry_after_s) == (False, 429, 7.0)
+
+
+async def test_a_rate_limited_probe_carries_retry_after_as_an_http_date(server) -> None:
+    server.status = 503
+    server.headers = {"retry-after": email.utils.formatdate(time.time() + 30, usegmt=True)}
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, target(server.url))
+    assert result.status == 503
+    assert 27 <= result.retry_after_s <= 30
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        ("0", 0.0),
+        ("Sun, 06 Nov 1994 08:49:37 GMT", 0.0),  # RFC 9110's example date: long past
+        ("Wed, 21 Oct 2015 06:33:00 GMT", 300.0),  # five minutes after "now" below
+        ("Wed, 21 Oct 2015 07:28:00 GMT", MAX_RETRY_AFTER_S),  # an hour: clamped
+        ("86400", MAX_RETRY_AFTER_S),  # a day: clamped
+        ("1" + "0" * 400, MAX_RETRY_AFTER_S),
+        ("-5", None),
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_values(value: str | None, seconds: float | None) -> None:
+    now = email.utils.parsedate_to_datetime("Wed, 21 Oct 2015 06:28:00 GMT").timestamp()
+    assert parse_retry_after(value, now) == seconds
+
+
+# --- Error bodies are read only up to a bound ------------------------------------------------
+
+
+class EndlessErrorPage:
+    """An HTTP server on 127.0.0.1 whose 502 page never ends (a proxy gone wrong)."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        chunk = b"<html><body><h1>502 Bad Gateway</h1>\n" + b"x" * 8000 + b"\n"
+        try:
+            while True:
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+
+@pytest.fixture
+async def endless() -> AsyncIterator[EndlessErrorPage]:
+    page = EndlessErrorPage()
+    page.server = await asyncio.start_server(page.handle, "127.0.0.1", 0)
+    yield page
+    page.server.close()
+
+
+async def test_an_endless_error_page_is_read_only_up_to_the_bound(endless) -> None:
+    async with httpx.AsyncClient() as client:
+        result = await probe(client, target(endless.url))  # a 5 s probe deadline
+    assert (result.ok, result.status) == (False, 502)
+    assert result.error == "HTTP 502: <html><body><h1>502 Bad Gateway</h1>"
+    assert result.latency_s < 2  # answered from the first 64 KiB, not at the deadline
