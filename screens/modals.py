@@ -23,7 +23,7 @@ class HelpScreen(ModalScreen[None]):
     HelpScreen { align: center middle; }
     HelpScreen > Vertical { width: 64; max-height: 90%; height: auto; border: round $accent;
                             background: $surface; padding: 0 1; }
-    HelpScreen DataTable { height: auto; max-height: 18; }
+    HelpScreen DataTable { height: auto; max-height: 18; scrollbar-size-vertical: 1; }
     """
 
     def __init__(self, view: str, keys: Sequence[tuple[str, str]]) -> None:
@@ -81,7 +81,10 @@ class FaultPicker(ModalScreen[str | None]):
     FaultPicker { align: center middle; }
     FaultPicker > Vertical { width: 70; height: auto; border: round $warning;
                              background: $surface; padding: 0 1; }
-    FaultPicker OptionList { height: auto; max-height: 16; }
+    /* The box is the frame: no focus border of its own (its ▊▔▁▎ glyphs would frame the list
+       twice), so the labels get two more columns and the list two more rows. */
+    FaultPicker OptionList { height: auto; max-height: 16; scrollbar-size-vertical: 1; }
+    FaultPicker OptionList, FaultPicker OptionList:focus { border: none; }
     """
 
     def __init__(self, choices: Sequence[tuple[str, str]]) -> None:

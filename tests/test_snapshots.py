@@ -9,15 +9,38 @@ the diff report before committing.
 from __future__ import annotations
 
 import pytest
+from rich.cells import cell_len
+from rich.style import Style
+from textual.widget import Widget
 
 from bench.synthetic_fleet import StaticSource
 from console.app import LlmopsApp
+from screens.tables import NodeTable, SourceTable
 
 
-def _app(**shape: object) -> LlmopsApp:
+class FixedFaults:
+    """The demo fleet's fault controls, without a fleet: enough choices to scroll the picker."""
+
+    faults = {  # noqa: RUF012
+        "latency-spike": "engine steps on a node take 3x longer: TTFT, ITL and e2e rise",
+        "node-down": "a node's SSH and HTTP servers stop listening and drop their connections",
+        "provider-5xx": "the backup provider answers 503 to every request",
+    }
+
+    def targets(self, name: str) -> list[str]:
+        return ["chat-backup"] if name == "provider-5xx" else [f"gpu-a{n}" for n in (1, 2, 3, 4)]
+
+    def inject(self, name: str, target: str | None = None) -> str:
+        raise AssertionError("a snapshot injects nothing")
+
+    def heal(self) -> None:
+        raise AssertionError("a snapshot heals nothing")
+
+
+def _app(faults: FixedFaults | None = None, **shape: object) -> LlmopsApp:
     source = StaticSource(stale_nodes=("gpu-a2",), **shape)
     source.tick = 5  # a few points of history for the sparklines
-    return LlmopsApp(source, environment="demo", refresh_s=3600)
+    return LlmopsApp(source, environment="demo", faults=faults, refresh_s=3600)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
@@ -64,3 +87,70 @@ def test_refresh_repaints_changed_cells_80x24(snap_compare) -> None:
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=next_tick)
+
+
+def test_fault_picker_80x24(snap_compare) -> None:
+    """The picker over the overview: its list scrolls, and nothing of either scrollbar but
+    the thumb shows (the overview's ``▁▁`` once showed beside the box, a ``▂▂`` inside it)."""
+    assert snap_compare(_app(FixedFaults()), terminal_size=(80, 24), press=["f"])
+
+
+Cell = tuple[str, Style | None]
+
+
+def _screen_cells(app: LlmopsApp) -> list[list[Cell]]:
+    """What the terminal shows, cell by cell, modal backgrounds included.
+
+    The same composition ``App.export_screenshot`` prints (private API: the test extras pin
+    the Textual release, as the snapshots need anyway).
+    """
+    update = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    rows = []
+    for line in update.strips:  # type: ignore[union-attr]
+        row: list[Cell] = []
+        for strip in line:
+            for segment in strip:
+                for char in segment.text:
+                    row += [(char, segment.style)] * cell_len(char)
+        rows.append(row)
+    return rows
+
+
+def _scrollbar_cells(app: LlmopsApp, widget: Widget, vertical: bool) -> list[Cell]:
+    assert widget.show_vertical_scrollbar if vertical else widget.show_horizontal_scrollbar
+    bar = widget.vertical_scrollbar if vertical else widget.horizontal_scrollbar
+    screen = _screen_cells(app)
+    region = bar.region
+    return [
+        screen[y][x] for y in range(region.y, region.bottom) for x in range(region.x, region.right)
+    ]
+
+
+BLOCK_GLYPHS = "▁▂▃▄▅▆▇█▉▊▋▌▍▎▏"
+
+
+@pytest.mark.parametrize(
+    ("press", "scrolled"),
+    [
+        ([], "overview nodes"),
+        (["f"], "overview nodes"),
+        (["f"], "fault list"),
+        (["colon", *"sources", "enter"], "sources, sideways"),
+    ],
+    ids=["overview", "behind-fault-picker", "fault-picker", "sources"],
+)
+async def test_scrollbars_draw_no_sparkline_glyphs(press: list[str], scrolled: str) -> None:
+    """A scrollbar next to a trend column must not look like one: no block glyphs in it,
+    even where colours are lost (a pasted screen), and its thumb still shows."""
+    app = _app(FixedFaults())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press(*press)
+        await pilot.pause()
+        if scrolled == "overview nodes":
+            cells = _scrollbar_cells(app, app.screen_stack[0].query_one(NodeTable), True)
+        elif scrolled == "fault list":
+            cells = _scrollbar_cells(app, app.screen.query_one("OptionList", Widget), True)
+        else:
+            cells = _scrollbar_cells(app, app.screen.query_one(SourceTable), False)
+        assert "".join(char for char, _ in cells).strip() == ""
+        assert any(style is not None and style.reverse for _, style in cells), "no thumb"
