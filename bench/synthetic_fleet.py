@@ -64,6 +64,7 @@ def make_snapshot(
                 temperature_c=round(45 + 30 * load),
                 power_w=round(200 + 490 * load, 2),
                 throttle_reasons=0x4 if load > 0.9 else 0x0,  # SW power cap near the limit
+                clock_events=("power cap",) if load > 0.9 else (),
             )
             history = tuple(40 + 60 * _wave(n * gpus_per_node + g, t) for t in range(tick + 1))
             gpu_rows.append(GpuRow(reading, history[-30:]))
@@ -119,9 +120,12 @@ def make_snapshot(
                 ttft_p95_s=0.15 + 0.5 * load + slow / 2,
                 requests_per_s=20 + 10 * e,
                 error_pct=35.0 if failing else 0.5 * load,
-                cost_per_hour_usd=196.64,
+                gpu_cost_per_hour_usd=196.64,
                 latency_history=tuple(1.2 + 2 * _wave(e, t) for t in range(tick + 1))[-30:],
                 source="engine",
+                n=(20 + 10 * e) * 60,
+                window_s=58.0,
+                engines=2,
                 status=status,
             )
         )
@@ -141,8 +145,11 @@ class StaticSource:
     def start(self) -> None:
         """Nothing to start: the data is computed."""
 
-    async def stop(self) -> None:
+    async def stop(self, reason: str | None = None) -> None:
         """Nothing to stop."""
+
+    def record_event(self, kind: str, message: str) -> None:
+        """No incident log here."""
 
     def snapshot(self) -> FleetSnapshot:
         return make_snapshot(tick=self.tick, **self.shape)  # type: ignore[arg-type]

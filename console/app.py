@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Iterable
+from dataclasses import replace
 from functools import partial
 from typing import Protocol
 
@@ -17,7 +19,7 @@ from textual.app import App, ScreenStackError, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from console.models import FleetSnapshot
+from console.models import FleetSnapshot, SourceStatus
 from screens.modals import CommandLine, FaultPicker, HelpScreen
 from screens.views import VIEWS, FleetView
 
@@ -31,9 +33,11 @@ class SnapshotSource(Protocol):
 
     def start(self) -> None: ...
 
-    async def stop(self) -> None: ...
+    async def stop(self, reason: str | None = None) -> None: ...
 
     def snapshot(self) -> FleetSnapshot: ...
+
+    def record_event(self, kind: str, message: str) -> None: ...
 
 
 class FaultInjector(Protocol):
@@ -70,26 +74,46 @@ class LlmopsApp(App[None]):
         environment: str,
         faults: FaultInjector | None = None,
         refresh_s: float = 1.0,
+        handle_signals: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
         self.environment = environment
         self.faults = faults
         self.refresh_s = refresh_s
+        self.handle_signals = handle_signals
         self.paused = False
         self.snapshot: FleetSnapshot | None = None
+        self.stopped_by_signal: int | None = None
+        # A view whose repaint raised: shown on the sources view like a failing source.
+        self._view_errors: dict[str, SourceStatus] = {}
 
     def on_mount(self) -> None:
         self.title = f"llmops · {self.environment}"
         # A production fleet gets a red header, so nobody mistakes it for staging at 3 a.m.
         self.set_class(self.environment == "prod", "-prod")
         self._update_subtitle()
+        if self.handle_signals:
+            # SIGHUP (the SSH session went away) and SIGTERM end the app as `q` does, so the
+            # hub stops and writes what is pending before the process exits.
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGHUP, signal.SIGTERM):
+                loop.add_signal_handler(signum, self._exit_on_signal, signum)
+        self.source.record_event("console.started", f"console started ({self.environment})")
         self.source.start()
         self.set_interval(self.refresh_s, self.refresh_view)
         self.refresh_view()
 
+    def _exit_on_signal(self, signum: int) -> None:
+        self.stopped_by_signal = signum
+        self.exit()
+
     async def on_unmount(self) -> None:
-        await self.source.stop()
+        if self.stopped_by_signal is not None:
+            reason = f"stopped by {signal.Signals(self.stopped_by_signal).name}"
+        else:
+            reason = "quit"
+        await self.source.stop(reason)
 
     def refresh_view(self) -> None:
         if self.paused:
@@ -100,12 +124,36 @@ class LlmopsApp(App[None]):
             log.exception("snapshot failed")
             self.notify(f"could not refresh: {exc}", severity="error", timeout=5)
             return
+        if self._view_errors:
+            self.snapshot = replace(
+                self.snapshot, sources=self.snapshot.sources + tuple(self._view_errors.values())
+            )
         try:
             screen = self.screen
         except ScreenStackError:  # the timer fired while the app was closing its screens
             return
         if isinstance(screen, FleetView):
-            screen.apply(self.snapshot)
+            self.repaint_view(screen, self.snapshot)
+
+    def repaint_view(self, screen: FleetView, snapshot: FleetSnapshot) -> None:
+        """One view's repaint; a failure is logged and shown, and never ends the app."""
+        name = f"view:{screen.VIEW_NAME}"
+        try:
+            screen.apply(snapshot)
+        except Exception as exc:
+            log.exception("repainting %s failed", name)
+            before = self._view_errors.get(name, SourceStatus(name, self.refresh_s))
+            self._view_errors[name] = replace(
+                before,
+                last_error=f"repaint failed: {type(exc).__name__}: {exc}".splitlines()[0],
+                last_error_at=snapshot.taken_at,
+                consecutive_failures=before.consecutive_failures + 1,
+            )
+            return
+        if name in self._view_errors:  # painted again: keep the record, clear the failure
+            self._view_errors[name] = replace(
+                self._view_errors[name], consecutive_failures=0, last_ok_at=snapshot.taken_at
+            )
 
     def _update_subtitle(self) -> None:
         parts = [self.current_mode]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -18,8 +20,8 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from console.config import (
     Config,
@@ -31,6 +33,11 @@ from console.config import (
 )
 from console.models import FleetSnapshot
 from console.store import Store
+
+if TYPE_CHECKING:
+    from console.demo import DemoFleet
+
+STATUS_WINDOW_S = 15.0  # long enough for ~100 requests at 10 req/s; short enough for cron
 
 
 class UsageError(Exception):
@@ -92,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="poll every source once and print what it said"
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument(
+        "--window",
+        type=_duration,
+        default=STATUS_WINDOW_S,
+        metavar="DURATION",
+        help=f"measure over this long, e.g. 30s or 2m (default {STATUS_WINDOW_S:g}s, at most 10m)",
+    )
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = config_commands.add_parser(
@@ -101,12 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _duration(text: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
+    number, unit = text, "s"
+    for suffix in ("ms", "s", "m"):
+        if text.endswith(suffix):
+            number, unit = text[: -len(suffix)], suffix
+            break
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 15s or 2m") from None
+    if not 1.0 <= seconds <= 600.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 1s..10m")
+    return seconds
+
+
 def _option(args: argparse.Namespace, name: str, default: object) -> object:
     return getattr(args, name, default)
 
 
 @contextmanager
-def _demo_fleet(args: argparse.Namespace) -> Iterator[object]:
+def _demo_fleet(args: argparse.Namespace) -> Iterator[DemoFleet]:
     from console.demo import DemoFleet, parse_fault
 
     try:
@@ -153,72 +183,113 @@ def _open_store(config: Config) -> Store:
         raise UsageError(f"{where}: store: cannot open {config.store}: {exc}") from exc
 
 
-def _run_console(config: Config, fleet: object | None) -> int:
+def _run_console(config: Config, fleet: DemoFleet | None) -> int:
     from console.app import LlmopsApp
     from console.hub import Hub
 
     store = _open_store(config)
-    hub = Hub(config, store)
-    app = LlmopsApp(hub, environment=config.environment, faults=fleet)  # type: ignore[arg-type]
-    app.run()
-    store.close()
-    return 0
+    try:
+        hub = Hub(config, store)
+        app = LlmopsApp(hub, environment=config.environment, faults=fleet, handle_signals=True)
+        app.run()
+        # The app's loop took SIGHUP and SIGTERM over while it ran: take them back.
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(signum, _exit_on_signal)
+        return 128 + app.stopped_by_signal if app.stopped_by_signal else 0
+    finally:
+        store.close()
 
 
-async def _poll_status(config: Config, store: Store) -> FleetSnapshot:
+async def _poll_status(config: Config, store: Store, window_s: float) -> FleetSnapshot:
     from console.hub import Hub
 
-    hub = Hub(config, store)
+    hub = Hub(config, store, window_s=window_s)
     try:
-        await hub.poll_once()
-        # A second scrape a second later turns engine counters into rates.
-        await asyncio.sleep(1.0)
-        await hub.poll_once("engine:")
+        # Measured over a stated window, not two scrapes a second apart: rates and
+        # percentiles of a moment are noise.
+        hub.start()
+        await asyncio.sleep(window_s)
         return hub.snapshot()
     finally:
         await hub.stop()
 
 
-def _status_table(snapshot: FleetSnapshot) -> str:
-    from screens.tables import EndpointTable, NodeTable, endpoint_cells, node_cells
+def _print_status(snapshot: FleetSnapshot) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
-    def block(columns: Sequence[tuple[str, str, int]], rows: list[tuple[str, ...]]) -> list[str]:
-        # One poll has no history: the trend columns would be empty, and push past 80 columns.
+    from screens.cells import ENDPOINT_COLUMNS, NODE_COLUMNS, endpoint_cells, node_cells
+    from screens.formatting import Alarm
+
+    def table(columns: Sequence[tuple[str, str, int]], rows: list[tuple[str, ...]]) -> Table:
+        # One run has no history: the trend columns would be empty, and push past 80 columns.
         keep = [i for i, (key, _, _) in enumerate(columns) if key != "trend"]
-        columns = [columns[i] for i in keep]
-        rows = [tuple(r[i] for i in keep) for r in rows]
-        widths = [
-            max(len(label), *(len(r[i]) for r in rows)) if rows else len(label)
-            for i, (_, label, _) in enumerate(columns)
-        ]
-        lines = [
-            "  ".join(label.ljust(w) for (_, label, _), w in zip(columns, widths, strict=True))
-        ]
-        lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
-        return [line.rstrip() for line in lines]
+        grid = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 2, 0, 0))
+        for i in keep:
+            grid.add_column(columns[i][1], no_wrap=True, header_style="bold")
+        for row in rows:
+            # Reverse video, not a colour: an alarm stands out with NO_COLOR too (and a pipe
+            # gets plain text).
+            cells = (
+                Text(row[i], "bold reverse" if isinstance(row[i], Alarm) else "") for i in keep
+            )
+            grid.add_row(*cells)
+        return grid
 
-    lines = [f"environment: {snapshot.environment}", ""]
     limits = snapshot.thresholds
-    lines += block(EndpointTable.COLUMNS, [endpoint_cells(e, limits) for e in snapshot.endpoints])
-    lines.append("")
-    lines += block(NodeTable.COLUMNS, [node_cells(n, limits) for n in snapshot.nodes])
+    # Rich honours NO_COLOR and writes plain text where stdout is not a terminal.
+    out = Console(highlight=False, soft_wrap=False)
+    out.print(f"environment: {snapshot.environment}")
+    out.print(
+        f"figures over the last {snapshot.window_s:g}s; 'life': too few requests in it, "
+        "percentiles since each engine started; n=: requests behind them"
+    )
+    out.print()
+    out.print(table(ENDPOINT_COLUMNS, [endpoint_cells(e, limits) for e in snapshot.endpoints]))
+    out.print()
+    out.print(table(NODE_COLUMNS, [node_cells(n, limits) for n in snapshot.nodes]))
+    if snapshot.gpu_cost_per_hour_usd is not None:
+        out.print()
+        out.print(
+            f"GPU nodes: ${snapshot.gpu_cost_per_hour_usd:,.2f}/hour "
+            f"({len(snapshot.nodes)} nodes, each counted once)"
+        )
     failed = snapshot.failed_sources
     if failed:
-        lines.append("")
-        lines += [f"FAILED {s.name}: {s.last_error}" for s in failed]
-    return "\n".join(lines)
+        out.print()
+        for s in failed:
+            out.print(Text(f"FAILED {s.name}: {s.last_error}"))
 
 
-def _status(config: Config, as_json: bool) -> int:
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: records as objects, sets sorted, NaN and infinities as null."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, frozenset | set):
+        return sorted(_jsonable(v) for v in value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _status(config: Config, as_json: bool, window_s: float) -> int:
     store = _open_store(config)
     try:
-        snapshot = asyncio.run(_poll_status(config, store))
+        snapshot = asyncio.run(_poll_status(config, store, window_s))
     finally:
         store.close()
     if as_json:
-        print(json.dumps(asdict(snapshot), indent=2, default=str))
+        # allow_nan=False: a NaN that slipped through is a bug to see, not invalid JSON to emit.
+        print(json.dumps(_jsonable(snapshot), indent=2, allow_nan=False))
     else:
-        print(_status_table(snapshot))
+        _print_status(snapshot)
     return 1 if snapshot.failed_sources else 0
 
 
@@ -239,19 +310,19 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         if demo:
             with _demo_fleet(args) as fleet:
-                return _check(args.file or fleet.config_path)  # type: ignore[attr-defined]
+                return _check(args.file or fleet.config_path)
         return _check(args.file or config_path)
     if demo:
         with _demo_fleet(args) as fleet:
-            config = load_config(fleet.config_path)  # type: ignore[attr-defined]
+            config = load_config(fleet.config_path)
             if args.command == "status":
-                return _status(config, args.json)
+                return _status(config, args.json, args.window)
             return _run_console(config, fleet)
     if _option(args, "fault", None):
         raise UsageError("--fault: faults can only be injected into the demo fleet (add --demo)")
     config = _load(config_path)
     if args.command == "status":
-        return _status(config, args.json)
+        return _status(config, args.json, args.window)
     return _run_console(config, None)
 
 

@@ -113,16 +113,25 @@ class EndpointRow:
     model: str
     served_model: str | None
     p50_s: float | None
-    p95_s: float | None
+    p95_s: float | None  # None too when a single request is behind the figures (see p50_s)
     p99_s: float | None
     ttft_p95_s: float | None
     requests_per_s: float | None
     error_pct: float | None
-    cost_per_hour_usd: float | None
+    # Two different things, never added up: what the endpoint's nodes cost by the GPU-hour
+    # (self-hosted), and what the console's own probes spend on a paid API.
+    gpu_cost_per_hour_usd: float | None = None
+    probe_spend_per_hour_usd: float | None = None
     latency_history: tuple[float, ...] = ()  # recent P95 values, oldest first, for sparklines
-    # Where the latency figures come from: "engine" (last minute), "engine since start"
-    # (too few requests in the minute), or "probe".
-    source: str = "probe"
+    # Where the latency figures come from: "engine" (the window), "engine lifetime" (too few
+    # requests in the window: since each engine started), "probe", or "none".
+    source: str = "none"
+    n: float | None = None  # how many requests the percentiles stand on
+    window_s: float | None = None  # the time the figures really cover; None for lifetime
+    # Figures that are floors: the quantile fell in the +Inf bucket ("> 10s").
+    floors: frozenset[str] = frozenset()
+    engines: int = 0  # engines behind the endpoint
+    engines_stale: int = 0  # of which stale: figures then come from their last minute
     status: SourceStatus | None = None  # the endpoint's probe source
     model_changed: bool = False  # answers with another model than when the console started
 
@@ -174,6 +183,9 @@ class FleetSnapshot:
     nodes: tuple[NodeRow, ...]
     sources: tuple[SourceStatus, ...]
     thresholds: Thresholds = field(default_factory=Thresholds)  # cells past them alarm
+    window_s: float = 60.0  # the span the figures are asked over
+    # Every node once, even when two endpoints share it.
+    gpu_cost_per_hour_usd: float | None = None
 
     @property
     def failed_sources(self) -> tuple[SourceStatus, ...]:

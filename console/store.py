@@ -72,7 +72,18 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX samples_node_ts ON samples (node, ts);
         """,
     ),
+    (
+        "indexes on ts for the retention purge",
+        """
+        CREATE INDEX samples_ts ON samples (ts);
+        CREATE INDEX probes_ts ON probes (ts);
+        """,
+    ),
 )
+
+# The purge deletes this many rows per transaction, so that it never holds the write lock
+# for long: the hub's writes and a second console wait for one batch at most.
+PURGE_BATCH_ROWS = 5_000
 
 
 class Store:
@@ -171,12 +182,7 @@ class Store:
             rows.append(row)
         self._insert_all("probes", rows)
 
-    def add_samples(
-        self,
-        ts: float,
-        gpus: Iterable[GpuReading] = (),
-        engines: Iterable[EngineStats] = (),
-    ) -> None:
+    def add_gpu_samples(self, readings: Iterable[tuple[float, GpuReading]]) -> None:
         rows = [
             {
                 "ts": ts,
@@ -185,9 +191,12 @@ class Store:
                 "subject": str(g.index),
                 "data": json.dumps(_compact(asdict(g), ("node", "index", "name", "uuid"))),
             }
-            for g in gpus
+            for ts, g in readings
         ]
-        rows += [
+        self._insert_all("samples", rows)
+
+    def add_engine_samples(self, scrapes: Iterable[tuple[float, EngineStats]]) -> None:
+        rows = [
             {
                 "ts": ts,
                 "kind": "engine",
@@ -198,24 +207,36 @@ class Store:
                         "running": e.running,
                         "waiting": e.waiting,
                         "kv_cache_usage": e.kv_cache_usage,
-                        "preemptions_total": e.preemptions_total,
-                        "prompt_tokens_total": e.prompt_tokens_total,
-                        "generation_tokens_total": e.generation_tokens_total,
-                        "requests_finished_total": e.requests_finished_total,
+                        # Counters per series, labels written as Prometheus writes them.
+                        "counters": {
+                            family: {_labels_text(labels): v for labels, v in series.items()}
+                            for family, series in e.counters.items()
+                        },
                     }
                 ),
             }
-            for e in engines
+            for ts, e in scrapes
         ]
         self._insert_all("samples", rows)
 
     def purge(self, now: float) -> dict[str, int]:
-        """Drop samples and probe results past their retention; events are never purged."""
+        """Drop samples and probe results past their retention; events are never purged.
+
+        Rows go in batches found through the ``ts`` index, one short transaction each.
+        """
         removed = {}
-        with self._lock:
-            for table, keep_s in RETENTION_S.items():
-                cursor = self.conn.execute(f"DELETE FROM {table} WHERE ts < ?", (now - keep_s,))
-                removed[table] = cursor.rowcount
+        for table, keep_s in RETENTION_S.items():
+            removed[table] = 0
+            while True:
+                with self._lock:
+                    cursor = self.conn.execute(
+                        f"DELETE FROM {table} WHERE rowid IN "
+                        f"(SELECT rowid FROM {table} WHERE ts < ? LIMIT ?)",
+                        (now - keep_s, PURGE_BATCH_ROWS),
+                    )
+                removed[table] += cursor.rowcount
+                if cursor.rowcount < PURGE_BATCH_ROWS:
+                    break
         return removed
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -252,6 +273,10 @@ def _statements(sql: str) -> list[str]:
             statements.append(text)
             current = []
     return statements
+
+
+def _labels_text(labels: tuple[tuple[str, str], ...]) -> str:
+    return ",".join(f'{k}="{v}"' for k, v in labels)
 
 
 def _compact(row: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:

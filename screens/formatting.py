@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from console.models import SourceStatus
 
-NA = "N/A"
+NA = "N/A"  # not known; NaN and infinities are shown so too: they are never figures
 
 
 class Alarm(str):
@@ -16,7 +17,7 @@ class Alarm(str):
 
 
 def seconds(value: float | None) -> str:
-    if value is None:
+    if value is None or not math.isfinite(value):
         return NA
     if value < 1:
         return f"{value * 1000:.0f}ms"
@@ -27,19 +28,28 @@ def seconds(value: float | None) -> str:
     return f"{value:.0f}s"
 
 
+def floor_seconds(value: float) -> str:
+    """A lower bound: the true figure is above it (``>10s``, ``>2.5s``, ``>500ms``)."""
+    if not math.isfinite(value):
+        return NA
+    if value < 1:
+        return f">{value * 1000:.0f}ms"
+    return f">{value:.1f}s".replace(".0s", "s") if value < 100 else f">{value:.0f}s"
+
+
 def number(value: float | None, digits: int = 0) -> str:
-    return NA if value is None else f"{value:.{digits}f}"
+    return NA if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 def error_pct(value: float | None) -> str:
     """Four characters at most: 0.0 .. 99.9, then 100."""
-    if value is None:
+    if value is None or not math.isfinite(value):
         return NA
     return f"{value:.1f}" if value < 99.95 else f"{value:.0f}"
 
 
 def celsius(value: float | None) -> str:
-    return NA if value is None else f"{value:.0f}C"
+    return NA if value is None or not math.isfinite(value) else f"{value:.0f}C"
 
 
 def failure_label(error: str | None) -> str:
@@ -60,11 +70,11 @@ def failure_label(error: str | None) -> str:
 
 
 def pct(value: float | None) -> str:
-    return NA if value is None else f"{value:.0f}%"
+    return NA if value is None or not math.isfinite(value) else f"{value:.0f}%"
 
 
 def usd(value: float | None) -> str:
-    if value is None:
+    if value is None or not math.isfinite(value):
         return NA
     if 0 < value < 0.005:  # a few probes an hour: small, but not nothing
         return "<$0.01"

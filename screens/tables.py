@@ -8,7 +8,7 @@ the cursor is put back on the row it was on. Tables never fetch anything themsel
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,10 +16,17 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import DataTable
 
-from console.config import AlertThresholds
-from console.models import EndpointRow, FleetSnapshot, GpuRow, NodeRow
-from console.stats import sparkline
+from console.models import FleetSnapshot
 from screens import formatting as fmt
+from screens.cells import (
+    ENDPOINT_COLUMNS,
+    NODE_COLUMNS,
+    Cells,
+    Column,
+    endpoint_cells,
+    gpu_cells,
+    node_cells,
+)
 from screens.formatting import Alarm
 
 
@@ -41,9 +48,6 @@ class RowFilter:
         return found != self.inverse
 
 
-Cells = tuple[str, ...]
-
-
 class LiveTable(DataTable[str]):
     """A DataTable fed whole snapshots, updated by row key."""
 
@@ -54,7 +58,7 @@ class LiveTable(DataTable[str]):
         Binding("G", "scroll_bottom", "Bottom", show=False),
     ]
 
-    COLUMNS: tuple[tuple[str, str, int], ...] = ()  # (key, label, width)
+    COLUMNS: tuple[Column, ...] = ()
 
     def __init__(self, *, id: str | None = None) -> None:
         # No cell padding: the widths below carry a one-space gap, so that every column of the
@@ -122,14 +126,6 @@ class LiveTable(DataTable[str]):
         return list(self._rows)[self.cursor_row]
 
 
-def alarm_if(condition: bool, text: str) -> str:
-    return Alarm(text) if condition else text
-
-
-def _over(value: float | None, threshold: float) -> bool:
-    return value is not None and value > threshold
-
-
 # Reverse video, not a colour: an alarm must stand out with NO_COLOR too.
 _ALARM_STYLE = "bold reverse"
 
@@ -147,18 +143,7 @@ def _cell_text(value: str, alarm: bool) -> Text:
 
 
 class EndpointTable(LiveTable):
-    COLUMNS = (
-        ("name", "Endpoint", 12),
-        ("state", "State", 14),
-        ("p50", "P50", 5),
-        ("p95", "P95", 5),
-        ("p99", "P99", 5),
-        ("ttft", "TTFT95", 6),
-        ("rps", "req/s", 5),
-        ("err", "err%", 4),
-        ("cost", "$/hour", 7),
-        ("trend", "trend", 6),
-    )
+    COLUMNS = ENDPOINT_COLUMNS
 
     def rows_for(
         self, snapshot: FleetSnapshot, row_filter: RowFilter
@@ -168,43 +153,8 @@ class EndpointTable(LiveTable):
                 yield f"endpoint:{e.name}", endpoint_cells(e, snapshot.thresholds)
 
 
-def endpoint_cells(e: EndpointRow, limits: AlertThresholds) -> Cells:
-    status = e.status
-    if status is not None and status.consecutive_failures:
-        state = Alarm(f"FAIL {fmt.failure_label(status.last_error)}")
-    else:
-        state = fmt.source_state(status)
-        if state == "ok" and e.model_changed:
-            state = Alarm("model changed")
-        elif state == "ok" and e.source == "engine since start":
-            state = "ok (lifetime)"  # too few requests in the minute: since-start percentiles
-    return (
-        e.name,
-        state,
-        fmt.seconds(e.p50_s),
-        alarm_if(_over(e.p95_s, limits.p95_latency_s), fmt.seconds(e.p95_s)),
-        fmt.seconds(e.p99_s),
-        alarm_if(_over(e.ttft_p95_s, limits.ttft_p95_s), fmt.seconds(e.ttft_p95_s)),
-        fmt.number(e.requests_per_s, 1),
-        alarm_if(_over(e.error_pct, limits.error_rate_pct), fmt.error_pct(e.error_pct)),
-        fmt.usd(e.cost_per_hour_usd),
-        sparkline(e.latency_history, width=6),
-    )
-
-
 class NodeTable(LiveTable):
-    COLUMNS = (
-        ("name", "Node/GPU", 12),
-        ("state", "State", 14),
-        ("util", "Util", 4),
-        ("mem", "Mem GiB", 7),
-        ("temp", "Temp", 4),
-        ("power", "Power", 6),
-        ("kv", "KV%", 3),
-        ("run", "Run", 3),
-        ("wait", "Wait", 4),
-        ("trend", "Util trend", 10),
-    )
+    COLUMNS = NODE_COLUMNS
 
     def rows_for(
         self, snapshot: FleetSnapshot, row_filter: RowFilter
@@ -217,72 +167,6 @@ class NodeTable(LiveTable):
             for gpu in node.gpus:
                 key = f"gpu:{node.name}:{gpu.reading.index}"
                 yield key, gpu_cells(gpu, snapshot.thresholds, stale)
-
-
-def _memory(used_mib: float | None, total_mib: float | None, used_digits: int = 0) -> str:
-    """``used/total`` in GiB; a single N/A when neither is known."""
-    if used_mib is None and total_mib is None:
-        return fmt.NA
-    used = None if used_mib is None else used_mib / 1024
-    total = None if total_mib is None else total_mib / 1024
-    return f"{fmt.number(used, used_digits)}/{fmt.number(total)}"
-
-
-def _sum(values: Sequence[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None
-
-
-def node_cells(node: NodeRow, limits: AlertThresholds) -> Cells:
-    readings = [g.reading for g in node.gpus]
-    used = _sum([r.memory_used_mib for r in readings])
-    total = _sum([r.memory_total_mib for r in readings])
-    temps = [r.temperature_c for r in readings if r.temperature_c is not None]
-    power = _sum([r.power_w for r in readings])
-    gpu_count = f"{len(readings)} GPU" if readings else "no GPUs"
-    if node.expected_gpus is not None and readings and len(readings) < node.expected_gpus:
-        gpu_count = f"{len(readings)}/{node.expected_gpus} GPU!"
-    status = fmt.worst(node.gpu_status, node.engine_status)
-    state = fmt.source_state(status)
-    if state == "ok":
-        state = gpu_count
-    hottest = max(temps) if temps else None
-    history = [
-        sum(values) / len(values)
-        for values in zip(*(g.util_history for g in node.gpus), strict=False)
-    ]
-    return (
-        node.name,
-        state,
-        fmt.pct(node.util_pct),
-        _memory(used, total),
-        alarm_if(_over(hottest, limits.gpu_temp_c), fmt.celsius(hottest)),
-        "N/A" if power is None else f"{power / 1000:.2f}kW",
-        alarm_if(_over(node.kv_cache_pct, limits.kv_cache_pct), fmt.number(node.kv_cache_pct)),
-        fmt.number(node.running),
-        fmt.number(node.waiting),
-        sparkline(history, width=10, low=0, high=100),
-    )
-
-
-def gpu_cells(gpu: GpuRow, limits: AlertThresholds, stale: bool) -> Cells:
-    r = gpu.reading
-    if stale:
-        state = "last known"  # the node stopped answering: these are its last readings
-    else:
-        state = "power capped" if r.throttle_reasons and r.throttle_reasons & 0x4 else ""
-    return (
-        f" └ {r.index}",
-        state,
-        fmt.pct(r.util_pct),
-        _memory(r.memory_used_mib, r.memory_total_mib, 1),
-        alarm_if(_over(r.temperature_c, limits.gpu_temp_c), fmt.celsius(r.temperature_c)),
-        fmt.number(r.power_w) + ("W" if r.power_w is not None else ""),
-        "",
-        "",
-        "",
-        sparkline(gpu.util_history, width=10, low=0, high=100),
-    )
 
 
 class SourceTable(LiveTable):

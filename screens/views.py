@@ -7,16 +7,37 @@ A view is a Textual screen made of live tables; the app hands it snapshots throu
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
+from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
 from console.models import FleetSnapshot
 from screens.formatting import clock
 from screens.tables import EndpointTable, LiveTable, NodeTable, RowFilter, SourceTable
+
+
+class WholeCellScrollBarRender(ScrollBarRender):
+    """Scrollbar thumbs in whole cells, drawn in reverse video.
+
+    Textual draws the ends of a thumb in eighths of a cell with the block glyphs ``▁▂▃…`` and
+    ``▉▊▋…``: the very glyphs of the trend sparklines. Where the thumb's colours are lost (a
+    screen pasted into an incident channel, ``tmux capture-pane``) or hard to tell apart, only
+    those ends show: a stray ``▁▁`` that reads as a GPU's trend, a ``▊`` under a table. A blank
+    glyph makes Textual skip the partial ends.
+    """
+
+    VERTICAL_BARS: ClassVar[list[str]] = [" "] * 8
+    HORIZONTAL_BARS: ClassVar[list[str]] = [" "] * 8
+
+
+# Textual's documented hook: every scrollbar of the console, views and modals alike.
+ScrollBar.renderer = WholeCellScrollBarRender
 
 
 class FilterInput(Input):
@@ -37,7 +58,7 @@ class FleetView(Screen[None]):
         Binding("tab", "app.focus_next", "Next table", show=False),
     ]
     DEFAULT_CSS = """
-    FleetView LiveTable { height: 1fr; }
+    FleetView LiveTable { height: 1fr; scrollbar-size-vertical: 1; }
     FleetView #filter { display: none; }
     FleetView #filter.-open { display: block; }
     FleetView .caption { height: 1; padding: 0 1; color: $text-muted; }
@@ -66,8 +87,12 @@ class FleetView(Screen[None]):
     def on_screen_resume(self) -> None:
         # A view shown (again) paints the app's latest snapshot at once, not at the next tick.
         snapshot: FleetSnapshot | None = getattr(self.app, "snapshot", None)
+        repaint = getattr(self.app, "repaint_view", None)  # the app's guarded repaint, if it has one
         if snapshot is not None:
-            self.apply(snapshot)
+            if repaint is not None:
+                repaint(self, snapshot)
+            else:
+                self.apply(snapshot)
 
     def apply(self, snapshot: FleetSnapshot) -> None:
         self._snapshot = snapshot

@@ -123,3 +123,39 @@ async def test_esc_back_updates_the_header() -> None:
         assert app.sub_title == "sources"
         await pilot.press("escape")
         assert app.sub_title == "overview"
+
+
+async def test_a_view_whose_repaint_fails_is_shown_on_the_sources_view_and_the_app_lives(
+    monkeypatch,
+) -> None:
+    # Issue 7, item 2: an unguarded `screen.apply()` that raised ended the app (exit 1).
+    from screens.views import OverviewScreen, SourcesScreen
+
+    original = OverviewScreen.apply
+    failing = [True]
+
+    def apply(self, snapshot) -> None:
+        if failing[0]:
+            raise ValueError("cannot convert float NaN to integer")
+        original(self, snapshot)
+
+    monkeypatch.setattr(OverviewScreen, "apply", apply)
+    app = make_app()
+    async with app.run_test() as pilot:
+        await pilot.pause(0.3)  # a few refreshes, each failing
+        assert app.is_running
+        await pilot.press("colon", *"sources", "enter")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, SourcesScreen)
+        view = next(s for s in app.snapshot.sources if s.name == "view:overview")
+        assert view.consecutive_failures >= 1
+        assert view.last_error == "repaint failed: ValueError: cannot convert float NaN to integer"
+        assert "source:view:overview" in app.screen.query_one("#sources")._rows
+        failing[0] = False
+        await pilot.press("colon", *"overview", "enter")
+        await pilot.pause(0.3)
+        assert app.current_mode == "overview"
+        assert (
+            next(s for s in app.snapshot.sources if s.name == "view:overview").consecutive_failures
+            == 0
+        )

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from console.store import Store
+from tests.conftest import FIXTURES
+from tests.loopback_http import LoopbackServer
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -87,11 +91,19 @@ def test_bad_demo_options_are_usage_errors(args: list[str], start: str, tmp_path
     assert list(tmp_path.iterdir()) == []  # no demo folder (with its private key) left behind
 
 
+def strict_json(text: str) -> object:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def test_status_demo_json_has_every_node_and_endpoint_with_live_figures() -> None:
-    result = llmops("status", "--demo", "--json")
+    result = llmops("status", "--demo", "--json", "--window", "5s")
     assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
+    data = strict_json(result.stdout)
     assert data["environment"] == "demo"
+    assert data["window_s"] == 5.0
     assert [n["name"] for n in data["nodes"]] == ["gpu-a1", "gpu-a2", "gpu-a3", "gpu-a4"]
     for node in data["nodes"]:
         assert len(node["gpus"]) == 8
@@ -100,18 +112,28 @@ def test_status_demo_json_has_every_node_and_endpoint_with_live_figures() -> Non
         assert node["gpu_status"]["last_error"] is None
     names = {e["name"]: e for e in data["endpoints"]}
     assert set(names) == {"chat-primary", "chat-large", "chat-backup"}
-    for endpoint in names.values():
+    for name in ("chat-primary", "chat-large"):
+        endpoint = names[name]
+        assert endpoint["source"] in ("engine", "engine lifetime")
+        assert endpoint["n"] > 0  # the requests behind the percentiles
         assert endpoint["p95_s"] > 0
         assert endpoint["ttft_p95_s"] > 0
-        assert endpoint["cost_per_hour_usd"] > 0  # GPU-hours, or the API probes' own spend
-    assert names["chat-primary"]["requests_per_s"] > 0
+        assert endpoint["gpu_cost_per_hour_usd"] > 0
+        assert endpoint["probe_spend_per_hour_usd"] is None
+        assert endpoint["requests_per_s"] > 0
+    backup = names["chat-backup"]
+    assert backup["source"] == "probe" and backup["n"] >= 1
+    assert backup["gpu_cost_per_hour_usd"] is None  # an API: usage unknown, not $0.00
+    assert backup["probe_spend_per_hour_usd"] > 0  # what the console's own probes cost
+    assert data["gpu_cost_per_hour_usd"] == sum(n["cost_per_hour_usd"] for n in data["nodes"])
     assert all(s["consecutive_failures"] == 0 for s in data["sources"])
 
 
-def test_status_table_fits_80_columns() -> None:
-    result = llmops("status", "--demo")
+def test_status_table_fits_80_columns_and_states_its_window() -> None:
+    result = llmops("status", "--demo", "--window", "3s")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    assert lines[1].startswith("figures over the last 3s;")
     assert [line.split()[0] for line in lines if line.startswith(("chat-", "gpu-"))] == [
         "chat-primary", "chat-large", "chat-backup", "gpu-a1", "gpu-a2", "gpu-a3", "gpu-a4"
     ]  # fmt: skip
@@ -131,7 +153,7 @@ def unreachable_node_config(tmp_path: Path, store: str) -> Path:
 
 def test_status_table_exits_1_and_names_the_failed_source(tmp_path: Path) -> None:
     path = unreachable_node_config(tmp_path, "s.db")
-    result = llmops("status", "--config", str(path))
+    result = llmops("status", "--config", str(path), "--window", "2s")
     assert result.returncode == 1
     assert "environment: staging" in result.stdout
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("gpu-x1")]
@@ -142,10 +164,42 @@ def test_status_table_exits_1_and_names_the_failed_source(tmp_path: Path) -> Non
 def test_store_that_cannot_be_opened_names_file_line_and_key(tmp_path: Path) -> None:
     (tmp_path / "not-a-folder").write_text("")
     path = unreachable_node_config(tmp_path, "not-a-folder/llmops.db")
-    result = llmops("status", "--config", str(path))
+    result = llmops("status", "--config", str(path), "--window", "2s")
     assert result.returncode == 2
     assert result.stderr.startswith(f"llmops: {path}:3: store: cannot open {tmp_path}/not-a-folder")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_status_json_of_an_engine_reporting_nan_is_json(tmp_path: Path) -> None:
+    # Issue 7, item 2: `le="+Inf"} NaN` used to reach `status --json` as NaN and Infinity.
+    engine = LoopbackServer()
+    engine.metrics_text = (FIXTURES / "vllm" / "metrics-vllm-docs-usage-excerpt.txt").read_text()
+    engine.metrics_text += (
+        "# TYPE vllm:e2e_request_latency_seconds histogram\n"
+        'vllm:e2e_request_latency_seconds_bucket{engine="0",model_name="m",le="1.0"} 3\n'
+        'vllm:e2e_request_latency_seconds_bucket{engine="0",model_name="m",le="+Inf"} NaN\n'
+        'vllm:e2e_request_latency_seconds_count{engine="0",model_name="m"} NaN\n'
+    )
+    path = unreachable_node_config(tmp_path, "s.db")
+    path.write_text(
+        path.read_text().replace("port: 9}", f'port: 9, engine: {{url: "{engine.url}"}}}}')
+    )
+    try:
+        result = llmops("status", "--config", str(path), "--json", "--window", "2s")
+    finally:
+        engine.close()
+    assert result.returncode == 1  # the node's SSH is down; the engine answered
+    data = strict_json(result.stdout)
+    (source,) = [s for s in data["sources"] if s["name"] == "engine:gpu-x1"]
+    assert source["consecutive_failures"] == 0
+    assert "NaN/Inf sample(s) dropped" in source["warning"]
+
+
+@pytest.mark.parametrize("window", ["0s", "11m", "soon"])
+def test_status_window_out_of_range_is_a_usage_error(window: str) -> None:
+    result = llmops("status", "--demo", "--window", window)
+    assert result.returncode == 2
+    assert "--window" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("args", [["--help"], ["status", "--help"], ["config", "check", "--help"]])
@@ -160,6 +214,7 @@ def test_hangup_or_term_stops_the_demo_and_removes_its_folder(tmp_path: Path, si
     """The SSH session drops or the console is told to stop: no demo key is left behind."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
+    data = tmp_path / "data"
     primary, secondary = os.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "console.cli", "demo"],
@@ -167,7 +222,12 @@ def test_hangup_or_term_stops_the_demo_and_removes_its_folder(tmp_path: Path, si
         stdout=secondary,
         stderr=secondary,
         cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(tmp), "TERM": "xterm-256color"},
+        env={
+            **os.environ,
+            "TMPDIR": str(tmp),
+            "TERM": "xterm-256color",
+            "XDG_DATA_HOME": str(data),
+        },
         start_new_session=True,
     )
     os.close(secondary)
@@ -191,3 +251,9 @@ def test_hangup_or_term_stops_the_demo_and_removes_its_folder(tmp_path: Path, si
         if proc.poll() is None:
             proc.kill()
     assert list(tmp.iterdir()) == []
+    # The hub stopped and flushed on its way out: the incident log says who stopped it.
+    events = Store(data / "llmops" / "demo.db").events()
+    name = signal.Signals(signum).name
+    assert events[0]["kind"] == "console.stopped"
+    assert events[0]["message"] == f"console stopped by {name}"
+    assert any(e["kind"] == "console.started" for e in events)

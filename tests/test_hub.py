@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from console.config import AlertThresholds, Config, load_config
+from console.config import Config, load_config
 from console.hub import Hub
+from console.models import Thresholds
 from console.store import Store
-from screens.tables import endpoint_cells
+from screens.cells import endpoint_cells
+from screens.formatting import Alarm
 from tests.loopback_http import LoopbackServer
 from tests.sshd import free_port
 
@@ -153,7 +155,9 @@ async def test_engine_histograms_give_endpoint_latency_and_rate(tmp_path, engine
     assert 5.0 < row.p99_s <= 10.0
     assert row.requests_per_s == pytest.approx(100 / 0.5, rel=0.3)
     assert row.error_pct == 0
-    assert row.cost_per_hour_usd == 10
+    assert row.gpu_cost_per_hour_usd == 10
+    assert row.probe_spend_per_hour_usd is None  # its own GPUs, not a paid API
+    assert row.n == 100
 
 
 async def test_self_hosted_endpoint_refusing_requests_shows_errors(
@@ -172,20 +176,72 @@ async def test_self_hosted_endpoint_refusing_requests_shows_errors(
     assert row.status.last_error == "HTTP 503: overloaded"
 
 
-async def test_stale_node_leaves_its_endpoint_figures(tmp_path, engine, provider) -> None:
+async def test_every_engine_stale_keeps_their_last_figures_and_says_so(
+    tmp_path, engine, provider
+) -> None:
+    # Issue 7, item 1: the row used to switch to the probes' 11 ms and say `ok`.
     hub = Hub(make_config(tmp_path, engine, provider))
-    await hub.poll_once("engine:")
+    await hub.poll_once()
     await asyncio.sleep(0.2)
-    engine.metrics_text = metrics(200)
-    await hub.poll_once("engine:")
-    assert hub.snapshot().endpoints[0].requests_per_s > 0
+    engine.metrics_text = metrics(200, slow=60)  # 100 more requests, 60 of them 5-10 s
+    await hub.poll_once()
+    before = hub.snapshot().endpoints[0]
     engine.status = 500
     await asyncio.sleep(0.5)  # past two 100 ms intervals
-    await hub.poll_once("engine:")
+    await hub.poll_once()  # the probes still answer, quickly
     row = hub.snapshot().endpoints[0]
     await hub.stop()
-    assert row.requests_per_s is None  # its only node is stale: no engine figures at all
-    assert row.source == "probe"
+    assert before.p95_s > 5.0 and before.engines_stale == 0
+    assert row.engines_stale == row.engines == 1
+    assert row.source == "engine"  # never silently the probes
+    assert row.p95_s == pytest.approx(before.p95_s)  # the last minute they reported
+    cells = endpoint_cells(row, Thresholds())
+    assert cells[1] == "engines STALE" and isinstance(cells[1], Alarm)
+    assert isinstance(cells[3], Alarm)  # the P95 alarm stays
+
+
+async def test_one_stale_engine_of_two_is_left_out_and_counted(tmp_path, engine, provider) -> None:
+    second = LoopbackServer()
+    second.metrics_text = metrics(100, slow=100)
+    path = tmp_path / "config.yaml"
+    make_config(tmp_path, engine, provider)
+    text = (
+        path.read_text()
+        .replace(
+            "    nodes: [gpu-a1]",
+            "    nodes: [gpu-a1, gpu-a2]",
+        )
+        .replace(
+            "endpoints:",
+            f"""  - name: gpu-a2
+    host: 127.0.0.1
+    port: {free_port()}
+    cost_per_hour_usd: 10
+    engine: {{kind: vllm, url: "{second.url}"}}
+endpoints:""",
+        )
+    )
+    path.write_text(text)
+    hub = Hub(load_config(path))
+    try:
+        await hub.poll_once("engine:")
+        await asyncio.sleep(0.2)
+        engine.metrics_text = metrics(200)
+        second.metrics_text = metrics(200, slow=200)
+        await hub.poll_once("engine:")
+        both = hub.snapshot().endpoints[0]
+        second.status = 500
+        await asyncio.sleep(0.5)
+        await hub.poll_once("engine:")
+        row = hub.snapshot().endpoints[0]
+    finally:
+        await hub.stop()
+        second.close()
+    assert both.p95_s > 5.0  # half the requests were slow, on gpu-a2
+    assert row.engines_stale == 1 and row.engines == 2
+    assert row.p95_s < 1.0  # gpu-a2's slow minute is history now: gpu-a1's figures alone
+    assert endpoint_cells(row, Thresholds())[1] == "1/2 eng STALE"
+    assert row.gpu_cost_per_hour_usd == 20
 
 
 async def test_quiet_minute_falls_back_to_since_start_percentiles(
@@ -198,7 +254,8 @@ async def test_quiet_minute_falls_back_to_since_start_percentiles(
     await hub.poll_once("engine:")
     row = hub.snapshot().endpoints[0]
     await hub.stop()
-    assert row.source == "engine since start"
+    assert row.source == "engine lifetime"
+    assert row.n == 105
     assert 5.0 < row.p95_s <= 10.0  # half of all 105 requests were slow
 
 
@@ -225,12 +282,16 @@ async def test_probe_measures_ttft_tokens_and_cost(tmp_path, engine, provider) -
     await hub.stop()
     assert row.source == "probe"
     assert row.served_model == "gpt-4o-mini"
-    assert 0 < row.ttft_p95_s <= row.p95_s
+    assert 0 < row.ttft_p95_s <= row.p50_s
     assert row.error_pct == 0
     assert row.requests_per_s is None  # probes are not the endpoint's traffic
     # From the first probe: (12 prompt x $1000/M + 2 completion x $2000/M) every 100 ms
-    assert row.cost_per_hour_usd == pytest.approx(0.016 * 36000)
-    assert refused.cost_per_hour_usd == pytest.approx(0.016 * 36000 / 2)  # a 429 costs nothing
+    assert row.probe_spend_per_hour_usd == pytest.approx(0.016 * 36000)
+    # a 429 costs nothing
+    assert refused.probe_spend_per_hour_usd == pytest.approx(0.016 * 36000 / 2)
+    assert row.gpu_cost_per_hour_usd is None  # an API: its usage is not known, never $0.00
+    assert endpoint_cells(row, Thresholds())[8] == "N/A"
+    assert row.n == 1 and row.p95_s is None  # one probe: one latency, not three percentiles
 
 
 async def test_rate_limited_probe_counts_as_error_with_retry_after(
@@ -245,10 +306,22 @@ async def test_rate_limited_probe_counts_as_error_with_retry_after(
     assert row.error_pct == 100
     assert row.status.consecutive_failures == 1  # the source is failing: status exits 1
     assert row.status.last_error == "HTTP 429: overloaded"
-    assert endpoint_cells(row, AlertThresholds())[1] == "FAIL HTTP 429"
+    assert endpoint_cells(row, Thresholds())[1] == "FAIL HTTP 429"
     probe = Store(tmp_path / "store.db").db["probes"].get(1)
     assert probe["status"] == 429
     assert probe["error"] == "HTTP 429: overloaded"
+
+
+async def test_retry_after_holds_the_next_probe_back(tmp_path, engine, provider) -> None:
+    provider.status = 429
+    provider.headers = {"retry-after": "1"}
+    hub = Hub(make_config(tmp_path, engine, provider))
+    await run_hub(hub, 1.5)
+    await hub.stop()
+    probes = [t for t, path in provider.requests if path.endswith("/chat/completions")]
+    # Backing off alone (100, 200, 400, 800 ms) would have sent five in 1.5 s.
+    assert len(probes) == 2
+    assert probes[1] - probes[0] >= 1.0
 
 
 async def test_a_full_disk_keeps_the_rows_and_shows_on_the_store_source(

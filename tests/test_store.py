@@ -11,7 +11,7 @@ import pytest
 
 from backends.gpu import parse_query_csv
 from console.models import ProbeResult
-from console.store import MIGRATIONS, Store
+from console.store import MIGRATIONS, PURGE_BATCH_ROWS, Store
 from tests.conftest import FIXTURES
 
 
@@ -41,7 +41,7 @@ def test_probes_and_samples_round_trip(tmp_path: Path) -> None:
     readings = parse_query_csv(
         "gpu-a1", (FIXTURES / "gpu" / "nvidia-smi-query-load.csv").read_text()
     )
-    store.add_samples(2.0, gpus=readings)
+    store.add_gpu_samples((2.0, r) for r in readings)
     probe = store.db["probes"].get(1)
     assert (probe["endpoint"], probe["ok"], probe["ttft_s"]) == ("chat", 1, 0.1)
     (sample,) = store.db["samples"].rows
@@ -95,10 +95,34 @@ def test_purge_keeps_events_and_recent_rows(tmp_path: Path) -> None:
     readings = parse_query_csv(
         "gpu-a1", (FIXTURES / "gpu" / "nvidia-smi-query-load.csv").read_text()
     )
-    store.add_samples(now - 2 * day, gpus=readings)
-    store.add_samples(now - 3600, gpus=readings)
+    store.add_gpu_samples((now - 2 * day, r) for r in readings)
+    store.add_gpu_samples((now - 3600, r) for r in readings)
     store.append_event("source.failed", "old news", ts=now - 30 * day)
-    assert store.purge(now) == {"samples": 1, "probes": 1}
+    assert store.purge(now) == {"samples": len(readings), "probes": 1}
     assert [row["ts"] for row in store.db["probes"].rows] == [now - 6 * day]
-    assert [row["ts"] for row in store.db["samples"].rows] == [now - 3600]
+    assert {row["ts"] for row in store.db["samples"].rows} == {now - 3600}
     assert [e["message"] for e in store.events()] == ["old news"]
+
+
+def test_purge_finds_old_rows_through_the_ts_index_in_short_batches(tmp_path: Path) -> None:
+    store = Store(tmp_path / "x.db")
+    readings = parse_query_csv(
+        "gpu-a1", (FIXTURES / "gpu" / "nvidia-smi-query-load.csv").read_text()
+    )
+    old = [(float(i), readings[0]) for i in range(2 * PURGE_BATCH_ROWS + 10)]
+    store.add_gpu_samples(old)
+    store.add_gpu_samples([(10 * 24 * 3600.0, readings[0])])
+    for table in ("samples", "probes"):
+        plan = " ".join(
+            str(row[-1])
+            for row in store.conn.execute(
+                f"EXPLAIN QUERY PLAN SELECT rowid FROM {table} WHERE ts < 5 LIMIT 10"
+            )
+        )
+        assert f"USING COVERING INDEX {table}_ts" in plan  # not a scan of the whole table
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    assert store.purge(10 * 24 * 3600.0)["samples"] == len(old)
+    deletes = [s for s in statements if s.startswith("DELETE FROM samples")]
+    assert len(deletes) == 3  # two full batches and the rest: the write lock is held briefly
+    assert store.db["samples"].count == 1

@@ -1,0 +1,148 @@
+"""Collectors: one poll of one source, turned into readings kept for the snapshots.
+
+A collector asks a backend (GPUs over the shared SSH pool, an engine's ``/metrics``, an
+endpoint's streaming probe), keeps what came back in :class:`FleetReadings` and hands it to
+the store writer. It raises on failure, so that the scheduler records it and backs off; what
+an answer had to drop (malformed or non-finite metric lines) is a warning on the source.
+Collectors do not schedule, aggregate or write to the store themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from backends.engines import engine_stats_from_text, fetch_metrics
+from backends.gpu import GpuReader
+from backends.providers import ProbeTarget, probe
+from backends.ssh import SshPool
+from console.config import Config, EndpointConfig, NodeConfig
+from console.models import GpuReading, ProbeResult
+from console.store_writer import StoreWriter
+from console.windows import EngineWindow
+
+HISTORY_LEN = 30  # points kept for sparklines
+HISTORY_STEP_S = 2.0
+
+
+@dataclass
+class FleetReadings:
+    """What the collectors have read: the rolling state the snapshots are computed from."""
+
+    window_s: float  # how far back engine scrapes are kept
+    probe_window_s: float  # probes are sparse: their percentiles cover a longer span
+    gpus: dict[str, tuple[GpuReading, ...]] = field(default_factory=dict)
+    gpu_history: dict[tuple[str, int], deque[float]] = field(default_factory=dict)
+    engines: dict[str, EngineWindow] = field(default_factory=dict)
+    probes: dict[str, deque[ProbeResult]] = field(default_factory=dict)
+    endpoint_history: dict[str, deque[float]] = field(default_factory=dict)
+    endpoint_history_at: dict[str, float] = field(default_factory=dict)
+    first_model: dict[str, str] = field(default_factory=dict)
+
+    def engine_window(self, node: str) -> EngineWindow:
+        window = self.engines.get(node)
+        if window is None:
+            window = self.engines[node] = EngineWindow(max_age_s=self.window_s)
+        return window
+
+    def add_history_point(self, endpoint: str, now: float, value: float) -> None:
+        """One sparkline point per ``HISTORY_STEP_S`` at most, so the trend spans a minute."""
+        if now - self.endpoint_history_at.get(endpoint, float("-inf")) < HISTORY_STEP_S:
+            return
+        self.endpoint_history.setdefault(endpoint, deque(maxlen=HISTORY_LEN)).append(value)
+        self.endpoint_history_at[endpoint] = now
+
+
+class ProbeFailed(Exception):
+    """A probe got no answer, an error status, or a stream without content."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # the scheduler waits at least this long
+
+
+# Sets (text) or clears (None) the warning shown on a source.
+Warn = Callable[[str, str | None], None]
+
+
+class Collectors:
+    def __init__(
+        self,
+        config: Config,
+        readings: FleetReadings,
+        *,
+        http: httpx.AsyncClient,
+        ssh: SshPool,
+        writer: StoreWriter,
+        warn: Warn,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.readings = readings
+        self._http = http
+        self._writer = writer
+        self._warn = warn
+        self._clock = clock
+        self._gpu_readers = {n.name: GpuReader(n.name, ssh.runner(n.name)) for n in config.nodes}
+
+    async def gpus(self, node: NodeConfig) -> None:
+        readings = tuple(await self._gpu_readers[node.name].read())
+        self.readings.gpus[node.name] = readings
+        for r in readings:
+            key = (node.name, r.index)
+            history = self.readings.gpu_history.setdefault(key, deque(maxlen=HISTORY_LEN))
+            if r.util_pct is not None:
+                history.append(r.util_pct)
+        self._writer.add_gpus(readings)
+
+    async def engine(self, node: NodeConfig) -> None:
+        assert node.engine is not None
+        text = await fetch_metrics(self._http, node.name, node.engine.url)
+        # Parsing a large scrape is CPU work: keep it off the event loop the UI runs on.
+        stats = await asyncio.to_thread(engine_stats_from_text, node.name, text)
+        self.readings.engine_window(node.name).add(self._clock(), stats)
+        self._writer.add_engine(stats)
+        dropped = []
+        if stats.skipped_lines:
+            dropped.append(
+                f"{len(stats.skipped_lines)} malformed metric line(s) skipped, first: "
+                f"{stats.skipped_lines[0][:60]!r}"
+            )
+        if stats.non_finite:
+            dropped.append(
+                f"{len(stats.non_finite)} NaN/Inf sample(s) dropped, first: "
+                f"{stats.non_finite[0][:60]!r}"
+            )
+        self._warn(f"engine:{node.name}", "; ".join(dropped) or None)
+
+    async def probe(self, endpoint: EndpointConfig) -> None:
+        result = await probe(self._http, probe_target(endpoint))
+        window = self.readings.probes.setdefault(endpoint.name, deque())
+        window.append(result)
+        while window and window[0].started_at < result.started_at - self.readings.probe_window_s:
+            window.popleft()
+        self._writer.add_probe(result)
+        if result.ok and result.model:
+            # APIs answer an alias with a dated name: compare with the first answer, not config.
+            self.readings.first_model.setdefault(endpoint.name, result.model)
+        if not result.ok:
+            # Recorded above for error %, and raised so the source shows the failure and backs
+            # off (a 429 asks for exactly that, for as long as its Retry-After says).
+            raise ProbeFailed(result.error or "probe failed", result.retry_after_s)
+
+
+def probe_target(endpoint: EndpointConfig) -> ProbeTarget:
+    return ProbeTarget(
+        endpoint=endpoint.name,
+        kind=endpoint.kind,
+        base_url=endpoint.base_url,
+        model=endpoint.model,
+        prompt=endpoint.probe.prompt,
+        max_tokens=endpoint.probe.max_tokens,
+        timeout_s=endpoint.probe.timeout_s,
+        api_key_env=endpoint.api_key_env,
+    )
