@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,9 +28,12 @@ def fleet(tmp_path: Path) -> Iterator[DemoFleet]:
 def fast_config(fleet: DemoFleet) -> Config:
     """The demo's own config, polled faster so the tests do not wait for 2 s intervals."""
     config = load_config(fleet.config_path)
-    endpoints = tuple(replace(e, probe=replace(e.probe, every_s=POLL_S)) for e in config.endpoints)
-    poll = replace(config.poll, gpus_s=POLL_S, engine_s=POLL_S)
-    return replace(config, poll=poll, endpoints=endpoints)
+    endpoints = tuple(
+        e.model_copy(update={"probe": e.probe.model_copy(update={"every_s": POLL_S})})
+        for e in config.endpoints
+    )
+    poll = config.poll.model_copy(update={"gpus_s": POLL_S, "engine_s": POLL_S})
+    return config.model_copy(update={"poll": poll, "endpoints": endpoints})
 
 
 def make_app(fleet: DemoFleet, tmp_path: Path) -> LlmopsApp:

@@ -202,6 +202,7 @@ def test_relative_paths_are_relative_to_the_config_folder(
     monkeypatch.chdir(tmp_path)  # and not relative to the working directory
     config = load_config(os.path.relpath(path))
     assert config.store == folder / "data" / "llmops.db"
+    assert config.store_line == 5  # for `store: cannot open ...` at startup
     assert config.ssh.known_hosts == folder / ".." / "known_hosts"
     assert config.ssh.identity_files == (
         tmp_path / "home" / ".ssh" / "id_ed25519",
@@ -245,6 +246,11 @@ def test_model_names_are_not_mistaken_for_secrets(tmp_path: Path, model: str) ->
         + f'  - {{name: e, kind: openai, base_url: "http://h:8000/v1", model: "{model}"}}\n',
     )
     assert load_config(path).endpoints[0].model == model
+
+
+def test_keys_are_spelled_as_documented_not_as_the_fields(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "poll: {gpus_s: 5}\n")
+    assert problems(path) == [f"{path}:5: poll.gpus_s: unknown key (did you mean 'gpus'?)"]
 
 
 # --- the broken corpus ------------------------------------------------------------------------
