@@ -1,7 +1,7 @@
 #!/usr/bin/env sh
 # Set up and run llmops-console from a fresh clone, with nothing but python3 (>= 3.11).
 #   ./dev.sh demo [ARGS]   install into .venv and start the console on the embedded demo fleet
-#   ./dev.sh test [ARGS]   install into .venv with the test extras, run ruff and the test suite
+#   ./dev.sh test [ARGS]   install into .venv with the test extras, run ruff, mypy and the tests
 set -eu
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -40,6 +40,7 @@ case "$command" in
         setup ".[test]"
         .venv/bin/ruff check .
         .venv/bin/ruff format --check .
+        .venv/bin/mypy  # console/, backends/, screens/ (pyproject.toml [tool.mypy])
         exec .venv/bin/pytest "$@"
         ;;
     *)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from functools import partial
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from textual.app import App, ScreenStackError, SystemCommand
 from textual.binding import Binding
@@ -26,6 +27,8 @@ from screens.views import VIEWS, FleetView
 log = logging.getLogger(__name__)
 
 COMMANDS = (*VIEWS, "quit")  # what the ``:`` line takes
+STARTUP_REFRESH_S = 0.1
+STARTUP_WAIT_S = 15.0  # sources that have not answered by then are shown at the normal pace
 
 
 class SnapshotSource(Protocol):
@@ -43,7 +46,7 @@ class SnapshotSource(Protocol):
 class FaultInjector(Protocol):
     """The demo fleet's fault controls (thread-safe; each call may take a moment)."""
 
-    faults: dict[str, str]
+    faults: ClassVar[dict[str, str]]  # fault name -> what it does
 
     def targets(self, name: str) -> list[str]: ...
 
@@ -88,6 +91,12 @@ class LlmopsApp(App[None]):
         # A view whose repaint raised: shown on the sources view like a failing source.
         self._view_errors: dict[str, SourceStatus] = {}
 
+    def on_load(self) -> None:
+        # Collect from the moment the loop runs: the first polls (SSH handshakes, scrapes)
+        # overlap with building the screens instead of waiting for them.
+        self.source.record_event("console.started", f"console started ({self.environment})")
+        self.source.start()
+
     def on_mount(self) -> None:
         self.title = f"llmops · {self.environment}"
         # A production fleet gets a red header, so nobody mistakes it for staging at 3 a.m.
@@ -99,10 +108,21 @@ class LlmopsApp(App[None]):
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGHUP, signal.SIGTERM):
                 loop.add_signal_handler(signum, self._exit_on_signal, signum)
-        self.source.record_event("console.started", f"console started ({self.environment})")
-        self.source.start()
         self.set_interval(self.refresh_s, self.refresh_view)
+        # Until every source has answered once, repaint often: the first readings show as
+        # soon as they arrive, not up to a refresh interval later.
+        self._first_answers = self.set_interval(STARTUP_REFRESH_S, self._refresh_until_answered)
+        self._started_at = time.monotonic()
         self.refresh_view()
+
+    def _refresh_until_answered(self) -> None:
+        self.refresh_view()
+        snapshot = self.snapshot
+        waiting = snapshot is None or any(
+            s.last_ok_at is None and not s.consecutive_failures for s in snapshot.sources
+        )
+        if not waiting or time.monotonic() - self._started_at > STARTUP_WAIT_S:
+            self._first_answers.stop()
 
     def _exit_on_signal(self, signum: int) -> None:
         self.stopped_by_signal = signum

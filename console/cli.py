@@ -131,7 +131,7 @@ def _duration(text: str) -> float:
     return seconds
 
 
-def _option(args: argparse.Namespace, name: str, default: object) -> object:
+def _option(args: argparse.Namespace, name: str, default: Any) -> Any:
     return getattr(args, name, default)
 
 
@@ -140,7 +140,7 @@ def _demo_fleet(args: argparse.Namespace) -> Iterator[DemoFleet]:
     from console.demo import DemoFleet, parse_fault
 
     try:
-        faults = [parse_fault(text) for text in _option(args, "fault", [])]  # type: ignore[union-attr]
+        faults = [parse_fault(text) for text in _option(args, "fault", [])]
     except ValueError as exc:
         raise UsageError(f"--fault: {exc}") from exc
     workdir = Path(tempfile.mkdtemp(prefix="llmops-demo-"))
@@ -148,9 +148,9 @@ def _demo_fleet(args: argparse.Namespace) -> Iterator[DemoFleet]:
         try:
             fleet = DemoFleet(
                 workdir,
-                nodes=int(_option(args, "nodes", 4)),  # type: ignore[arg-type]
-                gpus_per_node=int(_option(args, "gpus", 8)),  # type: ignore[arg-type]
-                seed=int(_option(args, "seed", 0)),  # type: ignore[arg-type]
+                nodes=int(_option(args, "nodes", 4)),
+                gpus_per_node=int(_option(args, "gpus", 8)),
+                seed=int(_option(args, "seed", 0)),
                 faults=faults,
                 store=default_store_path().with_name("demo.db"),
             )
@@ -306,7 +306,7 @@ def _check(path: Path) -> int:
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     demo = args.command == "demo" or _option(args, "demo", False)
-    config_path: Path = _option(args, "config", default_config_path())  # type: ignore[assignment]
+    config_path: Path = _option(args, "config", default_config_path())
     if args.command == "config":
         if demo:
             with _demo_fleet(args) as fleet:

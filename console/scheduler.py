@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
+from functools import partial
 
 from console.models import SourceStatus
 
@@ -157,7 +158,7 @@ class Scheduler:
             return
         for source in self.sources:
             task = asyncio.create_task(self._run(source), name=source.name)
-            task.add_done_callback(lambda t, s=source: self._task_ended(s, t))
+            task.add_done_callback(partial(self._task_ended, source))
             self._tasks.append(task)
 
     async def poll_all(self, prefix: str = "") -> None:

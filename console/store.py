@@ -141,7 +141,7 @@ class Store:
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                self.db[table].insert_all(rows)
+                self.db.table(table).insert_all(rows)
                 self.conn.execute("COMMIT")
             except BaseException:
                 self.conn.execute("ROLLBACK")

@@ -15,6 +15,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from console.models import EngineStats, GpuReading, ProbeResult
 from console.store import Store
@@ -61,7 +62,7 @@ class StoreWriter:
     def pending(self) -> int:
         return len(self._gpus) + len(self._engines) + len(self._probes) + len(self._events)
 
-    def _append(self, queue: deque, kind: str, item: object) -> None:  # type: ignore[type-arg]
+    def _append(self, queue: deque[Any], kind: str, item: object) -> None:
         if self.store is None:
             return
         if len(queue) == queue.maxlen:  # a full deque drops its oldest on append
@@ -112,7 +113,7 @@ class StoreWriter:
         self._record_ok()
         self._warn(self._dropped_text())
 
-    def _requeue(self, older: deque, newer: deque, kind: str) -> deque:  # type: ignore[type-arg]
+    def _requeue(self, older: deque[Any], newer: deque[Any], kind: str) -> deque[Any]:
         """Unwritten rows back in front of the new ones, the oldest dropped past the bound."""
         merged = deque(older, maxlen=older.maxlen)
         overflow = max(0, len(older) + len(newer) - (older.maxlen or 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from rich.text import Text
 from textual.binding import Binding
@@ -48,7 +49,7 @@ class RowFilter:
         return found != self.inverse
 
 
-class LiveTable(DataTable[str]):
+class LiveTable(DataTable[Text]):
     """A DataTable fed whole snapshots, updated by row key."""
 
     BINDINGS = [  # noqa: RUF012
@@ -104,7 +105,7 @@ class LiveTable(DataTable[str]):
                 self.update_cell(row_key, column, _plain(value))
             return
         # DataTable's keys compare and hash equal to their strings: no key objects to build.
-        data = self._data
+        data: dict[Any, dict[Any, Text]] = self._data
         for row_key, column, value in changed:
             data[row_key][column] = _plain(value)
         self._update_count += 1

@@ -87,7 +87,7 @@ class FleetView(Screen[None]):
     def on_screen_resume(self) -> None:
         # A view shown (again) paints the app's latest snapshot at once, not at the next tick.
         snapshot: FleetSnapshot | None = getattr(self.app, "snapshot", None)
-        repaint = getattr(self.app, "repaint_view", None)  # the app's guarded repaint, if it has one
+        repaint = getattr(self.app, "repaint_view", None)  # the guarded one, if the app has it
         if snapshot is not None:
             if repaint is not None:
                 repaint(self, snapshot)

@@ -114,8 +114,6 @@ endpoints:
     return load_config(path)
 
 
-
-
 def assert_shows_no_non_figure(cells: tuple[str, ...]) -> None:
     for cell in cells:
         text = cell.lower()
