@@ -193,3 +193,32 @@ def gpu_cells(gpu: GpuRow, limits: Thresholds, stale: bool) -> Cells:
         "",
         sparkline(gpu.util_history, width=10, low=0, high=100),
     )
+
+
+def endpoint_detail(e: EndpointRow) -> str:
+    """One line under the endpoints table: where the selected row's figures come from."""
+    n = "no requests" if not e.n else f"{e.n:.0f} request" + ("s" if e.n != 1 else "")
+    if e.source == "engine":
+        span = f"over {e.window_s:.0f}s" if e.window_s is not None else "in the window"
+        origin = f"engine histograms of {e.engines} node(s) {span} ({n})"
+    elif e.source == "engine lifetime":
+        origin = f"engine histograms since each engine started ({n}; too few in the window)"
+    elif e.source == "probe":
+        span = f" over {e.window_s:.0f}s" if e.window_s else ""
+        origin = f"the console's own probes{span} ({n})"
+    else:
+        origin = "nothing yet"
+    parts = [f"{e.name}: figures from {origin}"]
+    if e.engines_stale:
+        parts.append(f"{e.engines_stale} of {e.engines} engines STALE, left out")
+        if e.engines_stale == e.engines:
+            parts[-1] = "every engine STALE: their last minute before they stopped answering"
+    if e.floors:
+        parts.append("'>': past the highest histogram bucket")
+    if e.gpu_cost_per_hour_usd is not None:
+        parts.append(f"GPU nodes {fmt.usd(e.gpu_cost_per_hour_usd)}/h")
+    if e.probe_spend_per_hour_usd is not None:
+        parts.append(f"probes spend {fmt.usd(e.probe_spend_per_hour_usd)}/h (usage not known)")
+    if e.served_model and e.served_model != e.model:
+        parts.append(f"serves {e.served_model}")
+    return "; ".join(parts)

@@ -18,6 +18,7 @@ from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
 from console.models import FleetSnapshot
+from screens.cells import endpoint_detail
 from screens.formatting import clock
 from screens.tables import EndpointTable, LiveTable, NodeTable, RowFilter, SourceTable
 
@@ -161,6 +162,27 @@ class EndpointsScreen(FleetView):
             "Endpoints: latency from engine histograms (last minute) or probes", classes="caption"
         )
         yield EndpointTable(id="endpoints")
+        yield Static(id="detail", classes="detail")
+
+    def apply(self, snapshot: FleetSnapshot) -> None:
+        super().apply(snapshot)
+        self._show_detail()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        """Where the selected endpoint's figures come from, on how many requests, what cost."""
+        key = self.query_one(EndpointTable).selected_key
+        row = next(
+            (e for e in self._snapshot.endpoints if f"endpoint:{e.name}" == key)
+            if self._snapshot
+            else iter(()),
+            None,
+        )
+        self.query_one("#detail", Static).update(
+            Text(endpoint_detail(row)) if row is not None else ""
+        )
 
 
 class NodesScreen(FleetView):

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from backends.gpu import parse_query_csv
 from console.models import EndpointRow, GpuRow, NodeRow, SourceStatus, Thresholds
-from screens.cells import endpoint_cells, gpu_cells, node_cells
+from screens.cells import endpoint_cells, endpoint_detail, gpu_cells, node_cells
 from screens.formatting import Alarm
 from tests.conftest import FIXTURES
 
@@ -98,3 +98,16 @@ def test_a_single_probe_is_one_value_not_three_percentiles() -> None:
     assert cells[1] == "ok probe n=1"
     assert cells[2:5] == ("5.20s", "N/A", "N/A")
     assert isinstance(cells[2], Alarm)  # one slow request past the P95 limit still alarms
+
+
+def test_the_endpoint_detail_says_where_the_figures_come_from() -> None:
+    row = endpoint(engines=2, engines_stale=1, window_s=58.0, n=412, gpu_cost_per_hour_usd=19.6)
+    assert endpoint_detail(row) == (
+        "chat: figures from engine histograms of 2 node(s) over 58s (412 requests); "
+        "1 of 2 engines STALE, left out; GPU nodes $19.60/h"
+    )
+    api = endpoint(source="probe", n=1, window_s=None, probe_spend_per_hour_usd=0.0046)
+    assert endpoint_detail(api) == (
+        "chat: figures from the console's own probes (1 request); "
+        "probes spend <$0.01/h (usage not known)"
+    )
