@@ -1,0 +1,43 @@
+"""One set of redaction rules: what never reaches the store, a log or the screen."""
+
+from __future__ import annotations
+
+import pytest
+
+from console.redact import looks_secret, redact
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "HTTP 401: Bearer abcdef0123456789xyz is invalid",
+            "HTTP 401: Bearer [redacted] is invalid",
+        ),
+        ("key sk-proj-AbC123dEf456 refused", "key [redacted] refused"),
+        ("token hf_abcdefghijklmnopqrstu expired", "token [redacted] expired"),
+        ("GET https://bob:hunter2@gw.example/v1", "GET https://bob:[redacted]@gw.example/v1"),
+        ("id 8f3a9c2e71b4d6f0a5e8c3b2d1f4a7e9c6b5d8f1 x", "id [redacted] x"),
+        (
+            "model Mistral-Nemo-Instruct-2407-FP8 is slow",
+            "model Mistral-Nemo-Instruct-2407-FP8 is slow",
+        ),
+    ],
+)
+def test_redact_replaces_credentials_and_keeps_the_rest(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_a_known_secret_is_redacted_whatever_its_shape() -> None:
+    assert redact("echo: pw=plainword1", known=["plainword1", None]) == "echo: pw=[redacted]"
+
+
+def test_the_config_scanner_and_redaction_agree() -> None:
+    for secret in (
+        "sk-proj-AbC123dEf456",
+        "Bearer abcdef0123456789xyz",
+        "hf_abcdefghijklmnopqrstu",
+    ):
+        assert looks_secret(secret)
+        assert "[redacted]" in redact(secret)
+    assert not looks_secret("meta-llama/Llama-3.1-8B-Instruct")
