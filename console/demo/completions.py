@@ -146,24 +146,54 @@ async def complete(reply: Reply, tokens: AsyncIterator[str]) -> HttpResponse:
     return HttpResponse.json(200, body)
 
 
+@dataclass(frozen=True)
+class StreamStyle:
+    """Where a server puts the stream's finish reason and usage: vLLM and OpenAI differ."""
+
+    finish_on_last_token: bool  # vLLM: on the last token's chunk; OpenAI: an empty chunk after
+    null_usage: bool  # OpenAI: every chunk carries ``"usage": null`` when usage was asked for
+    stop_reason: bool  # vLLM: the finishing chunk says ``"stop_reason"`` (null: EOS or length)
+
+
+# vllm/entrypoints/openai/serving_chat.py (chat_completion_stream_generator): the output that
+# carries finish_reason also carries the last delta text, and chunks are dumped with
+# exclude_unset, so no usage key appears before the usage chunk.
+VLLM_STREAM = StreamStyle(finish_on_last_token=True, null_usage=False, stop_reason=True)
+# OpenAI's API reference (stream_options.include_usage): "all other chunks will also include a
+# usage field, but with a null value"; the finish reason comes on a chunk with an empty delta.
+OPENAI_STREAM = StreamStyle(finish_on_last_token=False, null_usage=True, stop_reason=False)
+
+
 async def sse_events(
-    reply: Reply, tokens: AsyncIterator[str], include_usage: bool
+    reply: Reply, tokens: AsyncIterator[str], include_usage: bool, style: StreamStyle
 ) -> AsyncGenerator[bytes, None]:
     """``chat.completion.chunk`` events: role, one per token, finish, usage (if asked), DONE."""
     envelope = _envelope(reply, "chat.completion.chunk")
-    extra = {"usage": None} if include_usage else {}
+    extra = {"usage": None} if include_usage and style.null_usage else {}
+    last = len(reply.tokens) - 1
 
     def event(delta: dict, finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        choice: dict[str, object] = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+        if finish_reason is not None and style.stop_reason:
+            choice["stop_reason"] = None
         return _sse({**envelope, "choices": [choice], **extra})
 
-    first = True
+    index = 0
     async for token in tokens:
-        if first:
+        if index == 0:
             yield event({"role": "assistant", "content": ""})
-            first = False
-        yield event({"content": token})
-    yield event({}, reply.finish_reason)
+        if index == last and style.finish_on_last_token:
+            yield event({"content": token}, reply.finish_reason)
+        else:
+            yield event({"content": token})
+        index += 1
+    if not style.finish_on_last_token:
+        yield event({}, reply.finish_reason)
     if include_usage:
         yield _sse({**envelope, "choices": [], "usage": usage(reply)})
     yield b"data: [DONE]\n\n"

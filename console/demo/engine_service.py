@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from console.demo.engine_args import EngineArgsError, parse_engine_args
@@ -20,6 +21,12 @@ from console.demo.faults import ActiveFaults
 UNIT = "vllm.service"
 VLLM_VERSION = "0.33.0"
 _JOURNAL_LINES = 200
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    at: float  # wall-clock seconds, as journald stamps an entry
+    line: str  # journalctl's default ("short") output line
 
 
 class EngineService:
@@ -32,21 +39,26 @@ class EngineService:
         self.boot_s = boot_s
         self.engine: EngineSim | None = None
         self.state = "inactive"  # systemd's ActiveState: active | activating | inactive
-        self.journal: deque[str] = deque(maxlen=_JOURNAL_LINES)
+        self.since = time.time()  # when the unit entered its state
+        self.failed_starts = 0  # since the last (re)start: the unit is in auto-restart
+        self.journal: deque[JournalEntry] = deque(maxlen=_JOURNAL_LINES)
+        self.journal_total = 0  # entries ever logged: a follower knows what is new
+        self.pid = 4000  # vLLM's main PID (the latest one tried while it fails)
         self._boot: asyncio.Task | None = None
-        self._pid = 4000
 
     def start_now(self) -> None:
         """Start without the boot delay (the fleet coming up); falls back to retrying."""
         self._cancel_boot()
         self._log("systemd", f"Started {UNIT} - vLLM OpenAI-compatible server.")
+        self.failed_starts = 0
         if not self._try_start():
             self._boot = asyncio.get_running_loop().create_task(self._boot_loop(failures=1))
 
     def restart(self) -> None:
         self.stop()
         self._log("systemd", f"Started {UNIT} - vLLM OpenAI-compatible server.")
-        self.state = "activating"
+        self._set_state("activating")
+        self.failed_starts = 0
         self._boot = asyncio.get_running_loop().create_task(self._boot_loop(failures=0))
 
     def stop(self) -> None:
@@ -55,7 +67,7 @@ class EngineService:
             self._log("systemd", f"Stopping {UNIT} - vLLM OpenAI-compatible server...")
             self._log("systemd", f"Stopped {UNIT} - vLLM OpenAI-compatible server.")
         self.engine = None
-        self.state = "inactive"
+        self._set_state("inactive")
 
     async def _boot_loop(self, failures: int) -> None:
         """Boot after ``boot_s``; after a failed start, retry as ``Restart=on-failure`` does."""
@@ -70,7 +82,7 @@ class EngineService:
             failures += 1
 
     def _try_start(self) -> bool:
-        self._pid += 1
+        self.pid += 1
         self._log("vllm", f"INFO vLLM API server version {VLLM_VERSION}")
         try:
             args = parse_engine_args(self.args_path.read_text())
@@ -79,14 +91,15 @@ class EngineService:
             self._log("vllm", f"ERROR {exc}")
             self._log("systemd", f"{UNIT}: Main process exited, code=exited, status=1/FAILURE")
             self._log("systemd", f"{UNIT}: Failed with result 'exit-code'.")
-            self.state = "activating"
+            self.failed_starts += 1
+            self._set_state("activating")
             return False
         self._log(
             "vllm",
             f"INFO Starting vLLM API server on http://0.0.0.0:8000 (model {args.model}, "
             f"revision {args.revision}, max_num_batched_tokens {args.max_num_batched_tokens})",
         )
-        self.state = "active"
+        self._set_state("active")
         return True
 
     def _cancel_boot(self) -> None:
@@ -94,7 +107,13 @@ class EngineService:
             self._boot.cancel()
             self._boot = None
 
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state, self.since = state, time.time()
+
     def _log(self, source: str, message: str) -> None:
-        stamp = time.strftime("%b %d %H:%M:%S")
-        who = f"vllm[{self._pid}]" if source == "vllm" else "systemd[1]"
-        self.journal.append(f"{stamp} {self.node} {who}: {message}")
+        now = time.time()
+        stamp = time.strftime("%b %d %H:%M:%S", time.localtime(now))
+        who = f"vllm[{self.pid}]" if source == "vllm" else "systemd[1]"
+        self.journal.append(JournalEntry(now, f"{stamp} {self.node} {who}: {message}"))
+        self.journal_total += 1

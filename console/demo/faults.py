@@ -19,12 +19,17 @@ FAULTS: dict[str, str] = {
     "node-down": "a node's SSH and HTTP servers stop listening and drop their connections",
     "provider-5xx": "the backup provider (or a node's vLLM server) answers chat with 503",
     "provider-429": "the backup provider (or a node's vLLM server) rate-limits chat with 429",
-    "model-version-change": "a node is redeployed with a new model revision and served name",
+    "model-version-change": (
+        "a node is redeployed with a new model revision and served name (the backup "
+        "provider: its aliases answer with a newer dated model)"
+    ),
     "token-blowup": "completions on a node run to max_tokens: generation tokens balloon",
 }
 
-# Faults that can also hit the backup provider; the others need a node.
+# Faults aimed at the backup provider unless told otherwise, and those aimed at a node that can
+# hit the backup provider too; the others need a node.
 _PROVIDER_FAULTS = frozenset({"provider-5xx", "provider-429"})
+_ALSO_PROVIDER = frozenset({"model-version-change"})
 
 _SPEC = re.compile(
     r"(?P<name>[a-z0-9-]+)(?::(?P<target>[A-Za-z0-9._-]+))?"
@@ -75,7 +80,11 @@ def check_fault_name(name: str) -> None:
 def fault_targets(name: str, node_names: Sequence[str]) -> list[str]:
     """Everything ``name`` can hit, its default first."""
     check_fault_name(name)
-    return [BACKUP_PROVIDER, *node_names] if name in _PROVIDER_FAULTS else list(node_names)
+    if name in _PROVIDER_FAULTS:
+        return [BACKUP_PROVIDER, *node_names]
+    if name in _ALSO_PROVIDER:
+        return [*node_names, BACKUP_PROVIDER]
+    return list(node_names)
 
 
 def resolve_target(name: str, target: str | None, node_names: Sequence[str]) -> str:

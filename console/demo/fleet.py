@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import hashlib
 import logging
 import os
@@ -53,6 +54,11 @@ _BOOT_S = 2.0
 _DETERMINISTIC_BOOT_S = 0.5
 _CALL_TIMEOUT_S = 30.0
 MAX_NODES = 64
+# Every SSH exec leaves a reference cycle behind (asyncssh's channel, process and streams point
+# at each other), and so does every HTTP connection (asyncio's transport). CPython frees cycles
+# that reach its oldest generation only when that generation has grown by a quarter, which in
+# a large process (the console's) takes long while the garbage piles up: collect on a clock.
+COLLECT_EVERY_S = 60.0
 
 Undo = Callable[[], Awaitable[None]]
 T = TypeVar("T")
@@ -142,6 +148,7 @@ class DemoFleet:
         self._groups: list[_Group] = []
         self._backup_faults = ActiveFaults()
         self._backup: HttpServer | None = None
+        self._provider: BackupProvider | None = None
         self._active: dict[tuple[str, str], _ActiveFault] = {}
         self._tasks: list[asyncio.Task] = []
         self._versions = 0
@@ -161,6 +168,8 @@ class DemoFleet:
         try:
             started.result(timeout=_CALL_TIMEOUT_S)
         except BaseException:
+            if self._thread.is_alive():  # start-up timed out: stop it, or join() waits forever
+                self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._thread = self._loop = None
             raise
@@ -269,6 +278,7 @@ class DemoFleet:
             traffic = TrafficGenerator(plan.traffic, len(members), rng)
             self._groups.append(_Group(plan, members, traffic))
         provider = BackupProvider(api_key, self._backup_faults, rng, id_sequence(BACKUP_PROVIDER))
+        self._provider = provider
         self._backup = HttpServer(provider.handle, server_header="demo-provider")
         self.backup_port = await self._backup.start()
         self.ssh_ports = {n.name: n.ssh.port for n in self._nodes.values()}
@@ -304,9 +314,14 @@ class DemoFleet:
         )
 
     async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        collect_at = loop.time() + COLLECT_EVERY_S
         while True:
             await asyncio.sleep(TICK_S)
             self._tick()
+            if loop.time() >= collect_at:
+                gc.collect()
+                collect_at = loop.time() + COLLECT_EVERY_S
 
     def _tick(self) -> None:
         if self._traffic_on:
@@ -387,6 +402,15 @@ class DemoFleet:
 
             extra = f" (retry-after {RETRY_AFTER_S}s)" if status == 429 else ""
             return clear_status, f"{name} on {target}: chat requests get {status}{extra}"
+        if target == BACKUP_PROVIDER:  # model-version-change, the only other fault it takes
+            provider = self._provider
+            assert provider is not None
+            dated = provider.change_version()
+
+            async def roll_back_provider() -> None:
+                provider.roll_back()
+
+            return roll_back_provider, f"{name} on {target}: aliases now answer as {dated}"
         node = self._nodes[target]
         if name == "latency-spike":
             node.faults.slowdown = SLOWDOWN

@@ -9,6 +9,7 @@ It must not know about other nodes, traffic or faults other than its own overlay
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import asyncssh
@@ -45,8 +46,8 @@ class DemoNode:
         self.service = EngineService(name, self.args_path, self.faults, boot_s)
         self.gpus = GpuSim(name, gpus, seed, rng)
         self.host_key = ensure_key(node_dir / "ssh_host_ed25519_key", f"root@{name}")
-        shell = NodeShell(self.service, self.gpus)
-        self.ssh = SshServer(self.host_key, client_key, self.root, shell.run)
+        self.shell = NodeShell(name, self.root, self.service, self.gpus)
+        self.ssh = SshServer(self.host_key, client_key, self.root, self.shell.run)
         api = VllmApi(self.service, self.faults, id_sequence(name))
         self.http = HttpServer(api.handle, server_header="uvicorn")
         self._default_args = default_args
@@ -84,4 +85,5 @@ class DemoNode:
     async def _listen(self) -> None:
         await self.ssh.start(self.ssh.port)
         await self.http.start(self.http.port)
+        self.shell.booted_at = time.time()
         self.up = True

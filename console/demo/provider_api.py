@@ -2,7 +2,9 @@
 
 Serves ``/v1/models`` and ``/v1/chat/completions`` (streaming with usage) for its models, with
 an API's latency (a few hundred ms to the first token) and OpenAI's error bodies and headers
-for 401, 404, 429 and 503. It must not know about nodes or engines.
+for 401, 404, 429 and 503. Like OpenAI it answers a model alias with the dated snapshot behind
+it (asked for ``gpt-4o-mini``, it says ``gpt-4o-mini-2024-07-18``), and a model-version-change
+moves the aliases to newer snapshots. It must not know about nodes or engines.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from console.demo.completions import (
+    OPENAI_STREAM,
     BadRequest,
     complete,
     error_response,
@@ -25,7 +28,18 @@ from console.demo.completions import (
 from console.demo.faults import RETRY_AFTER_S, ActiveFaults
 from console.demo.http_server import HttpRequest, HttpResponse
 
-MODELS = ("gpt-4o-mini", "gpt-4o")
+# OpenAI's aliases and the dated snapshots that answer for them (as its API does).
+SNAPSHOTS: dict[str, str] = {
+    "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
+    "gpt-4o": "gpt-4o-2024-08-06",
+}
+# Where model-version-change moves the aliases. gpt-4o-2024-11-20 is a real later snapshot;
+# OpenAI has published none after gpt-4o-mini-2024-07-18, so that date is made up.
+NEXT_SNAPSHOTS: dict[str, str] = {
+    "gpt-4o-mini": "gpt-4o-mini-2025-04-14",
+    "gpt-4o": "gpt-4o-2024-11-20",
+}
+MODELS = tuple(SNAPSHOTS)
 REQUESTS_PER_MIN = 10_000
 TOKENS_PER_MIN = 10_000_000
 _TTFT_S = 0.25
@@ -47,6 +61,20 @@ class BackupProvider:
         self._window_start = time.monotonic()
         self._window_requests = 0
         self._window_tokens = 0
+        self.snapshots = dict(SNAPSHOTS)  # alias -> the dated model that answers for it now
+
+    def change_version(self) -> str:
+        """Point every alias at its next snapshot (model-version-change); returns the new name."""
+        self.snapshots = dict(NEXT_SNAPSHOTS)
+        return self.snapshots[MODELS[0]]
+
+    def roll_back(self) -> None:
+        self.snapshots = dict(SNAPSHOTS)
+
+    def _served(self) -> dict[str, str]:
+        """Every name a request may use -> the model that answers: aliases and snapshots."""
+        dated = {name: name for name in (*SNAPSHOTS.values(), *self.snapshots.values())}
+        return {**dated, **self.snapshots}
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         denied = self._check_key(request.headers.get("authorization", ""))
@@ -56,7 +84,7 @@ class BackupProvider:
         if route == ("GET", "/v1/models"):
             data = [
                 {"id": m, "object": "model", "created": 1721172741, "owned_by": "system"}
-                for m in MODELS
+                for m in self._served()
             ]
             return HttpResponse.json(200, {"object": "list", "data": data})
         if route == ("POST", "/v1/chat/completions"):
@@ -109,20 +137,23 @@ class BackupProvider:
             chat = parse_chat_request(request.body)
         except BadRequest as exc:
             return error_response(400, str(exc), "invalid_request_error")
-        if chat.model not in MODELS:
+        served = self._served().get(chat.model)
+        if served is None:
             return error_response(
                 404,
                 f"The model `{chat.model}` does not exist or you do not have access to it.",
                 "invalid_request_error",
                 code="model_not_found",
             )
-        reply = make_reply(chat, chat.model, self._next_id(), int(time.time()), blowup=False)
+        reply = make_reply(chat, served, self._next_id(), int(time.time()), blowup=False)
         headers = self._rate_limit_headers(reply.prompt_tokens + len(reply.tokens))
         ttft_s = self._jitter(_TTFT_S)
         headers["openai-processing-ms"] = str(round(ttft_s * 1000))
         tokens = paced(reply, ttft_s, lambda: self._jitter(_ITL_S))
         if chat.stream:
-            return stream_response(sse_events(reply, tokens, chat.include_usage), headers)
+            return stream_response(
+                sse_events(reply, tokens, chat.include_usage, OPENAI_STREAM), headers
+            )
         response = await complete(reply, tokens)
         response.headers.update(headers)
         return response

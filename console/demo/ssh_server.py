@@ -1,14 +1,17 @@
 """One simulated node's SSH server: asyncssh on 127.0.0.1, public-key auth, exec and SFTP.
 
 Only user ``llmops`` with the demo's client key gets in. ``exec`` requests go to a command
-runner (:mod:`console.demo.shell`); SFTP (and scp) are chrooted to the node's root directory so
-clients see real-looking paths like ``/etc/vllm/args.yaml``. The server can stop, dropping its
-connections, and start again on the same port. It must not decide what commands print.
+runner (:mod:`console.demo.shell`); a command that follows (``journalctl -f``) writes until the
+client closes the channel. SFTP (and scp) are chrooted to the node's root directory so clients
+see real-looking paths like ``/etc/vllm/args.yaml``, and end with exit status 0 as OpenSSH's
+sftp-server does. The server can stop, dropping its connections, and start again on the same
+port. It must not decide what commands print.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncssh
@@ -45,6 +48,20 @@ class _Auth(asyncssh.SSHServer):
         return username == USER and key.public_data == authorized
 
 
+class _SftpServer(asyncssh.SFTPServer):
+    """asyncssh's SFTP server, plus the exit status OpenSSH's sftp-server gives its channel.
+
+    asyncssh closes an SFTP subsystem channel without an exit status, so OpenSSH's ``scp``
+    (SFTP mode, its default since 9.0) and ``sftp -b`` report failure after a good transfer.
+    Legacy ``scp -O`` runs through asyncssh's SCP server, which sends its own status.
+    """
+
+    def exit(self) -> None:
+        super().exit()
+        if self.channel.get_subsystem() == "sftp":
+            self.channel.exit(0)
+
+
 class SshServer:
     def __init__(
         self,
@@ -69,7 +86,7 @@ class SshServer:
             server_host_keys=[self.host_key],
             server_factory=lambda: _Auth(self),
             process_factory=self._process,
-            sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=bytes(self._sftp_root)),
+            sftp_factory=lambda chan: _SftpServer(chan, chroot=bytes(self._sftp_root)),
             allow_scp=True,
         )
         self.port = self._acceptor.get_port()
@@ -86,7 +103,7 @@ class SshServer:
         if acceptor is not None:
             await acceptor.wait_closed()  # after the aborts: Python 3.12+ waits for connections
 
-    def _process(self, process: asyncssh.SSHServerProcess) -> None:
+    async def _process(self, process: asyncssh.SSHServerProcess) -> None:
         if process.command is None:
             process.stderr.write("This node runs commands only: ssh HOST COMMAND\n")
             process.exit(1)
@@ -94,4 +111,24 @@ class SshServer:
         result = self._run_command(process.command)
         process.stdout.write(result.stdout)
         process.stderr.write(result.stderr)
-        process.exit(result.exit_status)
+        if result.follow is not None:
+            await _follow(process, result.follow())
+        if not process.is_closing():
+            process.exit(result.exit_status)
+
+
+async def _follow(process: asyncssh.SSHServerProcess, lines: AsyncIterator[str]) -> None:
+    """Write ``lines`` until the client sends EOF or closes the channel (``journalctl -f``)."""
+
+    async def copy() -> None:
+        async for line in lines:
+            process.stdout.write(line)
+
+    writer = asyncio.ensure_future(copy())
+    closed = asyncio.ensure_future(process.stdin.read())  # returns at EOF or channel close
+    try:
+        await asyncio.wait((writer, closed), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (writer, closed):
+            task.cancel()
+        await asyncio.gather(writer, closed, return_exceptions=True)

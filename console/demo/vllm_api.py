@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 
 from console.demo.completions import (
+    VLLM_STREAM,
     BadRequest,
     Reply,
     complete,
@@ -111,7 +112,7 @@ class VllmApi:
         max_tokens = chat.max_tokens or engine.max_model_len - chat.prompt_tokens
         tokens = self._generate(engine, reply, max_tokens)
         if chat.stream:
-            return stream_response(sse_events(reply, tokens, chat.include_usage), {})
+            return stream_response(sse_events(reply, tokens, chat.include_usage, VLLM_STREAM), {})
         return await complete(reply, tokens)
 
     async def _generate(
