@@ -14,7 +14,7 @@ and check every figure. The rules that keep figures honest live here:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from console.collectors import FleetReadings
@@ -73,7 +73,7 @@ def fleet_snapshot(
         sources=tuple(statuses.values()),
         thresholds=thresholds(config),
         window_s=window_s,
-        gpu_cost_per_hour_usd=sum(n.cost_per_hour_usd for n in config.nodes) or None,
+        gpu_cost_per_hour_usd=gpu_cost_per_hour(config.nodes),
     )
 
 
@@ -233,6 +233,11 @@ def endpoint_row(
     elif figures is not None:  # the engines answer, but no request has finished yet
         latency, rate = _Latency(requests=0), figures.requests_per_s
         error_pct, covered = probe_error_pct, figures.covered_s
+    elif engine_nodes and stale_count == len(engine_nodes):
+        # Its engines never answered and now fail: the probes' latency is not the endpoint's
+        # (a handful of the console's own requests), so nothing is shown but the alarm.
+        latency, rate, error_pct, covered = _Latency(), None, probe_error_pct, None
+        source = "none"
     else:
         latency = _probe_latency(ok)
         source = "probe" if latency.requests else "none"
@@ -252,11 +257,7 @@ def endpoint_row(
         ttft_p95_s=latency.ttft_p95_s,
         requests_per_s=rate,
         error_pct=error_pct,
-        gpu_cost_per_hour_usd=(
-            sum(config.node(n).cost_per_hour_usd for n in endpoint.nodes)
-            if endpoint.nodes
-            else None
-        ),
+        gpu_cost_per_hour_usd=gpu_cost_per_hour(config.node(n) for n in endpoint.nodes),
         probe_spend_per_hour_usd=probe_spend_per_hour(endpoint, probes),
         latency_history=tuple(readings.endpoint_history.get(endpoint.name, ())),
         source=source,
@@ -264,10 +265,19 @@ def endpoint_row(
         window_s=covered,
         floors=latency.floors,
         engines=len(engine_nodes),
+        left_out=figures.mismatched if figures is not None else (),
         engines_stale=stale_count,
         status=statuses.get(f"probe:{endpoint.name}"),
         model_changed=served is not None and first_model not in (None, served),
     )
+
+
+def gpu_cost_per_hour(nodes: Iterable[NodeConfig]) -> float | None:
+    """What the nodes cost an hour, each once; unknown (None) when any has no cost set."""
+    costs = [n.cost_per_hour_usd for n in {n.name: n for n in nodes}.values()]
+    if not costs or any(c is None for c in costs):
+        return None
+    return sum(c for c in costs if c is not None)
 
 
 def _probe_span(ok: Sequence[ProbeResult]) -> float:

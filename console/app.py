@@ -254,10 +254,13 @@ class LlmopsApp(App[None]):
         try:
             if choice == "heal":
                 await asyncio.to_thread(faults.heal)
+                self.source.record_event("demo.healed", "demo fleet: every fault cleared")
                 self.notify("every fault cleared", title="demo fleet")
                 return
             name, target = choice.split("@", 1)
             text = await asyncio.to_thread(faults.inject, name, target)
+            # A drill's trail: the log says which fault was injected when.
+            self.source.record_event("demo.fault", f"demo fleet: {text}")
             self.notify(text, title="fault injected", severity="warning")
         except Exception as exc:  # a fault that cannot be applied must not take the app down
             self.notify(f"{choice}: {exc}", title="fault not injected", severity="error")

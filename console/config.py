@@ -171,7 +171,8 @@ class NodeConfig(_Located):
     port: Port = 22
     # Expected GPU count; fewer readings are flagged.
     gpus: Annotated[int | None, integer(1, MAX_GPUS_PER_NODE, nullable=True)] = None
-    cost_per_hour_usd: Annotated[float, number(0)] = 0.0
+    # None: not configured, shown as N/A, never as $0.00.
+    cost_per_hour_usd: Annotated[float | None, number(0)] = None
     engine: EngineConfig | None = None
 
     @field_validator("engine")
@@ -346,11 +347,18 @@ def _duplicates(items: object, key: str, what: str, info: ValidationInfo) -> Pro
 def _unknown_nodes(known: list[str], endpoints: object) -> Problems:
     found: Problems = []
     for i, refs in entries(endpoints, "nodes"):
+        seen: set[str] = set()
         for j, ref in enumerate(refs if isinstance(refs, list | tuple) else ()):
             # A ref that is not a name at all is reported by its own field.
-            if isinstance(ref, str) and _NAME_RE.fullmatch(ref) and ref not in known:
+            if not isinstance(ref, str) or not _NAME_RE.fullmatch(ref):
+                continue
+            if ref not in known:
                 what = f"unknown node {show(ref)} ({suggest(ref, known)})"
                 found.append((("endpoints", i, "nodes", j), ref, problem(what)))
+            elif ref in seen:  # counted twice, it would double the endpoint's rate and cost
+                what = f"node {show(ref)} is listed twice (expected each node once)"
+                found.append((("endpoints", i, "nodes", j), ref, problem(what)))
+            seen.add(ref)
     return found
 
 

@@ -132,6 +132,8 @@ class EndpointRow:
     floors: frozenset[str] = frozenset()
     engines: int = 0  # engines behind the endpoint
     engines_stale: int = 0  # of which stale: figures then come from their last minute
+    # Histogram series left out of the percentiles: their bucket bounds differ from the rest.
+    left_out: tuple[str, ...] = ()
     status: SourceStatus | None = None  # the endpoint's probe source
     model_changed: bool = False  # answers with another model than when the console started
 
@@ -151,7 +153,7 @@ class NodeRow:
     running: float | None
     waiting: float | None
     preemptions_per_s: float | None
-    cost_per_hour_usd: float
+    cost_per_hour_usd: float | None  # None: not configured
     gpu_status: SourceStatus | None = None
     engine_status: SourceStatus | None = None  # None: no engine configured on this node
     expected_gpus: int | None = None
@@ -184,7 +186,7 @@ class FleetSnapshot:
     sources: tuple[SourceStatus, ...]
     thresholds: Thresholds = field(default_factory=Thresholds)  # cells past them alarm
     window_s: float = 60.0  # the span the figures are asked over
-    # Every node once, even when two endpoints share it.
+    # Every node once, even when two endpoints share it; None when a node has no cost set.
     gpu_cost_per_hour_usd: float | None = None
 
     @property

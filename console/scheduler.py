@@ -25,6 +25,7 @@ from console.models import SourceStatus
 log = logging.getLogger(__name__)
 
 JITTER = 0.25  # a backoff delay is drawn from [75%, 100%] of its exponential step
+MAX_DOUBLINGS = 30  # 2**30 intervals is past any max_backoff anyone configures
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,11 @@ class Scheduler:
         failures = self._status[source.name].consecutive_failures
         if failures == 0:
             return source.interval_s
-        step = min(source.interval_s * 2 ** (failures - 1), self.max_backoff_s)
-        delay = step * (1 - JITTER * self._jitter())
+        # The exponent is capped: 2 ** 1025 is past any float (a node down all weekend).
+        doublings = min(failures - 1, MAX_DOUBLINGS)
+        step = min(source.interval_s * 2.0**doublings, self.max_backoff_s)
+        # Never sooner than a healthy source would be polled, whatever max_backoff says.
+        delay = max(step * (1 - JITTER * self._jitter()), source.interval_s)
         # The server said when to come back (a 429's Retry-After): asking sooner is refused.
         return max(delay, self._retry_after.get(source.name, 0.0))
 

@@ -135,17 +135,42 @@ class Store:
         row = self.conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
 
-    def _insert_all(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if not rows:
+    def _insert(self, tables: dict[str, list[dict[str, Any]]]) -> None:
+        """Insert rows into several tables in one transaction: all of them, or none."""
+        tables = {table: rows for table, rows in tables.items() if rows}
+        if not tables:
             return
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                self.db.table(table).insert_all(rows)
+                for table, rows in tables.items():
+                    self.db.table(table).insert_all(rows)
                 self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                # SQLite rolls back by itself on some errors (a full disk): a second ROLLBACK
+                # would replace the real reason with "no transaction is active".
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
+
+    def write_batch(
+        self,
+        probes: Iterable[ProbeResult] = (),
+        gpus: Iterable[tuple[float, GpuReading]] = (),
+        engines: Iterable[tuple[float, EngineStats]] = (),
+        events: Iterable[dict[str, Any]] = (),
+    ) -> None:
+        """One flush of the hub's rows, in one transaction, so a failure never half-writes it.
+
+        ``events`` are keyword arguments of :meth:`append_event`.
+        """
+        self._insert(
+            {
+                "probes": _probe_rows(probes),
+                "samples": _gpu_rows(gpus) + _engine_rows(engines),
+                "events": [_event_row(**e) for e in events],
+            }
+        )
 
     def append_event(
         self,
@@ -157,67 +182,16 @@ class Store:
         operator: str | None = None,
         ts: float | None = None,
     ) -> None:
-        self._insert_all(
-            "events",
-            [
-                {
-                    "ts": time.time() if ts is None else ts,
-                    "kind": kind,
-                    "source": source,
-                    "message": message,
-                    "data": json.dumps(data, sort_keys=True) if data else None,
-                    "pid": os.getpid(),
-                    "operator": operator,
-                }
-            ],
-        )
+        self._insert({"events": [_event_row(kind, message, source, data, operator, ts)]})
 
     def add_probes(self, results: Iterable[ProbeResult]) -> None:
-        rows = []
-        for r in results:
-            row = asdict(r)
-            row.pop("retry_after_s")
-            row["ts"] = row.pop("started_at")
-            row["ok"] = int(r.ok)
-            rows.append(row)
-        self._insert_all("probes", rows)
+        self._insert({"probes": _probe_rows(results)})
 
     def add_gpu_samples(self, readings: Iterable[tuple[float, GpuReading]]) -> None:
-        rows = [
-            {
-                "ts": ts,
-                "kind": "gpu",
-                "node": g.node,
-                "subject": str(g.index),
-                "data": json.dumps(_compact(asdict(g), ("node", "index", "name", "uuid"))),
-            }
-            for ts, g in readings
-        ]
-        self._insert_all("samples", rows)
+        self._insert({"samples": _gpu_rows(readings)})
 
     def add_engine_samples(self, scrapes: Iterable[tuple[float, EngineStats]]) -> None:
-        rows = [
-            {
-                "ts": ts,
-                "kind": "engine",
-                "node": e.node,
-                "subject": e.model_name or "",
-                "data": json.dumps(
-                    {
-                        "running": e.running,
-                        "waiting": e.waiting,
-                        "kv_cache_usage": e.kv_cache_usage,
-                        # Counters per series, labels written as Prometheus writes them.
-                        "counters": {
-                            family: {_labels_text(labels): v for labels, v in series.items()}
-                            for family, series in e.counters.items()
-                        },
-                    }
-                ),
-            }
-            for ts, e in scrapes
-        ]
-        self._insert_all("samples", rows)
+        self._insert({"samples": _engine_rows(scrapes)})
 
     def purge(self, now: float) -> dict[str, int]:
         """Drop samples and probe results past their retention; events are never purged.
@@ -273,6 +247,73 @@ def _statements(sql: str) -> list[str]:
             statements.append(text)
             current = []
     return statements
+
+
+def _event_row(
+    kind: str,
+    message: str,
+    source: str | None = None,
+    data: dict[str, Any] | None = None,
+    operator: str | None = None,
+    ts: float | None = None,
+) -> dict[str, Any]:
+    return {
+        "ts": time.time() if ts is None else ts,
+        "kind": kind,
+        "source": source,
+        "message": message,
+        "data": json.dumps(data, sort_keys=True) if data else None,
+        "pid": os.getpid(),
+        "operator": operator,
+    }
+
+
+def _probe_rows(results: Iterable[ProbeResult]) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        row = asdict(r)
+        row.pop("retry_after_s")
+        row["ts"] = row.pop("started_at")
+        row["ok"] = int(r.ok)
+        rows.append(row)
+    return rows
+
+
+def _gpu_rows(readings: Iterable[tuple[float, GpuReading]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "ts": ts,
+            "kind": "gpu",
+            "node": g.node,
+            "subject": str(g.index),
+            "data": json.dumps(_compact(asdict(g), ("node", "index", "name", "uuid"))),
+        }
+        for ts, g in readings
+    ]
+
+
+def _engine_rows(scrapes: Iterable[tuple[float, EngineStats]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "ts": ts,
+            "kind": "engine",
+            "node": e.node,
+            "subject": e.model_name or "",
+            "data": json.dumps(
+                {
+                    "running": e.running,
+                    "waiting": e.waiting,
+                    "kv_cache_usage": e.kv_cache_usage,
+                    # Counters per series, labels written as Prometheus writes them.
+                    "counters": {
+                        family: {_labels_text(labels): v for labels, v in series.items()}
+                        for family, series in e.counters.items()
+                    },
+                }
+            ),
+        }
+        for ts, e in scrapes
+    ]
 
 
 def _labels_text(labels: tuple[tuple[str, str], ...]) -> str:

@@ -94,11 +94,16 @@ class StoreWriter:
         self._probes, self._events = deque(maxlen=probes.maxlen), deque(maxlen=events.maxlen)
 
         def write() -> None:
-            store.add_probes(probes)
-            store.add_gpu_samples(gpus)
-            store.add_engine_samples(engines)
-            for e in events:
-                store.append_event(e.kind, e.message, source=e.source, ts=e.ts)
+            # One transaction: a failure leaves nothing half-written to be written twice.
+            store.write_batch(
+                probes,
+                gpus,
+                engines,
+                [
+                    {"kind": e.kind, "message": e.message, "source": e.source, "ts": e.ts}
+                    for e in events
+                ],
+            )
 
         try:
             await asyncio.to_thread(write)

@@ -61,8 +61,9 @@ def _over(value: float | None, threshold: float) -> bool:
 def endpoint_state(e: EndpointRow) -> str:
     """At most 14 characters: health, where the figures come from, and n when it is small."""
     status = e.status
-    if e.engines and e.engines_stale == e.engines and e.source != "none":
-        return Alarm("engines STALE")
+    if e.engines and e.engines_stale == e.engines:
+        # "none": they never answered, so there are no figures of theirs to keep showing.
+        return Alarm("engines DOWN" if e.source == "none" else "engines STALE")
     if status is not None and status.consecutive_failures:
         return Alarm(f"FAIL {fmt.failure_label(status.last_error)}")
     if e.engines_stale:
@@ -72,6 +73,8 @@ def endpoint_state(e: EndpointRow) -> str:
         return state
     if e.model_changed:
         return Alarm("model changed")
+    if e.left_out:  # some engines' histograms could not be merged: the detail line says which
+        return Alarm("eng partial")
     tag = _SOURCE_TAGS.get(e.source)
     if tag is None:
         return "ok"
@@ -139,8 +142,11 @@ def node_cells(node: NodeRow, limits: Thresholds) -> Cells:
     power = _sum([r.power_w for r in readings])
     status = fmt.worst(node.gpu_status, node.engine_status)
     state = fmt.source_state(status)
+    if status is not None and status is node.engine_status and status.stale:
+        # Only the engine is gone: the GPU figures beside it are live.
+        state = Alarm("engine DOWN" if status.last_ok_at is None else "engine STALE")
     if state == "ok":
-        if node.expected_gpus is not None and readings and len(readings) < node.expected_gpus:
+        if node.expected_gpus is not None and len(readings) < node.expected_gpus:
             state = Alarm(f"{len(readings)}/{node.expected_gpus} GPU")  # a GPU fell off
         elif any(_gpu_alarm(r) for r in readings):
             problems = [p for r in readings if (p := _gpu_alarm(r))]
@@ -213,6 +219,8 @@ def endpoint_detail(e: EndpointRow) -> str:
         parts.append(f"{e.engines_stale} of {e.engines} engines STALE, left out")
         if e.engines_stale == e.engines:
             parts[-1] = "every engine STALE: their last minute before they stopped answering"
+    if e.left_out:
+        parts.append(f"left out of the percentiles, other bucket bounds: {', '.join(e.left_out)}")
     if e.floors:
         parts.append("'>': past the highest histogram bucket")
     if e.gpu_cost_per_hour_usd is not None:

@@ -128,6 +128,9 @@ async def test_fault_key_injects_into_the_demo(fleet, tmp_path) -> None:
         await pilot.press("enter")
         await wait_for(pilot, lambda: fleet.active_faults() == [])
         assert app.is_running
+    # The drill left its trail in the incident log (written as the app stopped).
+    kinds = [e["kind"] for e in reversed(Store(tmp_path / "console.db").events())]
+    assert kinds.index("console.started") < kinds.index("demo.fault") < kinds.index("demo.healed")
 
 
 async def test_pause_stops_repainting(fleet, tmp_path) -> None:

@@ -125,7 +125,7 @@ def test_a_minimal_config_gets_the_defaults(tmp_path: Path) -> None:
     assert config.alerts == AlertThresholds()
     assert config.endpoints == ()
     (node,) = config.nodes
-    assert (node.port, node.gpus, node.cost_per_hour_usd, node.engine) == (22, None, 0.0, None)
+    assert (node.port, node.gpus, node.cost_per_hour_usd, node.engine) == (22, None, None, None)
     assert node.line == 3
 
 

@@ -52,8 +52,26 @@ async def test_backoff_doubles_to_its_cap_and_jitter_only_shortens_it() -> None:
             steps.append(scheduler.delay_after(source))
         delays[draw] = steps
     assert delays[0.0] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
-    # The most jitter takes a quarter off, so that nodes that failed together spread out.
-    assert delays[1.0] == [0.75, 1.5, 3.0, 6.0, 6.0, 6.0]
+    # The most jitter takes a quarter off, so that nodes that failed together spread out,
+    # but never below the interval a healthy source is polled at.
+    assert delays[1.0] == [1.0, 1.5, 3.0, 6.0, 6.0, 6.0]
+
+
+async def test_a_source_failing_all_weekend_keeps_its_capped_backoff() -> None:
+    # 2 ** 1025 intervals used to raise OverflowError and kill the collector for good.
+    source = Source("gpus:a", 2.0, lambda: fail(Refused()))
+    scheduler, _ = make([source], Clocks())
+    for failures in (1026, 10**6):
+        scheduler.update("gpus:a", consecutive_failures=failures)
+        assert scheduler.delay_after(source) == 8.0
+
+
+async def test_a_max_backoff_below_the_interval_never_polls_faster() -> None:
+    source = Source("probe:x", 10.0, lambda: fail(Refused()))
+    scheduler, _ = make([source], Clocks(), jitter=1.0)  # max_backoff_s is 8 s
+    for _ in range(3):
+        await scheduler.poll(source)
+        assert scheduler.delay_after(source) == 10.0
 
 
 async def test_retry_after_is_the_least_wait_and_is_forgotten_after_success() -> None:
@@ -72,7 +90,7 @@ async def test_retry_after_is_the_least_wait_and_is_forgotten_after_success() ->
     assert scheduler.delay_after(source) == 1.0
     outcome[0] = Refused()  # a later refusal without Retry-After backs off as usual
     await scheduler.poll(source)
-    assert scheduler.delay_after(source) == 0.75
+    assert scheduler.delay_after(source) == 1.0
 
 
 async def test_staleness_follows_the_monotonic_clock_not_the_wall_clock() -> None:

@@ -126,3 +126,14 @@ def test_purge_finds_old_rows_through_the_ts_index_in_short_batches(tmp_path: Pa
     deletes = [s for s in statements if s.startswith("DELETE FROM samples")]
     assert len(deletes) == 3  # two full batches and the rest: the write lock is held briefly
     assert store.db["samples"].count == 1
+
+
+def test_a_write_that_sqlite_rolled_back_itself_keeps_its_reason(tmp_path: Path) -> None:
+    store = Store(tmp_path / "x.db")
+    # RAISE(ROLLBACK) ends the transaction inside SQLite, as a full disk does.
+    store.conn.execute(
+        "CREATE TRIGGER no_room BEFORE INSERT ON probes "
+        "BEGIN SELECT RAISE(ROLLBACK, 'no room'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="no room"):
+        store.add_probes([ProbeResult("chat", 1.0, True, 200, 0.1, 0.5)])

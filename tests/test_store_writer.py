@@ -66,3 +66,26 @@ async def test_a_failing_store_keeps_bounded_rows_and_says_what_it_dropped(
     # The incident log lost nothing.
     assert [e["message"] for e in store.events()][::-1] == [f"down {i}" for i in range(4)]
     assert writer.pending == 0
+
+
+async def test_a_flush_that_fails_half_way_writes_nothing_twice(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store.db")
+    record = Record()
+    writer = writer_on(store, record)
+    (reading,) = parse_query_csv(
+        "gpu-a1", (FIXTURES / "gpu" / "nvidia-smi-query-load.csv").read_text()
+    )
+    # A real SQLite failure after the probe rows went in: the samples insert is refused.
+    store.conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON samples BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    writer.add_probe(ProbeResult("chat", 1.0, True, 200, 0.1, 0.5, 10, 2))
+    writer.add_gpus([reading])
+    writer.add_event("source.failed", "gpus:gpu-a2", "down")
+    await writer.flush()
+    assert record.failures == [f"{store.path}: refused"]
+    store.conn.execute("DROP TRIGGER refuse")
+    await writer.flush()
+    assert store.db["probes"].count == 1  # not written once in the failed flush and again now
+    assert store.db["samples"].count == 1
+    assert [e["message"] for e in store.events()] == ["down"]
