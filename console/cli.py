@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -115,17 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 def _duration(text: str) -> float:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
-    number, unit = text, "s"
-    for suffix in ("ms", "s", "m"):
-        if text.endswith(suffix):
-            number, unit = text[: -len(suffix)], suffix
-            break
-    try:
-        seconds = float(number) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 15s or 2m") from None
+    match = _DURATION_RE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 15s or 2m")
+    seconds = float(match[1]) * _UNITS[match[2] or "s"]
     if not 1.0 <= seconds <= 600.0:
         raise argparse.ArgumentTypeError(f"{text!r} is outside 1s..10m")
     return seconds
@@ -222,6 +221,12 @@ def _print_status(snapshot: FleetSnapshot) -> None:
     from screens.cells import ENDPOINT_COLUMNS, NODE_COLUMNS, endpoint_cells, node_cells
     from screens.formatting import Alarm
 
+    # Rich honours NO_COLOR and writes plain text where stdout is not a terminal.
+    out = Console(highlight=False, soft_wrap=False)
+    # Reverse video marks an alarm (with NO_COLOR too); a pipe or cron mail has no video,
+    # so there an alarm is marked with a leading "!".
+    marker = "" if out.is_terminal else "!"
+
     def table(columns: Sequence[tuple[str, str, int]], rows: list[tuple[str, ...]]) -> Table:
         # One run has no history: the trend columns would be empty, and push past 80 columns.
         keep = [i for i, (key, _, _) in enumerate(columns) if key != "trend"]
@@ -229,22 +234,20 @@ def _print_status(snapshot: FleetSnapshot) -> None:
         for i in keep:
             grid.add_column(columns[i][1], no_wrap=True, header_style="bold")
         for row in rows:
-            # Reverse video, not a colour: an alarm stands out with NO_COLOR too (and a pipe
-            # gets plain text).
-            cells = (
-                Text(row[i], "bold reverse" if isinstance(row[i], Alarm) else "") for i in keep
+            grid.add_row(
+                *(
+                    Text(marker + row[i], "bold reverse")
+                    if isinstance(row[i], Alarm)
+                    else Text(row[i])
+                    for i in keep
+                )
             )
-            grid.add_row(*cells)
         return grid
 
     limits = snapshot.thresholds
-    # Rich honours NO_COLOR and writes plain text where stdout is not a terminal.
-    out = Console(highlight=False, soft_wrap=False)
     out.print(f"environment: {snapshot.environment}")
-    out.print(
-        f"figures over the last {snapshot.window_s:g}s; 'life': too few requests in it, "
-        "percentiles since each engine started; n=: requests behind them"
-    )
+    out.print(f"figures over the last {snapshot.window_s:g}s; n=: requests behind percentiles")
+    out.print("life: too few requests in the window, percentiles since each engine started")
     out.print()
     out.print(table(ENDPOINT_COLUMNS, [endpoint_cells(e, limits) for e in snapshot.endpoints]))
     out.print()

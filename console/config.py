@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -152,6 +153,19 @@ class EngineConfig(_Record):
     args_file: RemotePath = "/etc/vllm/args.yaml"
     restart_command: ShellCommand = "sudo systemctl restart vllm.service"
 
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, url: str) -> str:
+        # The console asks for {url}/metrics, /health, /version: a URL ending in one of them
+        # would be scraped as /metrics/metrics.
+        path = urlsplit(url).path.rstrip("/")
+        if path.endswith(("/metrics", "/health", "/version", "/v1")):
+            raise problem(
+                f"{show(url)} ends in {path.rsplit('/', 1)[1]!r} (expected the engine's base URL, "
+                "e.g. http://10.0.3.11:8000)"
+            )
+        return url
+
 
 class _Located(_Record):
     """A record whose place in the config file is kept, for later error messages."""
@@ -225,7 +239,7 @@ class PollConfig(_Record):
     engine_s: Interval = Field(default=2.0, validation_alias="engine")
     max_backoff_s: Duration = Field(default=60.0, validation_alias="max_backoff")
     # A source is stale after this many missed intervals.
-    stale_after_polls: Annotated[int, integer(1)] = 2
+    stale_after_polls: Annotated[int, integer(1, 1000)] = 2
 
 
 class AlertThresholds(_Record):

@@ -145,7 +145,9 @@ class Hub:
         statuses = self._statuses()
         for endpoint in self.config.endpoints:
             row = endpoint_row(self.config, endpoint, self.readings, statuses, now, self.window_s)
-            if row.p95_s is not None:
+            # A stale row's figures are frozen: the trend shows only what was measured.
+            frozen = row.engines and row.engines_stale == row.engines
+            if row.p95_s is not None and not frozen:
                 self.readings.add_history_point(endpoint.name, now, row.p95_s)
 
     def record_event(self, kind: str, message: str, source: str = "console") -> None:

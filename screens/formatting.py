@@ -25,7 +25,9 @@ def seconds(value: float | None) -> str:
         return f"{value:.2f}s"
     if value < 100:
         return f"{value:.1f}s"
-    return f"{value:.0f}s"
+    if value < 100_000:
+        return f"{value:.0f}s"
+    return f"{value:.0e}s"  # an absurd bucket bound still fits its column
 
 
 def floor_seconds(value: float) -> str:

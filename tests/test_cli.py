@@ -157,7 +157,7 @@ def test_status_table_exits_1_and_names_the_failed_source(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert "environment: staging" in result.stdout
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("gpu-x1")]
-    assert row.split()[:4] == ["gpu-x1", "DOWN", "N/A", "N/A"]  # never answered: no figures
+    assert row.split()[:4] == ["gpu-x1", "!DOWN", "N/A", "N/A"]  # "!": an alarm, in a pipe
     assert "FAILED gpus:gpu-x1: gpu-x1 (llmops@127.0.0.1:9): cannot connect" in result.stdout
 
 
@@ -195,7 +195,7 @@ def test_status_json_of_an_engine_reporting_nan_is_json(tmp_path: Path) -> None:
     assert "NaN/Inf sample(s) dropped" in source["warning"]
 
 
-@pytest.mark.parametrize("window", ["0s", "11m", "soon"])
+@pytest.mark.parametrize("window", ["0s", "11m", "1h", "soon", "-5s"])
 def test_status_window_out_of_range_is_a_usage_error(window: str) -> None:
     result = llmops("status", "--demo", "--window", window)
     assert result.returncode == 2
