@@ -154,7 +154,26 @@ class OverviewScreen(FleetView):
         yield NodeTable(id="nodes")
 
 
-class EndpointsScreen(FleetView):
+class DetailView(FleetView):
+    """A view with a line or two under its table about the selected row (``#detail``)."""
+
+    def apply(self, snapshot: FleetSnapshot) -> None:
+        super().apply(snapshot)
+        self._show_detail()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail()
+
+    def detail(self, key: str | None, snapshot: FleetSnapshot) -> str:
+        raise NotImplementedError
+
+    def _show_detail(self) -> None:
+        table = self.query(LiveTable).first()
+        text = self.detail(table.selected_key, self._snapshot) if self._snapshot else ""
+        self.query_one("#detail", Static).update(Text(text))
+
+
+class EndpointsScreen(DetailView):
     VIEW_NAME = "endpoints"
 
     def body(self) -> ComposeResult:
@@ -164,25 +183,10 @@ class EndpointsScreen(FleetView):
         yield EndpointTable(id="endpoints")
         yield Static(id="detail", classes="detail")
 
-    def apply(self, snapshot: FleetSnapshot) -> None:
-        super().apply(snapshot)
-        self._show_detail()
-
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self._show_detail()
-
-    def _show_detail(self) -> None:
+    def detail(self, key: str | None, snapshot: FleetSnapshot) -> str:
         """Where the selected endpoint's figures come from, on how many requests, what cost."""
-        key = self.query_one(EndpointTable).selected_key
-        row = next(
-            (e for e in self._snapshot.endpoints if f"endpoint:{e.name}" == key)
-            if self._snapshot
-            else iter(()),
-            None,
-        )
-        self.query_one("#detail", Static).update(
-            Text(endpoint_detail(row)) if row is not None else ""
-        )
+        row = next((e for e in snapshot.endpoints if f"endpoint:{e.name}" == key), None)
+        return endpoint_detail(row) if row is not None else ""
 
 
 class NodesScreen(FleetView):
@@ -192,7 +196,7 @@ class NodesScreen(FleetView):
         yield NodeTable(id="nodes")
 
 
-class SourcesScreen(FleetView):
+class SourcesScreen(DetailView):
     VIEW_NAME = "sources"
 
     def body(self) -> ComposeResult:
@@ -202,31 +206,16 @@ class SourcesScreen(FleetView):
         yield SourceTable(id="sources")
         yield Static(id="detail", classes="detail")
 
-    def apply(self, snapshot: FleetSnapshot) -> None:
-        super().apply(snapshot)
-        self._show_detail()
-
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self._show_detail()
-
-    def _show_detail(self) -> None:
+    def detail(self, key: str | None, snapshot: FleetSnapshot) -> str:
         """The whole last error of the selected source: the table cuts it at its width."""
-        table = self.query_one(SourceTable)
-        key = table.selected_key
-        status = (
-            next((s for s in self._snapshot.sources if f"source:{s.name}" == key), None)
-            if self._snapshot
-            else None
-        )
-        detail = self.query_one("#detail", Static)
+        status = next((s for s in snapshot.sources if f"source:{s.name}" == key), None)
         if status is None or not (status.last_error or status.warning):
-            detail.update("")
-            return
+            return ""
         when = f" at {clock(status.last_error_at)}" if status.last_error_at else ""
         text = f"{status.name}{when}: {status.last_error}" if status.last_error else ""
         if status.warning:
             text = f"{text}\n{status.name}: {status.warning}".strip()
-        detail.update(Text(text))
+        return text
 
 
 VIEWS: dict[str, type[FleetView]] = {

@@ -159,3 +159,15 @@ async def test_a_view_whose_repaint_fails_is_shown_on_the_sources_view_and_the_a
             next(s for s in app.snapshot.sources if s.name == "view:overview").consecutive_failures
             == 0
         )
+
+
+async def test_the_endpoints_view_explains_the_selected_row() -> None:
+    app = make_app()
+    async with app.run_test() as pilot:
+        await pilot.press("colon", *"endpoints", "enter")
+        await pilot.pause(0.2)
+        detail = str(app.screen.query_one("#detail").render())
+        assert detail.startswith("chat-1: figures from engine histograms of 2 node(s) over 58s")
+        await pilot.press("j")
+        await pilot.pause(0.1)
+        assert str(app.screen.query_one("#detail").render()).startswith("chat-2: ")
