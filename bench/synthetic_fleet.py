@@ -126,6 +126,7 @@ def make_snapshot(
                 n=(20 + 10 * e) * 60,
                 window_s=58.0,
                 engines=2,
+                engines_used=2,
                 status=status,
             )
         )

@@ -190,7 +190,11 @@ def endpoint_row(
     probes = [p for p in readings.probes.get(endpoint.name, ()) if p.started_at >= since]
     ok = [p for p in probes if p.ok]
     served = next((p.model for p in reversed(ok) if p.model), None)
-    probe_error_pct = 100 * (len(probes) - len(ok)) / len(probes) if probes else None
+    # Errors over the same window as the other figures (percentiles of sparse probes need the
+    # longer one): a recovered endpoint stops alarming a minute later, not five.
+    recent = [p for p in probes if p.started_at >= now - window_s]
+    failed = sum(1 for p in recent if not p.ok)
+    probe_error_pct = 100 * failed / len(recent) if recent else None
 
     engine_nodes = [n for n in endpoint.nodes if config.node(n).engine is not None]
     live, stale = [], []
@@ -208,11 +212,13 @@ def endpoint_row(
 
     figures: EngineFigures | None = None
     source = "none"
+    used = live
     if live:
         figures, source = _engine_figures(live, now, window_s)
-    elif stale and stale_count == len(engine_nodes):
-        # Every engine stopped answering: their last minute is the best knowledge there is,
-        # and the row says it is stale, rather than showing the probes' tiny latencies as ok.
+    elif stale:
+        # No engine reports now: the last minute of those that stopped is the best knowledge
+        # there is, and the row says it is stale, rather than showing the probes' latencies.
+        used = stale
         last = _last_scrape(stale)
         if last is not None:
             figures, source = _engine_figures(stale, last, window_s)
@@ -233,9 +239,9 @@ def endpoint_row(
     elif figures is not None:  # the engines answer, but no request has finished yet
         latency, rate = _Latency(requests=0), figures.requests_per_s
         error_pct, covered = probe_error_pct, figures.covered_s
-    elif engine_nodes and stale_count == len(engine_nodes):
-        # Its engines never answered and now fail: the probes' latency is not the endpoint's
-        # (a handful of the console's own requests), so nothing is shown but the alarm.
+    elif stale_count:
+        # Its engines have no figures and some fail: the probes' latency is not the
+        # endpoint's (a handful of the console's own requests); nothing is shown but the alarm.
         latency, rate, error_pct, covered = _Latency(), None, probe_error_pct, None
         source = "none"
     else:
@@ -265,6 +271,8 @@ def endpoint_row(
         window_s=covered,
         floors=latency.floors,
         engines=len(engine_nodes),
+        engines_used=len(used) if figures is not None else 0,
+        figures_stale=figures is not None and not live,
         left_out=figures.mismatched if figures is not None else (),
         engines_stale=stale_count,
         status=statuses.get(f"probe:{endpoint.name}"),

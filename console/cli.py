@@ -142,7 +142,10 @@ def _demo_fleet(args: argparse.Namespace) -> Iterator[DemoFleet]:
         faults = [parse_fault(text) for text in _option(args, "fault", [])]
     except ValueError as exc:
         raise UsageError(f"--fault: {exc}") from exc
+    _remove_dead_demo_folders()
     workdir = Path(tempfile.mkdtemp(prefix="llmops-demo-"))
+    # Whose folder this is: a later start removes it if this process died without unwinding.
+    (workdir / "pid").write_text(f"{os.getpid()}\n")
     try:
         try:
             fleet = DemoFleet(
@@ -163,6 +166,18 @@ def _demo_fleet(args: argparse.Namespace) -> Iterator[DemoFleet]:
     finally:
         # The folder holds the demo's private client key: never leave it behind.
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _remove_dead_demo_folders() -> None:
+    """Remove demo folders (each holds a private key) left by a demo that was killed -9."""
+    for folder in Path(tempfile.gettempdir()).glob("llmops-demo-*"):
+        try:
+            pid = int((folder / "pid").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, ValueError):  # not ours, still starting, or another user's
+            continue
 
 
 def _load(path: Path) -> Config:
@@ -252,12 +267,16 @@ def _print_status(snapshot: FleetSnapshot) -> None:
     out.print(table(ENDPOINT_COLUMNS, [endpoint_cells(e, limits) for e in snapshot.endpoints]))
     out.print()
     out.print(table(NODE_COLUMNS, [node_cells(n, limits) for n in snapshot.nodes]))
-    if snapshot.gpu_cost_per_hour_usd is not None:
+    if snapshot.nodes:
         out.print()
-        out.print(
-            f"GPU nodes: ${snapshot.gpu_cost_per_hour_usd:,.2f}/hour "
-            f"({len(snapshot.nodes)} nodes, each counted once)"
-        )
+        unknown = [n.name for n in snapshot.nodes if n.cost_per_hour_usd is None]
+        if snapshot.gpu_cost_per_hour_usd is not None:
+            out.print(
+                f"GPU nodes: ${snapshot.gpu_cost_per_hour_usd:,.2f}/hour "
+                f"({len(snapshot.nodes)} nodes, each counted once)"
+            )
+        else:
+            out.print(f"GPU nodes: N/A/hour (no cost_per_hour_usd for {', '.join(unknown)})")
     failed = snapshot.failed_sources
     if failed:
         out.print()

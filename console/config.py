@@ -158,7 +158,7 @@ class EngineConfig(_Record):
     def _base_url(cls, url: str) -> str:
         # The console asks for {url}/metrics, /health, /version: a URL ending in one of them
         # would be scraped as /metrics/metrics.
-        path = urlsplit(url).path.rstrip("/")
+        path = urlsplit(url).path.rstrip("/").lower()
         if path.endswith(("/metrics", "/health", "/version", "/v1")):
             raise problem(
                 f"{show(url)} ends in {path.rsplit('/', 1)[1]!r} (expected the engine's base URL, "

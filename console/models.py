@@ -131,7 +131,9 @@ class EndpointRow:
     # Figures that are floors: the quantile fell in the +Inf bucket ("> 10s").
     floors: frozenset[str] = frozenset()
     engines: int = 0  # engines behind the endpoint
-    engines_stale: int = 0  # of which stale: figures then come from their last minute
+    engines_stale: int = 0  # of which stale: left out, unless no other engine reports
+    engines_used: int = 0  # engines whose histograms the figures come from
+    figures_stale: bool = False  # every engine that reports is stale: their last minute
     # Histogram series left out of the percentiles: their bucket bounds differ from the rest.
     left_out: tuple[str, ...] = ()
     status: SourceStatus | None = None  # the endpoint's probe source

@@ -61,9 +61,10 @@ def _over(value: float | None, threshold: float) -> bool:
 def endpoint_state(e: EndpointRow) -> str:
     """At most 14 characters: health, where the figures come from, and n when it is small."""
     status = e.status
-    if e.engines and e.engines_stale == e.engines:
-        # "none": they never answered, so there are no figures of theirs to keep showing.
-        return Alarm("engines DOWN" if e.source == "none" else "engines STALE")
+    if e.figures_stale:  # the figures are the last minute of engines that stopped answering
+        return Alarm("engines STALE")
+    if e.engines_stale and e.source == "none":  # no engine figures at all, and some fail
+        return Alarm("engines DOWN")
     if status is not None and status.consecutive_failures:
         return Alarm(f"FAIL {fmt.failure_label(status.last_error)}")
     if e.engines_stale:
@@ -206,7 +207,7 @@ def endpoint_detail(e: EndpointRow) -> str:
     n = "no requests" if not e.n else f"{e.n:.0f} request" + ("s" if e.n != 1 else "")
     if e.source == "engine":
         span = f"over {e.window_s:.0f}s" if e.window_s is not None else "in the window"
-        origin = f"engine histograms of {e.engines} node(s) {span} ({n})"
+        origin = f"engine histograms of {e.engines_used} node(s) {span} ({n})"
     elif e.source == "engine lifetime":
         origin = f"engine histograms since each engine started ({n}; too few in the window)"
     elif e.source == "probe":
@@ -215,10 +216,10 @@ def endpoint_detail(e: EndpointRow) -> str:
     else:
         origin = "nothing yet"
     parts = [f"{e.name}: figures from {origin}"]
-    if e.engines_stale:
+    if e.figures_stale:
+        parts.append("engines STALE: their last minute before they stopped answering")
+    elif e.engines_stale:
         parts.append(f"{e.engines_stale} of {e.engines} engines STALE, left out")
-        if e.engines_stale == e.engines:
-            parts[-1] = "every engine STALE: their last minute before they stopped answering"
     if e.left_out:
         parts.append(f"left out of the percentiles, other bucket bounds: {', '.join(e.left_out)}")
     if e.floors:
@@ -226,7 +227,10 @@ def endpoint_detail(e: EndpointRow) -> str:
     if e.gpu_cost_per_hour_usd is not None:
         parts.append(f"GPU nodes {fmt.usd(e.gpu_cost_per_hour_usd)}/h")
     if e.probe_spend_per_hour_usd is not None:
-        parts.append(f"probes spend {fmt.usd(e.probe_spend_per_hour_usd)}/h (usage not known)")
+        parts.append(
+            f"the console's probes spend {fmt.usd(e.probe_spend_per_hour_usd)}/h "
+            "(other traffic to it is not seen)"
+        )
     if e.served_model and e.served_model != e.model:
         parts.append(f"serves {e.served_model}")
     return "; ".join(parts)

@@ -178,7 +178,8 @@ class EndpointsScreen(DetailView):
 
     def body(self) -> ComposeResult:
         yield Label(
-            "Endpoints: latency from engine histograms (last minute) or probes", classes="caption"
+            "Endpoints: figures and err% over the last minute (probe percentiles: five)",
+            classes="caption",
         )
         yield EndpointTable(id="endpoints")
         yield Static(id="detail", classes="detail")

@@ -89,3 +89,38 @@ def test_a_node_without_a_cost_makes_the_cost_unknown_not_zero(tmp_path: Path) -
     assert snapshot.gpu_cost_per_hour_usd is None
     assert snapshot.nodes[0].cost_per_hour_usd == 10
     assert snapshot.nodes[1].cost_per_hour_usd is None
+
+
+def test_one_engine_stale_and_the_other_not_reporting_yet_keeps_the_stale_minute(
+    tmp_path: Path,
+) -> None:
+    # Found by the second review: the row fell back to the probe's 80 ms as the endpoint's.
+    readings = FleetReadings(window_s=60.0, probe_window_s=300.0)
+    b = readings.engine_window("gpu-b")
+    slow = ("1", "5", "10", "+Inf")
+    b.add(30.0, engine_stats_from_text("gpu-b", histogram(slow, (0, 0, 0, 0))))
+    b.add(60.0, engine_stats_from_text("gpu-b", histogram(slow, (0, 10, 60, 60))))
+    statuses = ok("gpus:gpu-a", "gpus:gpu-b", "probe:chat")
+    statuses["engine:gpu-a"] = SourceStatus("engine:gpu-a", 2.0)  # its first scrape hangs
+    statuses["engine:gpu-b"] = SourceStatus(
+        "engine:gpu-b", 2.0, last_ok_at=60.0, consecutive_failures=4, stale=True
+    )
+    readings.probes["chat"] = deque([ProbeResult("chat", 99.0, True, 200, 0.05, 0.08, 10, 2, "m")])
+    snapshot = fleet_snapshot(config(tmp_path), readings, statuses, 100.0, 60.0)
+    (row,) = snapshot.endpoints
+    assert row.source == "engine" and row.figures_stale and row.engines_used == 1
+    assert row.p50_s is not None and row.p50_s > 5.0  # gpu-b's last minute, not the probe
+    assert endpoint_cells(row, snapshot.thresholds)[1] == "engines STALE"
+    assert "engine histograms of 1 node(s)" in endpoint_detail(row)
+
+
+def test_probe_errors_count_over_the_window_not_five_minutes(tmp_path: Path) -> None:
+    readings = FleetReadings(window_s=60.0, probe_window_s=300.0)
+    failed = [ProbeResult("chat", 100.0 + t, False, 503, None, 0.01) for t in range(0, 120, 10)]
+    answered = [
+        ProbeResult("chat", 230.0 + t, True, 200, 0.05, 0.08, 10, 2) for t in range(0, 70, 10)
+    ]
+    readings.probes["chat"] = deque(failed + answered)
+    snapshot = fleet_snapshot(config(tmp_path), readings, ok("probe:chat"), 300.0, 60.0)
+    (row,) = snapshot.endpoints
+    assert row.error_pct == 0  # recovered 70 s ago: the minute holds no failure

@@ -101,13 +101,15 @@ def test_a_single_probe_is_one_value_not_three_percentiles() -> None:
 
 
 def test_the_endpoint_detail_says_where_the_figures_come_from() -> None:
-    row = endpoint(engines=2, engines_stale=1, window_s=58.0, n=412, gpu_cost_per_hour_usd=19.6)
+    row = endpoint(
+        engines=2, engines_stale=1, engines_used=1, window_s=58.0, n=412, gpu_cost_per_hour_usd=19.6
+    )
     assert endpoint_detail(row) == (
-        "chat: figures from engine histograms of 2 node(s) over 58s (412 requests); "
+        "chat: figures from engine histograms of 1 node(s) over 58s (412 requests); "
         "1 of 2 engines STALE, left out; GPU nodes $19.60/h"
     )
     api = endpoint(source="probe", n=1, window_s=None, probe_spend_per_hour_usd=0.0046)
     assert endpoint_detail(api) == (
         "chat: figures from the console's own probes (1 request); "
-        "probes spend <$0.01/h (usage not known)"
+        "the console's probes spend <$0.01/h (other traffic to it is not seen)"
     )

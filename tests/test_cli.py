@@ -159,6 +159,7 @@ def test_status_table_exits_1_and_names_the_failed_source(tmp_path: Path) -> Non
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("gpu-x1")]
     assert row.split()[:4] == ["gpu-x1", "!DOWN", "N/A", "N/A"]  # "!": an alarm, in a pipe
     assert "FAILED gpus:gpu-x1: gpu-x1 (llmops@127.0.0.1:9): cannot connect" in result.stdout
+    assert "GPU nodes: N/A/hour (no cost_per_hour_usd for gpu-x1)" in result.stdout
 
 
 def test_store_that_cannot_be_opened_names_file_line_and_key(tmp_path: Path) -> None:
@@ -257,3 +258,53 @@ def test_hangup_or_term_stops_the_demo_and_removes_its_folder(tmp_path: Path, si
     assert events[0]["kind"] == "console.stopped"
     assert events[0]["message"] == f"console stopped by {name}"
     assert any(e["kind"] == "console.started" for e in events)
+
+
+def test_a_demo_killed_with_sigkill_leaves_no_key_behind_after_the_next_start(
+    tmp_path: Path,
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    primary, secondary = os.openpty()
+    env = {**os.environ, "TMPDIR": str(tmp), "TERM": "xterm-256color"}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "console.cli", "demo"],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(secondary)
+    threading.Thread(target=lambda: _drain(primary), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp.glob("llmops-demo-*/known_hosts")):
+            assert time.monotonic() < deadline, "the demo fleet never started"
+            time.sleep(0.2)
+        proc.kill()  # SIGKILL: nothing unwinds, the folder with the private key stays
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (left,) = tmp.glob("llmops-demo-*")
+    assert (left / "id_ed25519").exists()  # the demo's private client key
+    result = subprocess.run(
+        [sys.executable, "-m", "console.cli", "status", "--demo", "--window", "1s"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not left.exists()  # the next demo removed the dead one's folder
+    assert list(tmp.iterdir()) == []
+
+
+def _drain(fd: int) -> None:  # a terminal that is read, as a real one is
+    with contextlib.suppress(OSError):
+        while os.read(fd, 65536):
+            pass
