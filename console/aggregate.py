@@ -32,7 +32,6 @@ from console.stats import percentile, quantile
 from console.windows import EngineFigures, EngineWindow, lifetime_figures, window_figures
 
 MIN_WINDOW_REQUESTS = 20  # fewer requests than this in the window: lifetime percentiles
-ERROR_REASONS = ("error", "abort")
 
 
 @dataclass(frozen=True)
@@ -197,18 +196,17 @@ def endpoint_row(
     probe_error_pct = 100 * failed / len(recent) if recent else None
 
     engine_nodes = [n for n in endpoint.nodes if config.node(n).engine is not None]
-    live, stale = [], []
+    # The windows with scrapes in them, by whether their source is stale.
+    live: list[EngineWindow] = []
+    stale: list[EngineWindow] = []
+    stale_count = 0
     for name in engine_nodes:
         window = readings.engines.get(name)
         status = statuses.get(f"engine:{name}")
-        if status is not None and status.stale:
-            if window is not None and window.latest() is not None:
-                stale.append(window)
-        elif window is not None and window.latest() is not None:
-            live.append(window)
-    stale_count = sum(
-        1 for n in engine_nodes if (s := statuses.get(f"engine:{n}")) is not None and s.stale
-    )
+        is_stale = status is not None and status.stale
+        stale_count += is_stale
+        if window is not None and window.latest() is not None:
+            (stale if is_stale else live).append(window)
 
     figures: EngineFigures | None = None
     source = "none"

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -34,6 +33,7 @@ from console.config import (
 )
 from console.models import FleetSnapshot
 from console.store import Store
+from console.yamlconf import parse_duration
 
 if TYPE_CHECKING:
     from console.demo import DemoFleet
@@ -116,15 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def _duration(text: str) -> float:
-    match = _DURATION_RE.fullmatch(text.strip())
-    if match is None:
+    seconds = parse_duration(text.strip())  # the config's units
+    if seconds is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 15s or 2m")
-    seconds = float(match[1]) * _UNITS[match[2] or "s"]
     if not 1.0 <= seconds <= 600.0:
         raise argparse.ArgumentTypeError(f"{text!r} is outside 1s..10m")
     return seconds

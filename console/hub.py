@@ -185,9 +185,6 @@ class Hub:
     def _statuses(self) -> dict[str, SourceStatus]:
         return {s.name: s for s in self.scheduler.statuses()}
 
-    def source_status(self, name: str) -> SourceStatus:
-        return self.scheduler.status(name)
-
     def snapshot(self, window_s: float | None = None) -> FleetSnapshot:
         return fleet_snapshot(
             self.config,

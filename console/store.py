@@ -190,9 +190,6 @@ class Store:
     def add_gpu_samples(self, readings: Iterable[tuple[float, GpuReading]]) -> None:
         self._insert({"samples": _gpu_rows(readings)})
 
-    def add_engine_samples(self, scrapes: Iterable[tuple[float, EngineStats]]) -> None:
-        self._insert({"samples": _engine_rows(scrapes)})
-
     def purge(self, now: float) -> dict[str, int]:
         """Drop samples and probe results past their retention; events are never purged.
 

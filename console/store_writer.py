@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from console.models import EngineStats, GpuReading, ProbeResult
+from console.scheduler import one_line
 from console.store import Store
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class StoreWriter:
             self._engines = self._requeue(engines, self._engines, "samples")
             self._probes = self._requeue(probes, self._probes, "probe results")
             self._events = self._requeue(events, self._events, "events")
-            self._record_failure(f"{store.path}: {_one_line(exc)}")
+            self._record_failure(f"{store.path}: {one_line(exc)}")
             self._warn(self._dropped_text())
             return
         self._record_ok()
@@ -137,9 +138,4 @@ class StoreWriter:
         try:
             await asyncio.to_thread(store.purge, self._clock())
         except Exception as exc:  # retention is housekeeping: never stop the collectors
-            log.warning("store purge failed: %s", _one_line(exc))
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+            log.warning("store purge failed: %s", one_line(exc))

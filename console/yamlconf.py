@@ -623,13 +623,19 @@ def number(low: float, high: float | None = None) -> Check:
     return Check(expect, read)
 
 
+def parse_duration(text: str) -> float | None:
+    """Seconds from ``500ms``, ``15s``, ``2m``, ``1h`` or a bare number; None if not one."""
+    match = _DURATION_RE.fullmatch(text)
+    return float(match[1]) * _UNITS[match[2] or "s"] if match else None
+
+
 def duration(minimum_s: float = 0.0) -> Check:
     """Seconds as a float, from a number or a string such as ``500ms``, ``15s``, ``2m``, ``1h``."""
     expect = DURATION if not minimum_s else f"{DURATION}; at least {minimum_s * 1000:g}ms"
 
     def read(value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, str) and (match := _DURATION_RE.fullmatch(value)):
-            value = float(match[1]) * _UNITS[match[2] or "s"]
+        if isinstance(value, str) and (seconds := parse_duration(value)) is not None:
+            value = seconds
         elif not _is_number(value):
             raise wrong(value, "a duration", expect)
         if math.isnan(value):  # e.g. `.nan`
