@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -210,64 +211,19 @@ def test_help(args: list[str]) -> None:
     assert "usage: llmops" in result.stdout
 
 
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
-def test_hangup_or_term_stops_the_demo_and_removes_its_folder(tmp_path: Path, signum: int) -> None:
-    """The SSH session drops or the console is told to stop: no demo key is left behind."""
+def demo_env(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A TMPDIR and a data folder of the test's own for `llmops demo`."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    data = tmp_path / "data"
-    primary, secondary = os.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "console.cli", "demo"],
-        stdin=secondary,
-        stdout=secondary,
-        stderr=secondary,
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "TMPDIR": str(tmp),
-            "TERM": "xterm-256color",
-            "XDG_DATA_HOME": str(data),
-        },
-        start_new_session=True,
-    )
-    os.close(secondary)
-
-    def drain() -> None:  # a terminal that is read, as a real one is
-        with contextlib.suppress(OSError):
-            while os.read(primary, 65536):
-                pass
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 30
-        while not list(tmp.glob("llmops-demo-*/known_hosts")):
-            assert time.monotonic() < deadline, "the demo fleet never started"
-            assert proc.poll() is None, "llmops demo exited early"
-            time.sleep(0.2)
-        time.sleep(1.0)  # let the console come up on the fleet
-        proc.send_signal(signum)
-        assert proc.wait(timeout=30) == 128 + signum
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert list(tmp.iterdir()) == []
-    # The hub stopped and flushed on its way out: the incident log says who stopped it.
-    events = Store(data / "llmops" / "demo.db").events()
-    name = signal.Signals(signum).name
-    assert events[0]["kind"] == "console.stopped"
-    assert events[0]["message"] == f"console stopped by {name}"
-    assert any(e["kind"] == "console.started" for e in events)
-
-
-def test_a_demo_killed_with_sigkill_leaves_no_key_behind_after_the_next_start(
-    tmp_path: Path,
-) -> None:
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    primary, secondary = os.openpty()
     env = {**os.environ, "TMPDIR": str(tmp), "TERM": "xterm-256color"}
     env["XDG_DATA_HOME"] = str(tmp_path / "data")
+    return tmp, env
+
+
+@contextlib.contextmanager
+def demo_in_a_terminal(tmp: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """`llmops demo` on a pty, yielded once its fleet is up; killed if still running after."""
+    primary, secondary = os.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "console.cli", "demo"],
         stdin=secondary,
@@ -283,12 +239,38 @@ def test_a_demo_killed_with_sigkill_leaves_no_key_behind_after_the_next_start(
         deadline = time.monotonic() + 30
         while not list(tmp.glob("llmops-demo-*/known_hosts")):
             assert time.monotonic() < deadline, "the demo fleet never started"
+            assert proc.poll() is None, "llmops demo exited early"
             time.sleep(0.2)
-        proc.kill()  # SIGKILL: nothing unwinds, the folder with the private key stays
-        proc.wait(timeout=30)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+def test_hangup_or_term_stops_the_demo_and_removes_its_folder(tmp_path: Path, signum: int) -> None:
+    """The SSH session drops or the console is told to stop: no demo key is left behind."""
+    tmp, env = demo_env(tmp_path)
+    with demo_in_a_terminal(tmp, env) as proc:
+        time.sleep(1.0)  # let the console come up on the fleet
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == 128 + signum
+    assert list(tmp.iterdir()) == []
+    # The hub stopped and flushed on its way out: the incident log says who stopped it.
+    events = Store(tmp_path / "data" / "llmops" / "demo.db").events()
+    name = signal.Signals(signum).name
+    assert events[0]["kind"] == "console.stopped"
+    assert events[0]["message"] == f"console stopped by {name}"
+    assert any(e["kind"] == "console.started" for e in events)
+
+
+def test_a_demo_killed_with_sigkill_leaves_no_key_behind_after_the_next_start(
+    tmp_path: Path,
+) -> None:
+    tmp, env = demo_env(tmp_path)
+    with demo_in_a_terminal(tmp, env) as proc:
+        proc.kill()  # SIGKILL: nothing unwinds, the folder with the private key stays
+        proc.wait(timeout=30)
     (left,) = tmp.glob("llmops-demo-*")
     assert (left / "id_ed25519").exists()  # the demo's private client key
     result = subprocess.run(
