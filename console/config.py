@@ -37,6 +37,7 @@ from console.yamlconf import (
     FilePath,
     HttpUrl,
     Loc,
+    boolean,
     duration,
     entries,
     file_path,
@@ -116,6 +117,13 @@ RemotePath = Annotated[str, text("a path on the node")]
 ShellCommand = Annotated[str, text("a shell command")]
 ModelName = Annotated[str, text("a model name")]
 HostName = Annotated[str, text("a host name or IP address", pattern=_HOST_RE)]
+KeyPath = Annotated[
+    str,
+    text(
+        "a dotted key path such as model_list or litellm_params.weight",
+        pattern=re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*"),
+    ),
+]
 
 
 # --- the records --------------------------------------------------------------------------------
@@ -252,10 +260,64 @@ class AlertThresholds(_Record):
     kv_cache_pct: Annotated[float, number(0, 100)] = 90.0
 
 
+class UpstreamFigures(_Record):
+    """Where the console reads one upstream's figures: a node's engine, or an endpoint."""
+
+    model_config = ConfigDict(title="upstream")
+
+    node: Annotated[str | None, text(NAME, pattern=_NAME_RE, nullable=True)] = None
+    endpoint: Annotated[str | None, text(NAME, pattern=_NAME_RE, nullable=True)] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> UpstreamFigures:
+        if (self.node is None) == (self.endpoint is None):
+            raise problem("give one of node or endpoint (where the upstream's figures come from)")
+        return self
+
+
+class RouterConfig(_Located):
+    """A gateway whose configuration file holds the traffic weights of its upstreams.
+
+    The weights live in a list found at ``list_path`` (dotted keys; a number is a list index);
+    each entry is named by the value at ``name_key`` and weighted by the one at ``weight_key``.
+    A LiteLLM proxy: list_path ``model_list``, name_key ``model_info.id``, weight_key
+    ``litellm_params.weight``.
+    """
+
+    model_config = ConfigDict(title="router")
+
+    name: Name
+    host: HostName
+    port: Port = 22
+    file: RemotePath
+    format: Annotated[str, text("yaml or json", choices=("yaml", "json"))] = "yaml"
+    list_path: KeyPath
+    name_key: KeyPath = "name"
+    weight_key: KeyPath = "weight"
+    reload_command: ShellCommand
+    # The upstreams runbooks may move traffic between, each with where its figures come from.
+    upstreams: Annotated[dict[Name, UpstreamFigures], null_means({})] = Field(
+        default_factory=dict,
+        description="a mapping of upstream names to {node: ...} or {endpoint: ...}",
+    )
+    # The console endpoint whose probes go through the router (the gateway's own figures).
+    endpoint: Annotated[str | None, text(NAME, pattern=_NAME_RE, nullable=True)] = None
+
+
 class Config(_Record):
     model_config = ConfigDict(title="config")
 
     environment: Text = Field(description="a string such as prod")
+    # Environments in which a mutating step is confirmed by typing its target's name.
+    protected_environments: Annotated[tuple[Name, ...], null_means(())] = Field(
+        default=("prod",), description="a list of environment names"
+    )
+    # No mutating action runs at all (checks still do); `--read-only` does the same.
+    read_only: Annotated[bool, boolean()] = False
+    # Folders of runbooks besides the shipped ones (a runbook here replaces a shipped one).
+    runbooks: Annotated[tuple[FilePath, ...], null_means(())] = Field(
+        default=(), description="a list of folders of runbook YAML files"
+    )
     store: StorePath = Field(default_factory=default_store_path)
     ssh: Annotated[SshConfig, null_means({})] = Field(default_factory=SshConfig)
     poll: Annotated[PollConfig, null_means({})] = Field(default_factory=PollConfig)
@@ -264,6 +326,7 @@ class Config(_Record):
     )
     endpoints: Annotated[tuple[EndpointConfig, ...], null_means(())] = ()
     alerts: Annotated[AlertThresholds, null_means({})] = Field(default_factory=AlertThresholds)
+    routers: Annotated[tuple[RouterConfig, ...], null_means(())] = ()
     _path: Path = PrivateAttr(default_factory=Path)
     _store_line: int = PrivateAttr(0)
 
@@ -279,6 +342,20 @@ class Config(_Record):
 
     def node(self, name: str) -> NodeConfig:
         return next(n for n in self.nodes if n.name == name)
+
+    def endpoint(self, name: str) -> EndpointConfig:
+        return next(e for e in self.endpoints if e.name == name)
+
+    def router(self, name: str) -> RouterConfig:
+        return next(r for r in self.routers if r.name == name)
+
+    @property
+    def protected(self) -> bool:
+        """Whether mutating steps are confirmed by typing the target's name."""
+        return self.environment in self.protected_environments
+
+    def upstream_router(self, upstream: str) -> RouterConfig | None:
+        return next((r for r in self.routers if upstream in r.upstreams), None)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -337,6 +414,8 @@ def _cross_field_problems(data: dict[str, Any], info: ValidationInfo) -> Problem
     if isinstance(nodes, list | tuple):  # else the nodes list is broken, and says so itself
         known = sorted({name for _, name in entries(nodes, "name") if isinstance(name, str)})
         found += _unknown_nodes(known, endpoints)
+    found += _duplicates(data.get("routers"), "routers", "router", info)
+    found += _router_references(data)
     if "nodes" in data and not nodes and not endpoints:
         what = "no nodes and no endpoints (expected at least one to watch)"
         found.append((("nodes",), nodes, key_problem(what)))
@@ -355,6 +434,45 @@ def _duplicates(items: object, key: str, what: str, info: ValidationInfo) -> Pro
             found.append(((key, i, "name"), name, problem(message)))
         else:
             first[name] = i
+    return found
+
+
+def _names(items: object) -> list[str]:
+    return sorted({n for _, n in entries(items, "name") if isinstance(n, str)})
+
+
+def _router_references(data: dict[str, Any]) -> Problems:
+    """Each router's upstreams read figures from a known node or endpoint, and an upstream
+    name means one thing across routers (runbooks name upstreams, not routers)."""
+    found: Problems = []
+    known = {"node": _names(data.get("nodes")), "endpoint": _names(data.get("endpoints"))}
+    seen: dict[str, str] = {}
+    routers = data.get("routers")
+    for i, router in enumerate(routers if isinstance(routers, list | tuple) else ()):
+        if not isinstance(router, dict):
+            continue
+        endpoint = router.get("endpoint")
+        if (
+            isinstance(endpoint, str)
+            and _NAME_RE.fullmatch(endpoint)
+            and endpoint not in known["endpoint"]
+        ):
+            what = f"unknown endpoint {show(endpoint)} ({suggest(endpoint, known['endpoint'])})"
+            found.append((("routers", i, "endpoint"), endpoint, problem(what)))
+        upstreams = router.get("upstreams")
+        for name, figures in upstreams.items() if isinstance(upstreams, dict) else ():
+            if isinstance(name, str) and name in seen:
+                what = (
+                    f"upstream {show(name)} is also in router {show(seen[name])} "
+                    "(expected unique upstream names)"
+                )
+                found.append((("routers", i, "upstreams", name), name, key_problem(what)))
+            seen.setdefault(str(name), str(router.get("name")))
+            for kind in ("node", "endpoint"):
+                ref = figures.get(kind) if isinstance(figures, dict) else None
+                if isinstance(ref, str) and _NAME_RE.fullmatch(ref) and ref not in known[kind]:
+                    what = f"unknown {kind} {show(ref)} ({suggest(ref, known[kind])})"
+                    found.append((("routers", i, "upstreams", name, kind), ref, problem(what)))
     return found
 
 
@@ -384,6 +502,7 @@ def _locate(config: Config, info: ValidationInfo) -> None:
     records: tuple[tuple[str, tuple[_Located, ...]], ...] = (
         ("nodes", config.nodes),
         ("endpoints", config.endpoints),
+        ("routers", config.routers),
     )
     for key, located in records:
         for i, record in enumerate(located):

@@ -609,6 +609,18 @@ def integer(low: int, high: int | None = None, *, nullable: bool = False) -> Che
     return Check(expect, read)
 
 
+def boolean() -> Check:
+    """true or false, and nothing YAML 1.1 would also read as one (yes, on) nor 0 and 1."""
+    expect = "true or false"
+
+    def read(value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, bool):
+            raise wrong(value, "a boolean", expect)
+        return value
+
+    return Check(expect, read)
+
+
 def number(low: float, high: float | None = None) -> Check:
     expect = f"a number from {low:g} to {high:g}" if high is not None else f"a number >= {low:g}"
 
