@@ -160,6 +160,8 @@ class EngineConfig(_Record):
     service: UnitName = "vllm.service"
     args_file: RemotePath = "/etc/vllm/args.yaml"
     restart_command: ShellCommand = "sudo systemctl restart vllm.service"
+    # The model revision this node should run: what a model rollback puts back.
+    pinned_revision: Annotated[str | None, text("a model revision", nullable=True)] = None
 
     @field_validator("url")
     @classmethod
