@@ -31,6 +31,15 @@ from console.config import (
     default_store_path,
     load_config,
 )
+from console.cli_runbooks import (
+    CliUsageError,
+    add_commands,
+    describe,
+    incidents_command,
+    run_runbook,
+    runbook_lint,
+    runbook_list,
+)
 from console.models import FleetSnapshot
 from console.store import Store
 from console.yamlconf import parse_duration
@@ -82,6 +91,12 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument(
         "--seed", type=int, default=argparse.SUPPRESS, help="demo fleet: random seed (default 0)"
     )
+    common.add_argument(
+        "--read-only",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="run no mutating action at all (checks still run); as read_only: true in the config",
+    )
     return common
 
 
@@ -113,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check", parents=[common], help="print every problem in a config file"
     )
     check.add_argument("file", nargs="?", type=Path, help="config file to check")
+    add_commands(commands, common)
     return parser
 
 
@@ -192,7 +208,7 @@ def _open_store(config: Config) -> Store:
         raise UsageError(f"{where}: store: cannot open {config.store}: {exc}") from exc
 
 
-def _run_console(config: Config, fleet: DemoFleet | None) -> int:
+def _run_console(config: Config, fleet: DemoFleet | None, read_only: bool = False) -> int:
     from console.app import LlmopsApp
     from console.hub import Hub
 
@@ -329,18 +345,66 @@ def run(argv: Sequence[str] | None = None) -> int:
             with _demo_fleet(args) as fleet:
                 return _check(args.file or fleet.config_path)
         return _check(args.file or config_path)
+    if args.command == "runbook" and args.runbook_command == "lint" and args.files:
+        return runbook_lint(args.files, None)  # files need no config, nor a fleet
+    if args.command == "incidents" and demo:
+        # The demo's incident log outlives the demo: read it without starting a fleet.
+        store = Store(default_store_path().with_name("demo.db"))
+        try:
+            return incidents_command(store, args)
+        except CliUsageError as exc:
+            raise UsageError(str(exc)) from None
+        finally:
+            store.close()
     if demo:
         with _demo_fleet(args) as fleet:
-            config = load_config(fleet.config_path)
-            if args.command == "status":
-                return _status(config, args.json, args.window)
-            return _run_console(config, fleet)
+            return _command(args, load_config(fleet.config_path), fleet)
     if _option(args, "fault", None):
         raise UsageError("--fault: faults can only be injected into the demo fleet (add --demo)")
-    config = _load(config_path)
+    return _command(args, _load(config_path), None)
+
+
+def _command(args: argparse.Namespace, config: Config, fleet: DemoFleet | None) -> int:
+    read_only = bool(_option(args, "read_only", False)) or config.read_only
     if args.command == "status":
         return _status(config, args.json, args.window)
-    return _run_console(config, None)
+    if args.command == "incidents":
+        return _with_store(config, lambda store: incidents_command(store, args))
+    if args.command == "runbook":
+        return _runbook_command(args, config, read_only)
+    return _run_console(config, fleet, read_only)
+
+
+def _runbook_command(args: argparse.Namespace, config: Config, read_only: bool) -> int:
+    from console.session import load_runbooks
+
+    command = args.runbook_command
+    if command == "lint":
+        return runbook_lint(args.files, config)
+    runbooks, problems = load_runbooks(config)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if command == "list":
+        return runbook_list(runbooks, args.json) or (2 if problems else 0)
+    if command == "show":
+        runbook = runbooks.get(args.id)
+        if runbook is None:
+            raise UsageError(f"unknown runbook {args.id!r} (known: {', '.join(sorted(runbooks))})")
+        print("\n".join(describe(runbook)))
+        return 0
+    return _with_store(
+        config, lambda store: asyncio.run(run_runbook(config, store, args, read_only))
+    )
+
+
+def _with_store(config: Config, use: Any) -> int:
+    store = _open_store(config)
+    try:
+        return int(use(store))
+    except CliUsageError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        store.close()
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

@@ -8,7 +8,17 @@ Both are read from the hub's readings only: nothing here talks to the world.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from console.config import Config, NodeConfig
+from console.models import FleetSnapshot
+from console.stats import merge_histograms, quantile
+from console.windows import EngineWindow, window_figures
+
+if TYPE_CHECKING:
+    from console.hub import Hub
 
 # figure -> (the subjects it exists for, its unit: "s", "pct", "per_s", "per_min", "count")
 FIGURES: dict[str, tuple[frozenset[str], str]] = {
@@ -37,6 +47,8 @@ FACTS: dict[str, str] = {
     "backup_upstream": "upstream",  # an upstream of the same router carrying no traffic
     "serving_upstream": "upstream",  # the upstream of a router with the most weight
     "idle_upstream": "upstream",  # an upstream of a router with weight 0
+    "gateway_endpoint": "endpoint",  # the endpoint whose probes go through a router
+    "unpinned_node": "node",  # a node whose argument file names another revision than pinned
     "pinned_revision": "string",  # of a node: the revision its engine should run (config)
     "running_revision": "string",  # of a node: the revision its argument file names now
 }
@@ -51,3 +63,237 @@ class Figure:
     n: float | None = None  # requests behind a percentile or rate; None where not counted
     window_s: float | None = None  # the time it covers
     note: str = ""  # where it came from, for the log ("engine", "engine lifetime", "probe")
+
+
+# Histogram families behind the latency figures, and the quantile each figure takes.
+_QUANTILES: dict[str, tuple[str, float]] = {
+    "e2e_p50": ("vllm:e2e_request_latency_seconds", 0.5),
+    "e2e_p95": ("vllm:e2e_request_latency_seconds", 0.95),
+    "e2e_p99": ("vllm:e2e_request_latency_seconds", 0.99),
+    "ttft_p95": ("vllm:time_to_first_token_seconds", 0.95),
+    "itl_p95": ("vllm:inter_token_latency_seconds", 0.95),
+    "queue_p95": ("vllm:request_queue_time_seconds", 0.95),
+}
+_ENDPOINT_FIELDS = {
+    "e2e_p50": "p50_s",
+    "e2e_p95": "p95_s",
+    "e2e_p99": "p99_s",
+    "ttft_p95": "ttft_p95_s",
+    "error_pct": "error_pct",
+    "requests_per_s": "requests_per_s",
+}
+UNKNOWN = Figure(None, note="not known")
+
+
+class FigureReader:
+    """Reads figures off the hub's readings and snapshot; the only I/O is through ``world``.
+
+    ``world`` answers what the readings do not hold: the weights a router's file gives its
+    upstreams, and the revision a node's argument file names (both read-only, over SSH).
+    """
+
+    def __init__(self, hub: Hub, world: World | None = None) -> None:
+        self.hub = hub
+        self.world = world
+
+    @property
+    def config(self) -> Config:
+        return self.hub.config
+
+    def figure(self, kind: str, subject: str, name: str, window_s: float | None = None) -> Figure:
+        """``name`` of a node, endpoint or upstream now; value None when it is not known."""
+        window = window_s if window_s is not None else self.hub.window_s
+        if kind == "upstream":
+            router = self.config.upstream_router(subject)
+            if router is None:
+                return Figure(None, note=f"unknown upstream {subject}")
+            source = router.upstreams[subject]
+            if source.node is not None:
+                return self.figure("node", source.node, name, window)
+            assert source.endpoint is not None
+            return self.figure("endpoint", source.endpoint, name, window)
+        snapshot = self.hub.snapshot(window)
+        if kind == "endpoint":
+            return self._endpoint_figure(snapshot, subject, name, window)
+        return self._node_figure(snapshot, subject, name, window)
+
+    def _endpoint_figure(
+        self, snapshot: FleetSnapshot, endpoint: str, name: str, window_s: float
+    ) -> Figure:
+        row = next((e for e in snapshot.endpoints if e.name == endpoint), None)
+        if row is None:
+            return Figure(None, note=f"unknown endpoint {endpoint}")
+        if name in _ENDPOINT_FIELDS:
+            stale = " (stale)" if row.figures_stale else ""
+            value = getattr(row, _ENDPOINT_FIELDS[name])
+            return Figure(value, row.n, row.window_s, note=row.source + stale)
+        # ITL and queue time exist only where engines report them: merge the endpoint's.
+        nodes = self.config.endpoint(endpoint).nodes
+        return self._engine_quantile(nodes, name, snapshot.taken_at, window_s)
+
+    def _node_figure(
+        self, snapshot: FleetSnapshot, node: str, name: str, window_s: float
+    ) -> Figure:
+        row = next((n for n in snapshot.nodes if n.name == node), None)
+        if row is None:
+            return Figure(None, note=f"unknown node {node}")
+        if name == "gpu_temp_max_c":
+            temps = [g.reading.temperature_c for g in row.gpus if g.reading.temperature_c]
+            return Figure(max(temps) if temps else None, note="gpus")
+        status = row.engine_status
+        if status is None:
+            return Figure(None, note="no engine")
+        if status.stale or status.last_ok_at is None:
+            return Figure(None, note="engine stale" if status.stale else "engine not read yet")
+        if name == "kv_cache_pct":
+            return Figure(row.kv_cache_pct, note="engine")
+        if name in ("running", "waiting"):
+            return Figure(getattr(row, name), note="engine")
+        if name == "preemptions_per_min":
+            rate = row.preemptions_per_s
+            return Figure(rate * 60 if rate is not None else None, note="engine")
+        if name in _QUANTILES:
+            return self._engine_quantile((node,), name, snapshot.taken_at, window_s)
+        figures = window_figures(self._windows((node,)), snapshot.taken_at, window_s)
+        if figures is None or figures.requests_per_s is None:
+            return Figure(None, note="engine: fewer than two scrapes in the window")
+        if name == "requests_per_s":
+            return Figure(figures.requests_per_s, figures.requests, figures.covered_s, "engine")
+        # error_pct: errors and aborts among the requests finished in the window.
+        if not figures.requests_per_s:
+            return Figure(None, 0, figures.covered_s, note="engine: no request finished")
+        errors = figures.errors_per_s or 0.0
+        pct = 100 * errors / figures.requests_per_s
+        return Figure(pct, figures.requests, figures.covered_s, "engine")
+
+    def _windows(self, nodes: Sequence[str]) -> list[EngineWindow]:
+        return [w for n in nodes if (w := self.hub.readings.engines.get(n)) is not None]
+
+    def _engine_quantile(
+        self, nodes: Sequence[str], name: str, now: float, window_s: float
+    ) -> Figure:
+        family, q = _QUANTILES[name]
+        parts = [
+            (f"{w.node} {family}", hist)
+            for w in self._windows(nodes)
+            for hist in w.histogram_increases(family, now, window_s).values()
+        ]
+        merged = merge_histograms(parts).histogram
+        result = quantile(q, merged)
+        if merged is None or result is None:
+            return Figure(None, 0, window_s, note="engine: no request in the window")
+        return Figure(
+            result.value, result.n, window_s, note="engine" + (" floor" if result.floor else "")
+        )
+
+    # -- facts
+
+    async def fact(self, name: str, of: object = None) -> tuple[object | None, str]:
+        """A fact's value now (None: not known) and how it was found, for the log."""
+        if name in ("worst_itl_node", "worst_ttft_node", "worst_e2e_node"):
+            figure = {"worst_itl_node": "itl_p95", "worst_ttft_node": "ttft_p95"}.get(
+                name, "e2e_p95"
+            )
+            return self._worst_node(figure)
+        if name == "failing_upstream":
+            return self._failing_upstream()
+        if name in ("serving_upstream", "idle_upstream", "backup_upstream"):
+            return await self._upstream_by_weight(name)
+        if name == "gateway_endpoint":
+            routed = [r for r in self.config.routers if r.endpoint is not None]
+            if not routed:
+                return None, "no router has an endpoint configured"
+            return routed[0].endpoint, f"the endpoint probed through router {routed[0].name}"
+        if name == "unpinned_node":
+            return await self._unpinned_node()
+        if name == "pinned_revision":
+            node = self._node_config(of)
+            if node is None or node.engine is None or node.engine.pinned_revision is None:
+                return None, f"no engine.pinned_revision configured for {of}"
+            return node.engine.pinned_revision, f"engine.pinned_revision of {of} in the config"
+        if name == "running_revision":
+            if self.world is None or self._node_config(of) is None:
+                return None, f"cannot read the argument file of {of}"
+            args = await self.world.engine_args(str(of))
+            revision = args.get("revision")
+            return (
+                (str(revision), f"revision in {of}'s argument file")
+                if revision
+                else (
+                    None,
+                    f"{of}'s argument file names no revision",
+                )
+            )
+        raise ValueError(f"unknown fact {name!r}")
+
+    async def _unpinned_node(self) -> tuple[str | None, str]:
+        if self.world is None:
+            return None, "cannot read argument files"
+        for node in self.config.nodes:
+            if node.engine is None or node.engine.pinned_revision is None:
+                continue
+            revision = (await self.world.engine_args(node.name)).get("revision")
+            if revision != node.engine.pinned_revision:
+                return node.name, (
+                    f"{node.name} runs revision {revision}, pinned {node.engine.pinned_revision}"
+                )
+        return None, "every node runs its pinned revision"
+
+    def _node_config(self, name: object) -> NodeConfig | None:
+        return next((n for n in self.config.nodes if n.name == name), None)
+
+    def _worst_node(self, figure: str) -> tuple[str | None, str]:
+        known = [
+            (value, node.name)
+            for node in self.config.nodes
+            if node.engine is not None
+            and (value := self.figure("node", node.name, figure).value) is not None
+        ]
+        if not known:
+            return None, f"no node reports {figure} now"
+        value, node = max(known)
+        return node, f"{figure} {value * 1000:.0f} ms on {node}, the highest of {len(known)}"
+
+    def _failing_upstream(self) -> tuple[str | None, str]:
+        known = [
+            (value, name)
+            for router in self.config.routers
+            for name in router.upstreams
+            if (value := self.figure("upstream", name, "error_pct").value) is not None
+        ]
+        failing = [k for k in known if k[0] > 0]
+        if not failing:
+            return None, "no upstream has errors now"
+        value, name = max(failing)
+        return name, f"error rate {value:.1f}% on {name}, the highest of {len(known)} upstreams"
+
+    async def _upstream_by_weight(self, name: str) -> tuple[str | None, str]:
+        if self.world is None or not self.config.routers:
+            return None, "no router configured"
+        candidates: list[tuple[float, str]] = []
+        for router in self.config.routers:
+            weights = await self.world.weights(router.name)
+            candidates += [(w, u) for u, w in weights.items() if u in router.upstreams]
+        if name == "serving_upstream":
+            serving = [c for c in candidates if c[0] > 0]
+            if not serving:
+                return None, "no upstream has weight"
+            weight, upstream = max(serving)
+            return upstream, f"{upstream} has the most weight ({weight:g})"
+        idle = [u for w, u in candidates if w == 0]
+        if not idle:
+            return None, "every upstream has weight"
+        if name == "idle_upstream":
+            return idle[0], f"{idle[0]} has weight 0"
+        # backup: the idle upstream with the fewest errors, where that is known.
+        scored = sorted((self.figure("upstream", u, "error_pct").value or 0.0, u) for u in idle)
+        pct, upstream = scored[0]
+        return upstream, f"{upstream} has weight 0 and an error rate of {pct:.1f}%"
+
+
+class World(Protocol):
+    """What facts read from the fleet itself (read-only)."""
+
+    async def weights(self, router: str) -> dict[str, float]: ...
+
+    async def engine_args(self, node: str) -> dict[str, object]: ...

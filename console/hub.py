@@ -58,7 +58,7 @@ class Hub:
         self.window_s = window_s
         # One pooled client for every engine and endpoint: keep a connection to each alive
         # (the default pool of 20 would reconnect, and skew probe TTFT, on a big fleet).
-        self._http = httpx.AsyncClient(
+        self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(10.0, connect=5.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
         )
@@ -76,7 +76,7 @@ class Hub:
         self.collectors = Collectors(
             config,
             self.readings,
-            http=self._http,
+            http=self.http,
             ssh=self.ssh,
             writer=self.writer,
             warn=lambda name, text: self.scheduler.update(name, warning=text),
@@ -173,7 +173,7 @@ class Hub:
         for step, closing in (
             ("final store flush", self.writer.flush),
             ("SSH close", partial(self.ssh.close, CLOSE_TIMEOUT_S)),
-            ("HTTP close", self._http.aclose),
+            ("HTTP close", self.http.aclose),
         ):
             try:
                 await asyncio.wait_for(closing(), CLOSE_TIMEOUT_S)

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,42 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """
         CREATE INDEX samples_ts ON samples (ts);
         CREATE INDEX probes_ts ON probes (ts);
+        """,
+    ),
+    (
+        "incidents and runbook runs",
+        """
+        CREATE TABLE incidents (
+            id INTEGER PRIMARY KEY,
+            opened_at REAL NOT NULL,
+            title TEXT NOT NULL,
+            state TEXT NOT NULL,
+            severity TEXT,
+            target TEXT,
+            opened_by TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE runbook_runs (
+            id INTEGER PRIMARY KEY,
+            incident_id INTEGER NOT NULL REFERENCES incidents (id),
+            runbook TEXT NOT NULL,
+            title TEXT NOT NULL,
+            params TEXT NOT NULL,
+            operator TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            outcome TEXT,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            pid_started_at REAL
+        );
+        CREATE INDEX runbook_runs_incident ON runbook_runs (incident_id);
+        ALTER TABLE events ADD COLUMN incident_id INTEGER;
+        ALTER TABLE events ADD COLUMN run_id INTEGER;
+        ALTER TABLE events ADD COLUMN step TEXT;
+        CREATE INDEX events_incident ON events (incident_id, id);
+        CREATE INDEX events_run ON events (run_id, id);
         """,
     ),
 )
@@ -181,8 +217,54 @@ class Store:
         data: dict[str, Any] | None = None,
         operator: str | None = None,
         ts: float | None = None,
+        incident_id: int | None = None,
+        run_id: int | None = None,
+        step: str | None = None,
     ) -> None:
-        self._insert({"events": [_event_row(kind, message, source, data, operator, ts)]})
+        """Append one event, committed when this returns (a crash after it keeps it)."""
+        row = _event_row(kind, message, source, data, operator, ts)
+        row.update(incident_id=incident_id, run_id=run_id, step=step)
+        self._insert({"events": [row]})
+
+    def insert_row(self, table: str, row: dict[str, Any], event: dict[str, Any]) -> int:
+        """Insert ``row`` and the event that records it in one transaction; the row's id.
+
+        ``event`` holds :meth:`append_event`'s arguments; its ``incident_id`` or ``run_id``
+        may be the string ``"new"``, meaning the id of the row inserted here.
+        """
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                row_id = self.db.table(table).insert(row).last_rowid
+                assert row_id is not None
+                event = {k: (row_id if v == "new" else v) for k, v in event.items()}
+                self.db.table("events").insert(_linked_event_row(event))
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        return int(row_id)
+
+    def update_row(
+        self, table: str, row_id: int, values: dict[str, Any], event: dict[str, Any] | None
+    ) -> None:
+        """Update one row of incidents or runbook_runs (and log why) in one transaction."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.table(table).update(row_id, values)
+                if event is not None:
+                    self.db.table("events").insert(_linked_event_row(event))
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db.query(sql, params))
 
     def add_probes(self, results: Iterable[ProbeResult]) -> None:
         self._insert({"probes": _probe_rows(results)})
@@ -263,6 +345,15 @@ def _event_row(
         "pid": os.getpid(),
         "operator": operator,
     }
+
+
+def _linked_event_row(event: dict[str, Any]) -> dict[str, Any]:
+    """An events row from append_event's arguments, with its incident, run and step."""
+    event = dict(event)
+    ids = {k: event.pop(k, None) for k in ("incident_id", "run_id", "step")}
+    row = _event_row(**event)
+    row.update(ids)
+    return row
 
 
 def _probe_rows(results: Iterable[ProbeResult]) -> list[dict[str, Any]]:

@@ -1,0 +1,353 @@
+"""The incident log: incidents, the runbook runs that belong to them, and their events.
+
+Every write is committed before it returns (the store's transactions), so a console killed
+with SIGKILL leaves a trail that ends where it died. A run whose process is gone without a
+``run.finished`` event reads as ``interrupted at STEP``. Exports (Markdown and JSON) are
+built from the log alone, so they show what was recorded, not what a process remembers.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+
+from console.store import Store
+
+# How a run ended; None (NULL) while it runs or after its process died.
+OUTCOMES = ("verified", "failed", "needs attention", "declined", "aborted", "dry-run", "read-only")
+
+
+def operator() -> str:
+    """Who is acting, as user@host (the bastion's login, not a name anyone typed)."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _process_started_at(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    incident_id: int
+    runbook: str
+    title: str
+    params: dict[str, Any]
+    operator: str
+    mode: str  # live, dry-run or read-only
+    started_at: float
+    finished_at: float | None
+    outcome: str | None
+    host: str
+    pid: int
+    # Derived from the events: the step that started last and has not finished.
+    open_step: str | None = None
+    interrupted: bool = False  # no outcome, and the process that ran it is gone
+
+    @property
+    def state(self) -> str:
+        if self.outcome is not None:
+            return self.outcome
+        if self.interrupted:
+            return f"interrupted at {self.open_step}" if self.open_step else "interrupted"
+        return f"running {self.open_step}" if self.open_step else "running"
+
+
+@dataclass(frozen=True)
+class IncidentRecord:
+    id: int
+    opened_at: float
+    title: str
+    state: str
+    severity: str | None
+    target: str | None
+    opened_by: str
+    updated_at: float
+    runs: tuple[RunRecord, ...] = field(default_factory=tuple)
+
+
+class IncidentLog:
+    """Incidents and runbook runs over the shared store; safe for two consoles on one file."""
+
+    def __init__(self, store: Store, clock: Any = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    # -- writing
+
+    def open_incident(
+        self, title: str, target: str | None, opened_by: str, severity: str | None = None
+    ) -> int:
+        now = self.clock()
+        return self.store.insert_row(
+            "incidents",
+            {
+                "opened_at": now,
+                "title": title,
+                "state": "open",
+                "severity": severity,
+                "target": target,
+                "opened_by": opened_by,
+                "updated_at": now,
+            },
+            {
+                "kind": "incident.opened",
+                "message": f"incident opened: {title}",
+                "operator": opened_by,
+                "incident_id": "new",
+                "ts": now,
+                "source": "console",
+            },
+        )
+
+    def start_run(
+        self,
+        incident_id: int,
+        runbook: str,
+        title: str,
+        params: dict[str, Any],
+        operator_name: str,
+        mode: str,
+    ) -> int:
+        """Record a run and its ``run.started`` event together."""
+        now = self.clock()
+        shown = ", ".join(f"{k}={v}" for k, v in params.items())
+        return self.store.insert_row(
+            "runbook_runs",
+            {
+                "incident_id": incident_id,
+                "runbook": runbook,
+                "title": title,
+                "params": json.dumps(params, sort_keys=True),
+                "operator": operator_name,
+                "mode": mode,
+                "started_at": now,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "pid_started_at": _process_started_at(os.getpid()),
+            },
+            {
+                "kind": "run.started",
+                "message": f"runbook {runbook} started by {operator_name} ({mode})"
+                + (f": {shown}" if shown else ""),
+                "operator": operator_name,
+                "incident_id": incident_id,
+                "run_id": "new",
+                "data": {"runbook": runbook, "params": params, "mode": mode},
+                "ts": now,
+                "source": "runbook",
+            },
+        )
+
+    def log(
+        self,
+        run: RunRecord | int,
+        kind: str,
+        message: str,
+        *,
+        step: str | None = None,
+        data: dict[str, Any] | None = None,
+        operator_name: str | None = None,
+    ) -> None:
+        """One event of a run, committed before this returns."""
+        record = run if isinstance(run, RunRecord) else self.run(run)
+        self.store.append_event(
+            kind,
+            message,
+            source="runbook",
+            data=data,
+            operator=operator_name,
+            ts=self.clock(),
+            incident_id=record.incident_id,
+            run_id=record.id,
+            step=step,
+        )
+
+    def finish_run(self, run: RunRecord, outcome: str, message: str, data: dict[str, Any]) -> None:
+        now = self.clock()
+        self.store.update_row(
+            "runbook_runs",
+            run.id,
+            {"finished_at": now, "outcome": outcome},
+            {
+                "kind": "run.finished",
+                "message": message,
+                "source": "runbook",
+                "data": {"outcome": outcome, **data},
+                "ts": now,
+                "incident_id": run.incident_id,
+                "run_id": run.id,
+                "operator": run.operator,
+            },
+        )
+
+    def take_over(self, run: RunRecord, operator_name: str, how: str) -> RunRecord:
+        """This process now runs ``run`` (resumed or rolled back after an interruption)."""
+        self.store.update_row(
+            "runbook_runs",
+            run.id,
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "pid_started_at": _process_started_at(os.getpid()),
+            },
+            {
+                "kind": f"run.{how}",
+                "message": f"run {run.id} {how} by {operator_name} after it was {run.state}",
+                "source": "runbook",
+                "ts": self.clock(),
+                "incident_id": run.incident_id,
+                "run_id": run.id,
+                "operator": operator_name,
+                "step": run.open_step,
+            },
+        )
+        return self.run(run.id)
+
+    # -- reading
+
+    def run(self, run_id: int) -> RunRecord:
+        rows = self.store.query("SELECT * FROM runbook_runs WHERE id = ?", [run_id])
+        if not rows:
+            raise KeyError(run_id)
+        return self._record(rows[0])
+
+    def runs(self, incident_id: int | None = None) -> list[RunRecord]:
+        if incident_id is None:
+            rows = self.store.query("SELECT * FROM runbook_runs ORDER BY id")
+        else:
+            rows = self.store.query(
+                "SELECT * FROM runbook_runs WHERE incident_id = ? ORDER BY id", [incident_id]
+            )
+        return [self._record(r) for r in rows]
+
+    def _record(self, row: dict[str, Any]) -> RunRecord:
+        open_step = self._open_step(row["id"])
+        interrupted = row["outcome"] is None and not self._alive(row)
+        return RunRecord(
+            id=row["id"],
+            incident_id=row["incident_id"],
+            runbook=row["runbook"],
+            title=row["title"],
+            params=json.loads(row["params"]),
+            operator=row["operator"],
+            mode=row["mode"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            outcome=row["outcome"],
+            host=row["host"],
+            pid=row["pid"],
+            open_step=open_step,
+            interrupted=interrupted,
+        )
+
+    def _open_step(self, run_id: int) -> str | None:
+        """The step of the newest step.started event that no step.finished follows."""
+        rows = self.store.query(
+            "SELECT kind, step FROM events WHERE run_id = ? AND kind IN "
+            "('step.started', 'step.finished', 'step.planned') ORDER BY id DESC LIMIT 1",
+            [run_id],
+        )
+        return rows[0]["step"] if rows and rows[0]["kind"] == "step.started" else None
+
+    @staticmethod
+    def _alive(row: dict[str, Any]) -> bool:
+        """Whether the process recorded for a run still runs (another host: assumed so)."""
+        if row["host"] != socket.gethostname():
+            return True
+        started = _process_started_at(row["pid"])
+        if started is None:
+            return False
+        # A reused pid belongs to a process started later than the one recorded.
+        recorded = row["pid_started_at"]
+        return recorded is None or abs(started - recorded) < 1.0
+
+    def events(self, *, incident_id: int | None = None, run_id: int | None = None) -> list[dict]:
+        if run_id is not None:
+            rows = self.store.query("SELECT * FROM events WHERE run_id = ? ORDER BY id", [run_id])
+        else:
+            rows = self.store.query(
+                "SELECT * FROM events WHERE incident_id = ? ORDER BY id", [incident_id]
+            )
+        for row in rows:
+            row["data"] = json.loads(row["data"]) if row["data"] else {}
+        return rows
+
+    def incident(self, incident_id: int) -> IncidentRecord:
+        rows = self.store.query("SELECT * FROM incidents WHERE id = ?", [incident_id])
+        if not rows:
+            raise KeyError(incident_id)
+        return IncidentRecord(**rows[0], runs=tuple(self.runs(incident_id)))
+
+    def incidents(self) -> list[IncidentRecord]:
+        rows = self.store.query("SELECT * FROM incidents ORDER BY id DESC")
+        return [IncidentRecord(**r, runs=tuple(self.runs(r["id"]))) for r in rows]
+
+
+# --- exports -------------------------------------------------------------------------------------
+
+
+def incident_json(log: IncidentLog, incident_id: int) -> dict[str, Any]:
+    """The incident, each run with its events in order: what tickets and archives keep."""
+    incident = log.incident(incident_id)
+    data = asdict(incident)
+    data["runs"] = []
+    for run in incident.runs:
+        entry = asdict(run)
+        entry["state"] = run.state
+        entry["events"] = log.events(run_id=run.id)
+        data["runs"].append(entry)
+    data["events"] = [e for e in log.events(incident_id=incident_id) if e["run_id"] is None]
+    return data
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts))
+
+
+def incident_markdown(log: IncidentLog, incident_id: int) -> str:
+    """A postmortem draft: summary, then each run's steps with commands, diffs and results."""
+    incident = log.incident(incident_id)
+    lines = [
+        f"# Incident {incident.id}: {incident.title}",
+        "",
+        f"- State: {incident.state}",
+        f"- Opened: {_when(incident.opened_at)} by {incident.opened_by}",
+        f"- Target: {incident.target or 'n/a'}",
+        f"- Runbook runs: {len(incident.runs)}",
+        "",
+        "## Timeline",
+        "",
+    ]
+    for event in log.events(incident_id=incident_id):
+        who = f" ({event['operator']})" if event["operator"] else ""
+        step = f" [{event['step']}]" if event["step"] else ""
+        lines.append(f"- {_when(event['ts'])}{step} {event['message']}{who}")
+    for run in incident.runs:
+        lines += ["", f"## Run {run.id}: {run.runbook} ({run.state})", ""]
+        lines.append(f"Started {_when(run.started_at)} by {run.operator}, mode {run.mode}.")
+        if run.params:
+            shown = ", ".join(f"`{k}={v}`" for k, v in run.params.items())
+            lines.append(f"Parameters: {shown}.")
+        for event in log.events(run_id=run.id):
+            data = event["data"]
+            if event["kind"] not in ("step.finished", "step.planned", "rollback.finished"):
+                continue
+            lines += ["", f"### {event['step']}: {event['message']}", ""]
+            if data.get("detail"):
+                lines += ["```", data["detail"].rstrip("\n"), "```"]
+            if data.get("exit_status") is not None:
+                lines.append(f"Exit status {data['exit_status']}.")
+            if data.get("output"):
+                lines += ["", "Output:", "```", data["output"].rstrip("\n"), "```"]
+    return "\n".join(lines) + "\n"

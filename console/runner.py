@@ -1,0 +1,773 @@
+"""The step engine: runs one runbook's steps against the fleet, logging each before it acts.
+
+A run goes step by step. Each step's ``step.started`` event is committed before its action,
+and its result (command or diff, exit status, duration, redacted and truncated output) after
+it, so the incident log never claims less than what happened. Mutating steps are planned
+(the dry-run rendering), confirmed through the :class:`Controller`, and executed by the action
+registry, which alone enforces read-only mode and confirmation. A failed step triggers the
+compensations of the completed mutating steps in reverse order (``on_failure: rollback``);
+a compensation that fails leaves the run ``needs attention``. A run interrupted by a crash
+is resumed or rolled back from what the log holds.
+
+It knows nothing of terminals: the CLI and the TUI drive it through a Controller and listen
+to its :class:`RunUpdate` stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from console.actions import ActionRefused, Confirmation, Outcome, Plan, Registry
+from console.facts import FIGURES, Figure, FigureReader
+from console.incidents import IncidentLog, RunRecord
+from console.redact import redact
+from console.runbook import (
+    ActionCall,
+    Condition,
+    Runbook,
+    Step,
+    render_shell,
+    render_text,
+    render_value,
+)
+
+OUTPUT_LOG_BYTES = 16 * 1024  # of a step's output kept in the log (the rest is counted)
+OUTPUT_LINES_SHOWN = 200  # of a step's output kept for the screen
+DEFAULT_STEP_TIMEOUT_S = 600.0
+WAIT_LOG_EVERY_S = 30.0  # a wait step logs its progress this often
+
+
+class RunAborted(Exception):
+    """The engineer aborted the run."""
+
+
+@dataclass(frozen=True)
+class ConfirmRequest:
+    """What the engineer must decide: the question, the exact plan and the evidence."""
+
+    step: Step
+    question: str
+    plan: Plan | None  # None for a confirm step (a decision, not an action)
+    evidence: tuple[str, ...]  # one line per figure, already formatted
+    protected: bool  # the target's name must be typed
+    target: str | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    confirmed: bool
+    operator: str
+    typed_target: str | None = None
+    how: str = ""  # e.g. "--yes", "typed gpu-a1", "dialog"
+
+
+@dataclass(frozen=True)
+class RunUpdate:
+    """Something the screen or the terminal should show, as it happens."""
+
+    kind: str  # step.started, step.finished, output, progress, decision, rollback, run.finished
+    step: str | None
+    text: str
+
+
+class Controller(Protocol):
+    """Who decides: the CLI's flags or prompt, or the TUI's runner screen."""
+
+    async def confirm(self, request: ConfirmRequest) -> Decision: ...
+
+    async def before_step(self, run: Run, step: StepState) -> str:
+        """``run``, ``skip`` or ``abort`` before a step starts."""
+        ...
+
+    async def after_failure(self, run: Run, step: StepState, default: str) -> str:
+        """``rollback``, ``continue``, ``stop``, ``retry`` or ``abort`` after a step fails."""
+        ...
+
+
+@dataclass
+class StepState:
+    step: Step
+    index: int
+    status: str = "pending"  # pending running ok failed skipped declined blocked planned
+    summary: str = ""
+    plan: Plan | None = None
+    outcome: Outcome | None = None
+    output: deque[str] = field(default_factory=lambda: deque(maxlen=OUTPUT_LINES_SHOWN))
+    progress: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A completed mutating step: what undoes it."""
+
+    step: str
+    action: str
+    args: Mapping[str, object]
+
+
+def figure_text(name: str, figure: Figure) -> str:
+    """``212 ms``, ``4.2%``, ``3.1/s``: a figure as the log and the screen show it."""
+    value = figure.value
+    if value is None:
+        return f"N/A ({figure.note})" if figure.note else "N/A"
+    unit = FIGURES[name][1]
+    if unit == "s":
+        text = f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+    elif unit == "pct":
+        text = f"{value:.1f}%"
+    elif unit == "per_s":
+        text = f"{value:.2f}/s"
+    elif unit == "per_min":
+        text = f"{value:.1f}/min"
+    elif unit == "c":
+        text = f"{value:.0f} °C"
+    else:
+        text = f"{value:g}"
+    if figure.n is not None:
+        text += f" (n={figure.n:.0f})"
+    return text
+
+
+def _limit_text(name: str, limit: float) -> str:
+    return figure_text(name, Figure(limit))
+
+
+def truncate(text: str, limit: int = OUTPUT_LOG_BYTES) -> tuple[str, int]:
+    """The text cut to ``limit`` bytes (keeping its end, where errors are), and its size."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text, len(data)
+    kept = data[-limit:].decode(errors="ignore")
+    return f"[{len(data) - limit} bytes cut; {len(data)} in all]\n{kept}", len(data)
+
+
+class Run:
+    """One run of one runbook with its parameter values (already typed and validated)."""
+
+    def __init__(
+        self,
+        runbook: Runbook,
+        values: Mapping[str, object],
+        *,
+        registry: Registry,
+        figures: FigureReader,
+        log: IncidentLog,
+        controller: Controller,
+        operator: str,
+        record: RunRecord,
+        mode: str = "live",
+        secrets: Sequence[str] = (),
+        listener: Callable[[RunUpdate], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.runbook = runbook
+        self.values = dict(values)
+        self.registry = registry
+        self.figures = figures
+        self.log = log
+        self.controller = controller
+        self.operator = operator
+        self.record = record
+        self.mode = mode  # live, dry-run or read-only
+        self.secrets = tuple(secrets)
+        self.listener = listener
+        self.sleep = sleep
+        self.clock = clock
+        self.steps = [StepState(step, i) for i, step in enumerate(runbook.steps)]
+        self.done: list[_Done] = []  # completed mutating steps, oldest first
+        self.outcome: str | None = None
+        self.summary = ""
+        self.failed_checks = 0
+        self.blocked = 0
+        self._started = clock()
+
+    # -- the run
+
+    async def execute(self, start_at: int = 0) -> str:
+        """Run the steps from ``start_at``; returns the outcome (also logged)."""
+        try:
+            for state in self.steps[start_at:]:
+                move = await self.controller.before_step(self, state)
+                if move == "abort":
+                    raise RunAborted
+                if move == "skip":
+                    await self._skip(state, f"skipped by {self.operator}")
+                    continue
+                if not await self._run_step(state):
+                    return self.outcome or "failed"
+        except RunAborted:
+            await self._finish("aborted", f"aborted by {self.operator}", rollback=False)
+            return "aborted"
+        if self.mode == "dry-run":
+            failing = f"; {self.failed_checks} check(s) would fail" if self.failed_checks else ""
+            await self._finish("dry-run", f"dry-run: nothing was changed{failing}")
+        elif self.mode == "read-only":
+            await self._finish(
+                "read-only", f"read-only: checks ran, {self.blocked} mutating step(s) not run"
+            )
+        else:
+            await self._finish("verified", "finished and verified")
+        return self.outcome or "verified"
+
+    async def _run_step(self, state: StepState) -> bool:
+        """Run one step (with its retries); False when the run ends here."""
+        step = state.step
+        if step.when is not None and not await self._when_holds(step):
+            await self._skip(state, "condition not met: " + self._when_text(step))
+            return True
+        attempts = max(1, step.retry_attempts)
+        attempt = 1
+        while True:
+            ok = await self._attempt(state, attempt, attempts)
+            if ok is None:  # declined
+                return await self._failed(state, declined=True)
+            if ok:
+                return True
+            if attempt < attempts:
+                attempt += 1
+                self._emit(
+                    "progress", step.id, f"retry {attempt}/{attempts} in {step.retry_delay_s:g}s"
+                )
+                await self.sleep(step.retry_delay_s)
+                continue
+            choice = await self.controller.after_failure(self, state, step.on_failure)
+            if choice == "retry":
+                attempt = 1
+                continue
+            if choice == "abort":
+                raise RunAborted
+            if choice == "continue":
+                return True
+            return await self._failed(state, declined=False, rollback=choice == "rollback")
+
+    async def _attempt(self, state: StepState, attempt: int, attempts: int) -> bool | None:
+        kind = state.step.kind
+        if kind == "mutate":
+            return await self._mutate(state, attempt)
+        if kind == "check":
+            return await self._check(state)
+        if kind == "wait":
+            return await self._wait(state)
+        if kind == "confirm":
+            return await self._confirm_step(state)
+        return await self._note(state)
+
+    async def resume(self, progress: Progress) -> str:
+        """Go on from the step that was interrupted, after re-running the checks before it."""
+        self.done = list(progress.done)
+        for state in self.steps[: progress.start_at]:
+            state.status = progress.statuses.get(state.step.id, "ok")
+        self._emit("progress", None, f"resuming at step {progress.start_at + 1}")
+        for state in self.steps[: progress.start_at]:
+            if state.step.kind == "check" and not await self._run_step(state):
+                return self.outcome or "failed"
+        return await self.execute(progress.start_at)
+
+    async def roll_back_interrupted(self, progress: Progress) -> str:
+        """Undo what the interrupted run changed: its completed steps, and the step it died in."""
+        self.done = list(progress.done)
+        if progress.interrupted_undo is not None:
+            self.done.append(progress.interrupted_undo)
+        if not self.done:
+            await self._finish("failed", "interrupted; nothing had been changed", rollback=False)
+            return "failed"
+        if await self.roll_back():
+            await self._finish("failed", f"interrupted; rolled back {len(self.done)} change(s)")
+            return "failed"
+        await self._finish("needs attention", "interrupted; a rollback step failed")
+        return "needs attention"
+
+    # -- step kinds
+
+    async def _mutate(self, state: StepState, attempt: int) -> bool | None:
+        step = state.step
+        assert step.action is not None
+        args = self._args(step.action)
+        try:
+            plan = await self.registry.plan(step.action.action, args)
+        except ActionRefused as refusal:
+            await self._start(state, f"{step.action.action}: planning")
+            await self._end(state, "failed", f"refused before anything changed: {refusal}", {})
+            return False
+        state.plan = plan
+        detail = self._mask(plan.detail)
+        data = {"action": plan.action, "detail": detail, "notes": list(plan.notes)}
+        if self.mode == "dry-run" or (self.mode == "read-only" and plan.mutating):
+            await self._start(state, plan.summary, data)
+            for line in detail.splitlines():
+                self._emit("output", step.id, line)
+            if self.mode == "dry-run":
+                await self._end(state, "planned", f"dry-run, not run: {plan.summary}", data)
+            else:
+                await self._blocked(state, plan)
+            return True
+        # Should this process die during the action, this is how the change is undone.
+        planned = self.registry.compensation(plan, None)
+        if planned is not None:
+            data["undo_if_interrupted"] = {"action": planned[0], "args": dict(planned[1])}
+        await self._start(state, plan.summary, {**data, "attempt": attempt})
+        confirmation = None
+        if plan.mutating:
+            question = (
+                render_text(step.confirm, self.values) if step.confirm else f"Run {plan.summary}?"
+            )
+            decision = await self._decide(state, question, plan, ())
+            if not decision.confirmed:
+                await self._end(state, "declined", f"declined by {decision.operator}", data)
+                return None
+            confirmation = Confirmation(
+                decision.operator, Registry.digest(plan), decision.typed_target
+            )
+        started = self.clock()
+        try:
+            outcome = await asyncio.wait_for(
+                self.registry.execute(
+                    plan,
+                    confirmation,
+                    on_output=lambda line: self._output(state, line),
+                    timeout_s=step.timeout_s,
+                ),
+                # The registry times its own commands out; this guards against one that hangs.
+                (step.timeout_s or DEFAULT_STEP_TIMEOUT_S) + 30,
+            )
+        except ActionRefused as refusal:
+            if self.mode == "read-only":
+                await self._blocked(state, plan)
+                return True
+            await self._end(state, "failed", f"refused: {refusal}", data)
+            return False
+        except TimeoutError:
+            outcome = Outcome(ok=False, summary=f"{plan.action} did not finish in time")
+        state.outcome = outcome
+        result = self._result_data(plan, outcome, self.clock() - started)
+        if outcome.ok or outcome.undo is not None:
+            # A failed step that changed something is undone with the others.
+            undo = self._undo_of(step, plan, outcome)
+            if undo is not None:
+                self.done.append(undo)
+                result["undo"] = {"action": undo.action, "args": dict(undo.args)}
+        status = "ok" if outcome.ok else "failed"
+        await self._end(state, status, outcome.summary, result)
+        return outcome.ok
+
+    async def _blocked(self, state: StepState, plan: Plan) -> None:
+        self.blocked += 1
+        await self._end(
+            state,
+            "blocked",
+            f"read-only mode: {plan.summary} not run",
+            {"action": plan.action, "detail": self._mask(plan.detail)},
+        )
+
+    async def _check(self, state: StepState) -> bool:
+        step = state.step
+        await self._start(state, step.title or "check")
+        lines: list[str] = []
+        for condition in step.show:
+            lines.append(self._shown(condition, step.window_s))
+        failed = 0
+        for condition in step.expect:
+            holds, text = self._evaluate(condition, step.window_s)
+            lines.append(("ok   " if holds else "FAIL ") + text)
+            failed += holds is not True
+        output = ""
+        exit_status = None
+        detail = ""
+        if step.command is not None:
+            node = render_text(step.command.node, self.values)
+            command = render_shell(step.command.run, self.values)
+            try:
+                plan = await self.registry.plan("node.inspect", {"node": node, "command": command})
+                detail = plan.detail
+                outcome = await self.registry.execute(
+                    plan,
+                    None,
+                    on_output=lambda line: self._output(state, line),
+                    timeout_s=step.timeout_s,
+                )
+                output, exit_status = outcome.output, outcome.exit_status
+                if not outcome.ok:
+                    failed += 1
+                    lines.append(f"FAIL {outcome.summary}")
+            except ActionRefused as refusal:
+                failed += 1
+                lines.append(f"FAIL refused: {refusal}")
+        for line in lines:
+            self._emit("output", step.id, line)
+        text = "; ".join(lines) if lines else "ok"
+        data = {"figures": lines, "detail": detail, "exit_status": exit_status}
+        if output:
+            data.update(self._output_data(output))
+        if failed and self.mode in ("dry-run", "read-only"):
+            self.failed_checks += 1
+            await self._end(state, "failed", text, data)
+            return True  # shown, and the dry run goes on to show the rest
+        await self._end(state, "failed" if failed else "ok", text, data)
+        return not failed
+
+    async def _wait(self, state: StepState) -> bool:
+        step = state.step
+        timeout = step.timeout_s or DEFAULT_STEP_TIMEOUT_S
+        await self._start(state, f"wait up to {timeout:g}s: " + self._conditions_text(step.until))
+        deadline = self.clock() + timeout
+        logged_at = self.clock()
+        while True:
+            results = [self._evaluate(c, step.window_s) for c in step.until]
+            text = "; ".join(t for _, t in results)
+            left = deadline - self.clock()
+            if all(holds is True for holds, _ in results):
+                await self._end(state, "ok", f"holds: {text}", {"figures": [text]})
+                return True
+            if self.mode in ("dry-run", "read-only"):
+                await self._end(state, "planned", f"not waited ({self.mode}): now {text}", {})
+                return True
+            if left <= 0:
+                await self._end(state, "failed", f"timed out after {timeout:g}s: {text}", {})
+                return False
+            state.progress = f"{text}; {left:.0f}s left"
+            self._emit("progress", step.id, state.progress)
+            if self.clock() - logged_at >= WAIT_LOG_EVERY_S:
+                logged_at = self.clock()
+                self.log.log(self.record, "step.progress", state.progress, step=step.id)
+            await self.sleep(min(step.every_s, max(left, 0.01)))
+
+    async def _confirm_step(self, state: StepState) -> bool | None:
+        step = state.step
+        question = render_text(step.question or "Go on?", self.values)
+        evidence = tuple(self._shown(c, step.window_s) for c in step.evidence)
+        await self._start(state, question, {"evidence": list(evidence)})
+        if self.mode in ("dry-run", "read-only"):
+            await self._end(state, "planned", f"not asked ({self.mode}): {question}", {})
+            return True
+        decision = await self._decide(state, question, None, evidence)
+        if not decision.confirmed:
+            await self._end(state, "declined", f"declined by {decision.operator}", {})
+            return None
+        await self._end(state, "ok", f"confirmed by {decision.operator}", {})
+        return True
+
+    async def _note(self, state: StepState) -> bool:
+        text = render_text(state.step.text or "", self.values)
+        await self._start(state, "note")
+        self.log.log(self.record, "note", text, step=state.step.id, operator_name=self.operator)
+        await self._end(state, "ok", text, {})
+        return True
+
+    async def _skip(self, state: StepState, why: str) -> None:
+        await self._start(state, state.step.title or state.step.kind)
+        await self._end(state, "skipped", why, {})
+
+    # -- decisions and failure
+
+    async def _decide(
+        self, state: StepState, question: str, plan: Plan | None, evidence: tuple[str, ...]
+    ) -> Decision:
+        config = self.registry.config
+        request = ConfirmRequest(
+            step=state.step,
+            question=question,
+            plan=plan,
+            evidence=evidence,
+            protected=config.protected and plan is not None,
+            target=plan.target if plan is not None else None,
+        )
+        decision = await self.controller.confirm(request)
+        verdict = "confirmed" if decision.confirmed else "declined"
+        how = f" ({decision.how})" if decision.how else ""
+        self.log.log(
+            self.record,
+            "step.decision",
+            f"{verdict} by {decision.operator}{how}: {question}",
+            step=state.step.id,
+            data={"confirmed": decision.confirmed, "typed_target": decision.typed_target},
+            operator_name=decision.operator,
+        )
+        self._emit("decision", state.step.id, f"{verdict} by {decision.operator}{how}")
+        return decision
+
+    async def _failed(self, state: StepState, *, declined: bool, rollback: bool = True) -> bool:
+        if declined:
+            rollback = state.step.on_failure == "rollback"
+        outcome = "declined" if declined else "failed"
+        what = f"{state.step.id} {'declined' if declined else 'failed'}"
+        if rollback and self.done:
+            undone = await self.roll_back()
+            if not undone:
+                await self._finish("needs attention", f"{what}; a rollback step failed")
+                return False
+            await self._finish(outcome, f"{what}; rolled back {len(self.done)} change(s)")
+            return False
+        kept = f"; {len(self.done)} change(s) left in place" if self.done else ""
+        await self._finish(outcome, f"{what}{kept}", rollback=False)
+        return False
+
+    async def roll_back(self) -> bool:
+        """Undo the completed mutating steps, newest first; False if one of them failed."""
+        all_ok = True
+        for done in reversed(self.done):
+            all_ok &= await self._compensate(done)
+        return all_ok
+
+    async def _compensate(self, done: _Done) -> bool:
+        self.log.log(
+            self.record,
+            "rollback.started",
+            f"undoing {done.step}: {done.action}",
+            step=done.step,
+            data={"action": done.action, "args": dict(done.args)},
+        )
+        self._emit("rollback", done.step, f"undoing {done.step}: {done.action}")
+        started = self.clock()
+        try:
+            plan = await self.registry.plan(done.action, done.args)
+            # Undoing what this run did was confirmed with the change itself.
+            confirmation = Confirmation(self.operator, Registry.digest(plan), plan.target)
+            outcome = await self.registry.execute(
+                plan, confirmation, on_output=lambda line: self._emit("output", done.step, line)
+            )
+        except ActionRefused as refusal:
+            if "already" in str(refusal):  # nothing to undo: the state is already the old one
+                outcome = Outcome(ok=True, summary=f"nothing to undo: {refusal}")
+                plan = None
+            else:
+                outcome = Outcome(ok=False, summary=f"refused: {refusal}")
+                plan = None
+        data: dict[str, Any] = {"action": done.action}
+        if plan is not None:
+            data = self._result_data(plan, outcome, self.clock() - started)
+        status = "rolled back" if outcome.ok else "ROLLBACK FAILED"
+        self.log.log(
+            self.record,
+            "rollback.finished",
+            f"{status}: {outcome.summary}",
+            step=done.step,
+            data={**data, "ok": outcome.ok},
+        )
+        self._emit("rollback", done.step, f"{status}: {outcome.summary}")
+        for state in self.steps:
+            if state.step.id == done.step:
+                state.status = "rolled back" if outcome.ok else "undo failed"
+        return outcome.ok
+
+    async def _finish(self, outcome: str, summary: str, rollback: bool = True) -> None:
+        self.outcome = outcome
+        took = self.clock() - self._started
+        self.summary = f"{summary} ({took:.1f}s)"
+        self.log.finish_run(
+            self.record,
+            outcome,
+            f"run {self.record.id} {outcome}: {summary}",
+            {"duration_s": round(took, 3), "changes": [d.step for d in self.done]},
+        )
+        self._emit("run.finished", None, f"{outcome}: {self.summary}")
+
+    # -- helpers
+
+    def _args(self, call: ActionCall) -> dict[str, Any]:
+        from console.action_specs import ACTION_SPECS
+
+        spec = ACTION_SPECS[call.action]
+        args: dict[str, Any] = {}
+        for key, value in call.args.items():
+            shell = spec.args[key].kind == "shell" if key in spec.args else False
+            args[key] = render_value(value, self.values, shell=shell)
+        return args
+
+    def _undo_of(self, step: Step, plan: Plan, outcome: Outcome) -> _Done | None:
+        if step.rollback is not None and not step.rollback.inherit:
+            return _Done(step.id, step.rollback.action, self._args(step.rollback))
+        compensation = self.registry.compensation(plan, outcome)
+        if compensation is None:
+            return None
+        action, args = compensation
+        if step.rollback is not None:  # a bare name: that action, fed the step's undo
+            action = step.rollback.action
+        return _Done(step.id, action, args)
+
+    def _result_data(self, plan: Plan, outcome: Outcome, took_s: float) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "action": plan.action,
+            "detail": self._mask(plan.detail),
+            "exit_status": outcome.exit_status,
+            "duration_s": round(took_s, 3),
+            "ok": outcome.ok,
+            "facts": {k: _plain(v) for k, v in outcome.facts.items()},
+        }
+        data.update(self._output_data(outcome.output))
+        return data
+
+    def _output_data(self, output: str) -> dict[str, Any]:
+        text, size = truncate(self._mask(output))
+        return {"output": text, "output_bytes": size}
+
+    def _mask(self, text: str) -> str:
+        return redact(text, known=self.secrets)
+
+    def _output(self, state: StepState, line: str) -> None:
+        line = self._mask(line)
+        state.output.append(line)
+        self._emit("output", state.step.id, line)
+
+    def _shown(self, condition: Condition, window_s: float | None) -> str:
+        subject = render_text(condition.subject, self.values)
+        figure = self.figures.figure(
+            condition.subject_kind, subject, condition.figure, condition.window_s or window_s
+        )
+        return f"{condition.figure} of {subject}: {figure_text(condition.figure, figure)}"
+
+    def _evaluate(self, condition: Condition, window_s: float | None) -> tuple[bool | None, str]:
+        """Whether a condition holds now (None: not known yet), and the figures behind it."""
+        subject = render_text(condition.subject, self.values)
+        window = condition.window_s or window_s
+        figure = self.figures.figure(condition.subject_kind, subject, condition.figure, window)
+        name = condition.figure
+        shown = f"{name} of {subject} {figure_text(name, figure)}"
+        value = figure.value
+        if condition.min_requests and (figure.n is None or figure.n < condition.min_requests):
+            return None, f"{shown}: fewer than {condition.min_requests} requests yet"
+        if value is None:
+            return None, f"{shown}: not known"
+        if condition.above is not None:
+            return (
+                value > condition.above,
+                f"{shown} (needs > {_limit_text(name, condition.above)})",
+            )
+        if condition.below is not None:
+            return (
+                value < condition.below,
+                f"{shown} (needs < {_limit_text(name, condition.below)})",
+            )
+        relative = condition.at_most
+        assert relative is not None
+        other_subject = render_text(relative.subject, self.values)
+        other = self.figures.figure(relative.subject_kind, other_subject, name, window)
+        if other.value is None:
+            return None, f"{shown}; {name} of {other_subject} not known"
+        limit = relative.times * other.value + relative.plus
+        return value <= limit, (
+            f"{shown} (needs <= {_limit_text(name, limit)}: {relative.times:g}x "
+            f"{other_subject}'s {figure_text(name, other)}"
+            + (f" + {relative.plus:g}" if relative.plus else "")
+            + ")"
+        )
+
+    def _conditions_text(self, conditions: Sequence[Condition]) -> str:
+        parts = []
+        for c in conditions:
+            subject = render_text(c.subject, self.values)
+            if c.above is not None:
+                parts.append(f"{c.figure} of {subject} > {_limit_text(c.figure, c.above)}")
+            elif c.below is not None:
+                parts.append(f"{c.figure} of {subject} < {_limit_text(c.figure, c.below)}")
+            else:
+                parts.append(f"{c.figure} of {subject} within bounds")
+        return " and ".join(parts)
+
+    async def _when_holds(self, step: Step) -> bool:
+        when = step.when
+        if isinstance(when, Condition):
+            holds, _ = self._evaluate(when, step.window_s)
+            return holds is True
+        assert when is not None
+        value = self.values.get(when.param)
+        if when.equals is not None:
+            return value == when.equals
+        if when.in_:
+            return value in when.in_
+        return value != when.not_
+
+    def _when_text(self, step: Step) -> str:
+        when = step.when
+        if isinstance(when, Condition):
+            return self._conditions_text([when])
+        assert when is not None
+        if when.equals is not None:
+            return f"{when.param} = {when.equals}"
+        if when.in_:
+            return f"{when.param} in {list(when.in_)}"
+        return f"{when.param} != {when.not_}"
+
+    async def _start(self, state: StepState, text: str, data: dict[str, Any] | None = None) -> None:
+        state.status, state.started_at, state.summary = "running", time.time(), text
+        step = state.step
+        self.log.log(
+            self.record,
+            "step.started",
+            f"step {step.id} ({step.kind}) started: {text}",
+            step=step.id,
+            data={"kind": step.kind, **(data or {})},
+            operator_name=self.operator,
+        )
+        self._emit("step.started", step.id, text)
+
+    async def _end(self, state: StepState, status: str, text: str, data: dict[str, Any]) -> None:
+        state.status, state.finished_at, state.summary = status, time.time(), text
+        state.progress = ""
+        kind = "step.planned" if status == "planned" else "step.finished"
+        self.log.log(
+            self.record,
+            kind,
+            f"step {state.step.id} {status}: {text}",
+            step=state.step.id,
+            data={"status": status, **data},
+            operator_name=self.operator,
+        )
+        self._emit("step.finished", state.step.id, f"{status}: {text}")
+
+    def _emit(self, kind: str, step: str | None, text: str) -> None:
+        if self.listener is not None:
+            self.listener(RunUpdate(kind, step, text))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a run got, read back from its events."""
+
+    start_at: int  # the step to go on with
+    done: tuple[_Done, ...]  # completed changes not undone yet, oldest first
+    interrupted_undo: _Done | None  # what undoes the step the run died in, if it had begun
+    statuses: dict[str, str]  # step id -> status recorded
+
+
+def recorded_progress(log: IncidentLog, record: RunRecord, runbook: Runbook) -> Progress:
+    done: list[_Done] = []
+    statuses: dict[str, str] = {}
+    started: dict[str, dict[str, Any]] = {}
+    for event in log.events(run_id=record.id):
+        step, data = event["step"], event["data"]
+        if event["kind"] == "step.started":
+            started[step] = data
+        elif event["kind"] in ("step.finished", "step.planned"):
+            statuses[step] = data.get("status", "ok")
+            if undo := data.get("undo"):
+                done.append(_Done(step, undo["action"], undo["args"]))
+        elif event["kind"] == "rollback.finished" and data.get("ok"):
+            done = [d for d in done if d.step != step]
+    ids = [s.id for s in runbook.steps]
+    open_step = record.open_step
+    interrupted_undo = None
+    if open_step is not None and open_step in ids:
+        start_at = ids.index(open_step)
+        if undo := started.get(open_step, {}).get("undo_if_interrupted"):
+            interrupted_undo = _Done(open_step, undo["action"], undo["args"])
+    else:
+        finished = [ids.index(s) for s in statuses if s in ids]
+        start_at = max(finished) + 1 if finished else 0
+    return Progress(start_at, tuple(done), interrupted_undo, statuses)
+
+
+def _plain(value: object) -> object:
+    """A value JSON can hold (facts may be tuples or mappings)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, str | int | float | bool) or value is None else str(value)

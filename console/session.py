@@ -1,0 +1,264 @@
+"""Everything a runbook run needs, wired once for the CLI and the TUI alike.
+
+A session holds the runbooks loaded from the shipped folder and the config's folders, the
+action registry (on the hub's SSH pool and HTTP client), the figure reader and the incident
+log. :func:`prepare` turns a runbook id and the engineer's ``NAME=VALUE`` strings into a
+:class:`console.runner.Run` that belongs to an incident: the one it joins, or a new one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from console.actions import Registry, read_engine_args, read_weights
+from console.config import Config
+from console.facts import FACTS, FigureReader
+from console.hub import Hub
+from console.incidents import IncidentLog, RunRecord, operator
+from console.runbook import (
+    ParamError,
+    Runbook,
+    check_value,
+    load_folders,
+    parse_param,
+    shipped_folder,
+)
+from console.runner import Controller, Run, RunUpdate, recorded_progress
+from console.store import Store
+
+TARGET_TYPES = ("node", "upstream", "endpoint")
+
+
+class FleetWorld:
+    """The read-only facts that need the fleet itself: router weights, argument files."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def weights(self, router: str) -> dict[str, float]:
+        return await read_weights(self.registry, router)
+
+    async def engine_args(self, node: str) -> dict[str, object]:
+        return await read_engine_args(self.registry, node)
+
+
+def load_runbooks(config: Config) -> tuple[dict[str, Runbook], list[str]]:
+    """The shipped runbooks, then the config's folders (a later one replaces an id)."""
+    return load_folders([shipped_folder(), *config.runbooks])
+
+
+def secrets_of(config: Config) -> tuple[str, ...]:
+    """Values the log must never hold: every API key the config names."""
+    names = [e.api_key_env for e in config.endpoints if e.api_key_env]
+    return tuple(v for n in names if (v := os.environ.get(n)))
+
+
+@dataclass
+class Session:
+    config: Config
+    hub: Hub
+    registry: Registry
+    figures: FigureReader
+    log: IncidentLog
+    runbooks: dict[str, Runbook]
+    operator: str
+    read_only: bool
+    problems: list[str] = field(default_factory=list)  # runbooks that did not load
+    current: Run | None = None  # the run whose incident.note steps land where
+
+    async def note(self, text: str) -> None:
+        if self.current is not None:
+            self.log.log(self.current.record, "note", text, operator_name=self.operator)
+
+    async def values(
+        self, runbook: Runbook, given: Mapping[str, str]
+    ) -> tuple[dict[str, object], list[str]]:
+        """Typed parameter values from NAME=VALUE strings, defaults and facts; raise ParamError.
+
+        The second item says where each defaulted value came from, for the log.
+        """
+        unknown = sorted(set(given) - {p.name for p in runbook.params})
+        if unknown:
+            known = ", ".join(p.name for p in runbook.params) or "none"
+            raise ParamError(
+                f"--param {unknown[0]}: {runbook.id} has no such parameter (it has: {known})"
+            )
+        values: dict[str, object] = {}
+        notes: list[str] = []
+        for param in runbook.params:
+            if param.name in given:
+                values[param.name] = parse_param(param, given[param.name])
+            elif param.default is not None:
+                values[param.name] = param.default
+        # Facts second: a fact "of" a parameter reads that parameter's value.
+        for param in runbook.params:
+            if param.name in values or param.fact is None:
+                continue
+            assert param.fact in FACTS
+            value, how = await self.figures.fact(param.fact, values.get(param.fact_of or ""))
+            if value is None:
+                raise ParamError(
+                    f"--param {param.name}: no default from {param.fact} ({how}); give one"
+                )
+            values[param.name] = check_value(param, value)
+            notes.append(f"{param.name}={value} from {param.fact}: {how}")
+        for param in runbook.params:
+            if param.name not in values:
+                raise ParamError(
+                    f"--param {param.name}: required ({param.description or param.type})"
+                )
+            self._check_known(param.name, param.type, values[param.name])
+        return values, notes
+
+    def _check_known(self, name: str, kind: str, value: object) -> None:
+        known: list[str] = []
+        if kind == "node":
+            known = [n.name for n in self.config.nodes]
+        elif kind == "endpoint":
+            known = [e.name for e in self.config.endpoints]
+        elif kind == "upstream":
+            known = [u for r in self.config.routers for u in r.upstreams]
+        else:
+            return
+        if value not in known:
+            shown = ", ".join(known) or "none configured"
+            raise ParamError(f"--param {name}={value}: unknown {kind} (known: {shown})")
+
+    def target(self, runbook: Runbook, values: Mapping[str, object]) -> str | None:
+        """What the run acts on, for the incident's title: its first node, upstream or endpoint."""
+        for kind in TARGET_TYPES:
+            for param in runbook.params:
+                if param.type == kind:
+                    return str(values[param.name])
+        return None
+
+    def start(
+        self,
+        runbook: Runbook,
+        values: Mapping[str, object],
+        controller: Controller,
+        *,
+        mode: str,
+        incident_id: int | None = None,
+        listener: Callable[[RunUpdate], None] | None = None,
+    ) -> Run:
+        """Record the run (joining ``incident_id`` or opening an incident) and make it."""
+        if incident_id is None:
+            target = self.target(runbook, values)
+            where = f" on {target}" if target else ""
+            incident_id = self.log.open_incident(
+                f"{runbook.id}{where}, started by {self.operator}", target, self.operator
+            )
+        else:
+            self.log.incident(incident_id)  # KeyError when there is none
+        plain = {k: _plain(v) for k, v in values.items()}
+        run_id = self.log.start_run(
+            incident_id, runbook.id, runbook.title, plain, self.operator, mode
+        )
+        return self.run_for(self.log.run(run_id), runbook, values, controller, mode, listener)
+
+    async def take_over(
+        self,
+        run_id: int,
+        how: str,
+        controller: Controller,
+        mode: str,
+        listener: Any = None,
+    ) -> str:
+        """Resume (``resume``) or undo (``rollback``) a run that was interrupted."""
+        try:
+            record = self.log.run(run_id)
+        except KeyError:
+            raise ParamError(f"no run {run_id} in the incident log") from None
+        if not record.interrupted:
+            raise ParamError(
+                f"run {run_id} is {record.state}: only an interrupted run can be taken over"
+            )
+        runbook = self.runbooks.get(record.runbook)
+        if runbook is None:
+            raise ParamError(f"run {run_id} ran runbook {record.runbook}, which is not loaded now")
+        values = {
+            p.name: parse_param(p, str(record.params[p.name]))
+            for p in runbook.params
+            if p.name in record.params
+        }
+        record = self.log.take_over(
+            record, self.operator, "resumed" if how == "resume" else "rolled back"
+        )
+        run = self.run_for(record, runbook, values, controller, mode, listener)
+        if listener is not None and hasattr(listener, "run"):
+            listener.run = run
+        progress = recorded_progress(self.log, record, runbook)
+        if how == "resume":
+            return await run.resume(progress)
+        return await run.roll_back_interrupted(progress)
+
+    def run_for(
+        self,
+        record: RunRecord,
+        runbook: Runbook,
+        values: Mapping[str, object],
+        controller: Controller,
+        mode: str,
+        listener: Callable[[RunUpdate], None] | None = None,
+    ) -> Run:
+        run = Run(
+            runbook,
+            values,
+            registry=self.registry,
+            figures=self.figures,
+            log=self.log,
+            controller=controller,
+            operator=self.operator,
+            record=record,
+            mode=mode,
+            secrets=secrets_of(self.config),
+            listener=listener,
+        )
+        self.current = run
+        return run
+
+
+def make_session(config: Config, hub: Hub, store: Store, *, read_only: bool) -> Session:
+    """A session on a running hub (the TUI's, or one the CLI started)."""
+    read_only = read_only or config.read_only
+    runbooks, problems = load_runbooks(config)
+    session: Session
+    registry = Registry(
+        config,
+        hub.ssh,
+        hub.http,
+        read_only=read_only,
+        note=lambda text: session.note(text),
+    )
+    session = Session(
+        config=config,
+        hub=hub,
+        registry=registry,
+        figures=FigureReader(hub, FleetWorld(registry)),
+        log=IncidentLog(store),
+        runbooks=runbooks,
+        operator=operator(),
+        read_only=read_only,
+        problems=problems,
+    )
+    return session
+
+
+@asynccontextmanager
+async def open_session(config: Config, store: Store, *, read_only: bool) -> AsyncIterator[Session]:
+    """A hub of its own, started, and a session on it; stopped on the way out."""
+    hub = Hub(config, store)
+    hub.start()
+    try:
+        yield make_session(config, hub, store, read_only=read_only)
+    finally:
+        await hub.stop()
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool) else str(value)
