@@ -1,4 +1,4 @@
-"""vLLM engine state from its HTTP surface: ``/metrics``, ``/health``, ``/v1/models``.
+"""vLLM engine state from its HTTP surface: ``/metrics``, ``/health``, ``/v1/models``, ``/version``.
 
 ``/metrics`` is parsed with prometheus_client's text parser. A malformed line drops that line
 (reported in ``EngineStats.skipped_lines``), not the scrape: one bad exporter line must not
@@ -216,3 +216,55 @@ def describe_http_error(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__})"
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+async def fetch_version(
+    client: httpx.AsyncClient, node: str, base_url: str, *, timeout_s: float = 10.0
+) -> str:
+    """The version the engine reports on ``GET {base_url}/version`` (vLLM: ``{"version": ...}``)."""
+    url = f"{base_url.rstrip('/')}/version"
+    data = await _get_json(client, node, url, timeout_s)
+    version = data.get("version") if isinstance(data, dict) else None
+    if not isinstance(version, str) or not version.strip():
+        raise EngineError(f"{node}: GET {url}: no version in the answer")
+    return version.strip()
+
+
+async def fetch_ready_models(
+    client: httpx.AsyncClient, node: str, base_url: str, *, timeout_s: float = 10.0
+) -> list[str]:
+    """The model ids an engine that serves lists, the name it answers as first.
+
+    Serving means ``/health`` answers 200 and ``/v1/models`` lists at least one model: vLLM's
+    /health turns 200 before the OpenAI routes are up on some versions, so both are asked.
+    Raises :class:`EngineError` saying which of the two is not there yet.
+    """
+    base = base_url.rstrip("/")
+    health = await _get(client, node, f"{base}/health", timeout_s)
+    if health.status_code != 200:
+        raise EngineError(f"{node}: GET {base}/health: HTTP {health.status_code}")
+    data = await _get_json(client, node, f"{base}/v1/models", timeout_s)
+    cards = data.get("data") if isinstance(data, dict) else None
+    ids = [c["id"] for c in cards or () if isinstance(c, dict) and isinstance(c.get("id"), str)]
+    if not ids:
+        raise EngineError(f"{node}: GET {base}/v1/models: no model listed")
+    return ids
+
+
+async def _get(client: httpx.AsyncClient, node: str, url: str, timeout_s: float) -> httpx.Response:
+    try:
+        return await client.get(url, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise EngineError(f"{node}: GET {url}: {describe_http_error(exc)}") from exc
+    except httpx.InvalidURL as exc:
+        raise EngineError(f"{node}: GET {url}: invalid URL: {exc}") from exc
+
+
+async def _get_json(client: httpx.AsyncClient, node: str, url: str, timeout_s: float) -> object:
+    response = await _get(client, node, url, timeout_s)
+    if response.status_code != 200:
+        raise EngineError(f"{node}: GET {url}: HTTP {response.status_code}")
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise EngineError(f"{node}: GET {url}: not JSON") from exc

@@ -9,12 +9,16 @@ while a command runs fails that command, and the next call reconnects (the hub's
 spaces the attempts). Host keys are always checked against the configured known_hosts file:
 an unknown or changed key is refused, and the error names the fingerprint the server
 presented so the engineer can verify it out of band. Every error is one line naming the node
-and the command or path. Knows nothing of the UI or the hub.
+and the command or path. Commands run whole (:meth:`NodeConnection.run`) or streamed line by
+line (:meth:`NodeConnection.stream`); files are read, written, listed, and replaced atomically
+(:meth:`NodeConnection.replace_file`) over SFTP. Routers are reached the same way: a pool's
+targets are named hosts, whether GPU nodes or gateways. Knows nothing of the UI or the hub.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +32,22 @@ _SFTP_CONNECTION_GONE = (asyncssh.SFTPNoConnection, asyncssh.SFTPConnectionLost)
 
 # OpenSSH refuses sessions past MaxSessions (10 by default) on one connection.
 MAX_SESSIONS_PER_NODE = 8
+# Where replace_file() writes before renaming over the file; never a name a backup takes.
+TEMP_SUFFIX = ".llmops-tmp"
 
 
 class SshError(Exception):
     """Something could not be done on a node; the message is one line naming the node."""
+
+
+class CommandTimedOut(SshError):
+    """A command or transfer ran past its time; what a streamed command printed until then is
+    kept in ``stdout`` and ``stderr``."""
+
+    def __init__(self, message: str, stdout: str = "", stderr: str = "") -> None:
+        super().__init__(message)
+        self.stdout = stdout
+        self.stderr = stderr
 
 
 class CommandFailed(SshError):
@@ -156,7 +172,7 @@ class NodeConnection:
                     # node) and keepalive judges the connection.
                     if self._in_flight == 1:
                         self._drop(conn)
-                    raise SshError(
+                    raise CommandTimedOut(
                         f"{self.target.node}: {what} timed out after {timeout_s:g}s"
                     ) from exc
                 except (OSError, asyncssh.Error) as exc:
@@ -196,6 +212,56 @@ class NodeConnection:
             raise CommandFailed(self.target.node, command, result.exit_status, stdout, stderr)
         return stdout
 
+    async def stream(
+        self, command: str, on_line: Callable[[str], None], timeout_s: float = 60.0
+    ) -> tuple[int, str, str]:
+        """Run ``command``, handing each line of its stdout and stderr to ``on_line`` as it
+        arrives (without its line ending); returns the exit status, stdout and stderr.
+
+        Unlike :meth:`run`, a non-zero exit is returned, not raised: the caller reports it.
+        Past ``timeout_s`` the command is sent SIGKILL and its channel closed, and
+        :class:`CommandTimedOut` carries what it printed until then. Raises :class:`SshError`
+        when it could not run to its end otherwise.
+        """
+        stdout: list[str] = []
+        stderr: list[str] = []
+
+        async def pump(reader: asyncssh.SSHReader[str], into: list[str]) -> None:
+            async for line in reader:
+                if not line:  # asyncssh yields "" at end of stream; a blank line is "\n"
+                    break
+                into.append(line)
+                on_line(line.rstrip("\r\n"))
+
+        async def use(conn: asyncssh.SSHClientConnection) -> asyncssh.SSHCompletedProcess:
+            # errors="replace": one stray byte of a binary file must not end the stream.
+            process = await conn.create_process(command, errors="replace")
+            try:
+                await asyncio.gather(pump(process.stdout, stdout), pump(process.stderr, stderr))
+                result = await process.wait()
+            finally:
+                if process.exit_status is None and process.exit_signal is None:
+                    # Closing the channel alone leaves a quiet command (sleep) running on
+                    # OpenSSH: signal it first (OpenSSH >= 7.9 honours signal requests).
+                    with contextlib.suppress(OSError, asyncssh.Error):
+                        process.send_signal("KILL")
+                process.close()
+            if result.exit_status is None and conn.is_closed():
+                raise asyncssh.ConnectionLost("connection lost")
+            return result
+
+        try:
+            result = await self._on_connection(f"`{command}`", timeout_s, use)
+        except CommandTimedOut as exc:
+            raise CommandTimedOut(str(exc), "".join(stdout), "".join(stderr)) from exc
+        if result.exit_signal:
+            raise SshError(
+                f"{self.target.node}: `{command}` killed by signal {result.exit_signal[0]}"
+            )
+        if result.exit_status is None:
+            raise SshError(f"{self.target.node}: `{command}` ended without an exit status")
+        return result.exit_status, "".join(stdout), "".join(stderr)
+
     async def read_file(self, path: str, timeout_s: float = 30.0) -> bytes:
         async def use(conn: asyncssh.SSHClientConnection) -> bytes:
             async with conn.start_sftp_client() as sftp, sftp.open(path, "rb") as f:
@@ -209,6 +275,48 @@ class NodeConnection:
                 await f.write(data)
 
         await self._on_connection(f"sftp write {path}", timeout_s, use)
+
+    async def replace_file(
+        self, path: str, data: bytes, timeout_s: float = 30.0, *, mode_of: str | None = None
+    ) -> None:
+        """Write ``data`` to ``path`` so that a reader, or a crash, never meets half a file:
+        the bytes go to ``PATH.llmops-tmp``, which then takes the permission bits of
+        ``mode_of`` (default: ``path`` itself, when it exists) and is renamed over ``path``
+        with the posix-rename@openssh.com extension (an atomic rename(2) on the node).
+        The owner is not kept: SFTP may not change it.
+        """
+        temp = path + TEMP_SUFFIX
+
+        async def use(conn: asyncssh.SSHClientConnection) -> None:
+            async with conn.start_sftp_client() as sftp:
+                try:
+                    mode = (await sftp.stat(mode_of or path)).permissions
+                except asyncssh.SFTPNoSuchFile:
+                    mode = None
+                try:
+                    async with sftp.open(temp, "wb") as f:
+                        await f.write(data)
+                    if mode is not None:
+                        await sftp.chmod(temp, mode & 0o7777)
+                    await sftp.posix_rename(temp, path)
+                except (OSError, asyncssh.Error):
+                    # Not on a timeout: a dead connection would hang the clean-up. A temp file
+                    # left behind is only overwritten by the next replace.
+                    with contextlib.suppress(OSError, asyncssh.Error):
+                        await sftp.remove(temp)
+                    raise
+
+        await self._on_connection(f"sftp replace {path}", timeout_s, use)
+
+    async def listdir(self, folder: str, timeout_s: float = 30.0) -> list[str]:
+        """The names in ``folder`` (without ``.`` and ``..``)."""
+
+        async def use(conn: asyncssh.SSHClientConnection) -> list[str]:
+            async with conn.start_sftp_client() as sftp:
+                names = await sftp.listdir(folder)
+            return [str(n) for n in names if n not in (".", "..")]
+
+        return await self._on_connection(f"sftp list {folder}", timeout_s, use)
 
     def _drop(self, conn: asyncssh.SSHClientConnection) -> None:
         """Close a connection that failed (its socket and keepalive timer go with it)."""
@@ -262,6 +370,27 @@ class SshPool:
 
     async def write_file(self, node: str, path: str, data: bytes, timeout_s: float = 30.0) -> None:
         await self.connection(node).write_file(path, data, timeout_s)
+
+    async def stream(
+        self, node: str, command: str, on_line: Callable[[str], None], timeout_s: float = 60.0
+    ) -> tuple[int, str, str]:
+        """See :meth:`NodeConnection.stream`."""
+        return await self.connection(node).stream(command, on_line, timeout_s)
+
+    async def replace_file(
+        self,
+        node: str,
+        path: str,
+        data: bytes,
+        timeout_s: float = 30.0,
+        *,
+        mode_of: str | None = None,
+    ) -> None:
+        """See :meth:`NodeConnection.replace_file`."""
+        await self.connection(node).replace_file(path, data, timeout_s, mode_of=mode_of)
+
+    async def listdir(self, node: str, folder: str, timeout_s: float = 30.0) -> list[str]:
+        return await self.connection(node).listdir(folder, timeout_s)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Close every connection at once, each bounded by ``timeout_s``."""

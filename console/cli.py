@@ -23,14 +23,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from console.config import (
-    Config,
-    ConfigError,
-    check_config,
-    default_config_path,
-    default_store_path,
-    load_config,
-)
 from console.cli_runbooks import (
     CliUsageError,
     add_commands,
@@ -39,6 +31,14 @@ from console.cli_runbooks import (
     run_runbook,
     runbook_lint,
     runbook_list,
+)
+from console.config import (
+    Config,
+    ConfigError,
+    check_config,
+    default_config_path,
+    default_store_path,
+    load_config,
 )
 from console.models import FleetSnapshot
 from console.store import Store
@@ -345,8 +345,12 @@ def run(argv: Sequence[str] | None = None) -> int:
             with _demo_fleet(args) as fleet:
                 return _check(args.file or fleet.config_path)
         return _check(args.file or config_path)
-    if args.command == "runbook" and args.runbook_command == "lint" and args.files:
-        return runbook_lint(args.files, None)  # files need no config, nor a fleet
+    if args.command == "runbook" and args.runbook_command == "lint" and not demo:
+        # Files need no config, nor a fleet; without files, the shipped runbooks and the
+        # config's folders, when there is a config.
+        has_config = args.files or config_path.exists() or config_path != default_config_path()
+        config = _load(config_path) if not args.files and has_config else None
+        return runbook_lint(args.files, config)
     if args.command == "incidents" and demo:
         # The demo's incident log outlives the demo: read it without starting a fleet.
         store = Store(default_store_path().with_name("demo.db"))

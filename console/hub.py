@@ -26,7 +26,7 @@ import httpx
 from backends.ssh import SshPool, SshTarget
 from console.aggregate import endpoint_row, fleet_snapshot
 from console.collectors import Collectors, FleetReadings
-from console.config import Config, NodeConfig
+from console.config import Config, NodeConfig, RouterConfig
 from console.models import FleetSnapshot, SourceStatus
 from console.scheduler import Scheduler, Source
 from console.store import Store
@@ -62,7 +62,8 @@ class Hub:
             timeout=httpx.Timeout(10.0, connect=5.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
         )
-        self.ssh = SshPool(ssh_target(config, n) for n in config.nodes)
+        # Routers' hosts too: runbooks change their weights over the same pool.
+        self.ssh = SshPool(ssh_target(config, n) for n in (*config.nodes, *config.routers))
         self.readings = FleetReadings(
             window_s=max(window_s, WINDOW_S), probe_window_s=max(window_s, PROBE_WINDOW_S)
         )
@@ -195,7 +196,8 @@ class Hub:
         )
 
 
-def ssh_target(config: Config, node: NodeConfig) -> SshTarget:
+def ssh_target(config: Config, node: NodeConfig | RouterConfig) -> SshTarget:
+    """The SSH target of a node, or of a router's host (the pool names it by the router)."""
     return SshTarget(
         node=node.name,
         host=node.host,

@@ -299,7 +299,11 @@ class Run:
             return False
         state.plan = plan
         detail = self._mask(plan.detail)
-        data = {"action": plan.action, "detail": detail, "notes": list(plan.notes)}
+        data: dict[str, Any] = {
+            "action": plan.action,
+            "detail": detail,
+            "notes": list(plan.notes),
+        }
         if self.mode == "dry-run" or (self.mode == "read-only" and plan.mutating):
             await self._start(state, plan.summary, data)
             for line in detail.splitlines():
@@ -605,7 +609,10 @@ class Run:
         return data
 
     def _output_data(self, output: str) -> dict[str, Any]:
-        text, size = truncate(self._mask(output))
+        # Cut before redacting (redaction of long unbroken text is slow), then again: a
+        # masked secret is shorter than the secret.
+        cut, size = truncate(output, 2 * OUTPUT_LOG_BYTES)
+        text, _ = truncate(self._mask(cut))
         return {"output": text, "output_bytes": size}
 
     def _mask(self, text: str) -> str:
@@ -616,17 +623,33 @@ class Run:
         state.output.append(line)
         self._emit("output", state.step.id, line)
 
-    def _shown(self, condition: Condition, window_s: float | None) -> str:
+    def _window(self, *windows: float | str | None) -> float | None:
+        """The first window given; ``{{ soak }}`` reads the duration parameter's value."""
+        for window in windows:
+            if isinstance(window, str):
+                value = render_value(window, self.values)
+                assert isinstance(value, int | float)  # the linter checked its type
+                return float(value)
+            if window is not None:
+                return window
+        return None
+
+    def _shown(self, condition: Condition, window_s: float | str | None) -> str:
         subject = render_text(condition.subject, self.values)
         figure = self.figures.figure(
-            condition.subject_kind, subject, condition.figure, condition.window_s or window_s
+            condition.subject_kind,
+            subject,
+            condition.figure,
+            self._window(condition.window_s, window_s),
         )
         return f"{condition.figure} of {subject}: {figure_text(condition.figure, figure)}"
 
-    def _evaluate(self, condition: Condition, window_s: float | None) -> tuple[bool | None, str]:
+    def _evaluate(
+        self, condition: Condition, window_s: float | str | None
+    ) -> tuple[bool | None, str]:
         """Whether a condition holds now (None: not known yet), and the figures behind it."""
         subject = render_text(condition.subject, self.values)
-        window = condition.window_s or window_s
+        window = self._window(condition.window_s, window_s)
         figure = self.figures.figure(condition.subject_kind, subject, condition.figure, window)
         name = condition.figure
         shown = f"{name} of {subject} {figure_text(name, figure)}"

@@ -43,10 +43,12 @@ from console.redact import looks_secret, secret_key_name
 Loc = tuple[str | int, ...]  # a key path as pydantic gives it: ("nodes", 0, "host")
 M = TypeVar("M", bound=BaseModel)
 
-# The problem kinds a validator raises (see value_problem, problem, key_problem).
+# The problem kinds a validator raises (see value_problem, problem, key_problem and
+# written_key_problem).
 VALUE_PROBLEM = "yaml_value"
 PROBLEM = "yaml_problem"
 KEY_PROBLEM = "yaml_key"
+WRITTEN_KEY_PROBLEM = "yaml_written_key"
 
 _TAG = "tag:yaml.org,2002:"
 _STR = _TAG + "str"
@@ -390,6 +392,8 @@ class _Explainer:
             return line, path, f"{_describe(node)} {msg}"
         if kind == PROBLEM:
             return line, path, msg
+        if kind == WRITTEN_KEY_PROBLEM:
+            return self.document.key_line(loc), path, msg
         if kind in _MAPPING_ERRORS:
             return line, path, _wrong_text(value, _describe(node), "a mapping", self.expect(loc))
         if kind in _LIST_ERRORS:
@@ -499,6 +503,12 @@ def problem(message: str) -> PydanticCustomError:
 def key_problem(message: str) -> PydanticCustomError:
     """A problem with a key of a mapping (present or not), shown at the mapping's line."""
     return PydanticCustomError(KEY_PROBLEM, message)
+
+
+def written_key_problem(message: str) -> PydanticCustomError:
+    """A problem with a key that is written (one not allowed there), shown at the key's line:
+    a block value starts on the line after its key."""
+    return PydanticCustomError(WRITTEN_KEY_PROBLEM, message)
 
 
 def wrong(value: object, kind: str, expect: str) -> PydanticCustomError:

@@ -1,0 +1,1700 @@
+"""Runbooks: the YAML format and its linter, the records the step engine runs, parameter values
+and the templates that insert them.
+
+A runbook is read with the config's machinery (console/yamlconf.py): every problem is one line
+``FILE:LINE: key.path: what is wrong (expected ...)``, and all of a file's problems come at once,
+in line order. Private pydantic models mirror the file's keys and check each part on its own (a
+step's keys against its kind, a condition's subject against its figure); what needs the whole
+runbook (templates naming parameters, action arguments against console.action_specs, `of:`
+references) is checked on the raw data by the top model, so it is reported with the field errors.
+A valid file becomes a tree of frozen dataclasses (Runbook, Param, Step, ...): nothing here runs
+a step.
+
+Templates insert parameters only: ``{{ name }}``. Into a shell command each value goes through
+:func:`shlex.quote`, so it reaches the command as exactly one word; the linter refuses the places
+where a shell would not honour those quotes (inside quotes, comments and here-documents, after a
+backslash or a ``$``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from console.action_specs import ACTION_SPECS, ActionSpec
+from console.facts import FACTS, FACTS_OF, FIGURES
+from console.yamlconf import (
+    DURATION,
+    Check,
+    DocumentError,
+    Duration,
+    Loc,
+    boolean,
+    duration,
+    entries,
+    integer,
+    key_problem,
+    line_at,
+    load_document,
+    null_means,
+    number,
+    parse_duration,
+    problem,
+    raise_all,
+    show,
+    suggest,
+    text,
+    value_problem,
+    where,
+    written_key_problem,
+)
+
+PARAM_TYPES = frozenset(
+    {"string", "int", "float", "enum", "bool", "duration", "node", "endpoint", "upstream"}
+)
+STEP_KINDS = ("check", "mutate", "wait", "confirm", "note")
+ON_FAILURE = ("rollback", "continue", "stop")
+SUBJECT_KINDS = ("node", "endpoint", "upstream")
+# Changes only the incident log: a mutate step may use it although the registry calls it
+# read-only (it runs in dry-run and read-only mode too).
+NOTE_ACTION = "incident.note"
+MAX_ATTEMPTS = 10
+DEFAULT_EVERY_S = 5.0
+DEFAULT_RETRY_DELAY_S = 5.0
+
+# The keys each kind of step takes, besides id and kind.
+STEP_KEYS: dict[str, tuple[str, ...]] = {
+    "check": ("title", "show", "expect", "command", "timeout", "retry", "when", "on_failure"),
+    "mutate": (
+        "title",
+        "action",
+        "with",
+        "confirm",
+        "rollback",
+        "on_failure",
+        "timeout",
+        "retry",
+        "when",
+    ),
+    "wait": ("title", "until", "timeout", "every", "window", "when", "on_failure"),
+    "confirm": ("title", "question", "evidence", "when"),
+    "note": ("title", "text", "when"),
+}
+# What a kind cannot do without, said in the missing-key message.
+_NEEDED: dict[str, dict[str, str]] = {
+    "mutate": {"action": "an action name such as engine.set_args"},
+    "wait": {
+        "until": "a list of conditions that must all hold",
+        "timeout": "a duration: how long the step waits",
+    },
+    "confirm": {"question": "the question the engineer answers"},
+    "note": {"text": "the note's text"},
+}
+_ALL_STEP_KEYS = frozenset(k for keys in STEP_KEYS.values() for k in keys) | {"id", "kind"}
+_ORDERED_TYPES = ("int", "float", "duration")  # the types min and max are for
+_NAME = "a name of letters, digits, '.', '_' and '-'"
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+_PARAM_NAME_RE = re.compile(r"[a-z_][a-z0-9_]*")
+_TOKEN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")  # keys yamlconf writes into a key.path as they are
+# Wider than a parameter name, so that {{ Node }} is "unknown parameter" with a suggestion.
+_TEMPLATE_RE = re.compile(r"\{\{[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]*\}\}")
+# Jinja statements and comments, refused by name. Only with their closing mark: a lone `{%` is
+# printf's '{%s}' and a lone `{#` is the shell's ${#var}.
+_STATEMENT_RE = re.compile(r"\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+_TEMPLATES_ONLY = "expected {{ name }}: templates insert parameters only"
+_TRUE_WORDS = frozenset({"true", "yes", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "0"})
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+_Problems = list[tuple[Loc, object, PydanticCustomError]]
+
+
+# --- the records --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter as declared: its type, its bounds, and where its default comes from."""
+
+    name: str
+    type: str
+    description: str = ""
+    # True when declared so, and when there is no default to fall back on.
+    required: bool = False
+    default: object | None = None  # typed: int, float, bool, str, or seconds for a duration
+    fact: str | None = None  # the default is read from this fact (console.facts.FACTS) at run time
+    fact_of: str | None = None  # the node parameter a FACTS_OF fact is read for
+    minimum: float | None = None  # int, float and duration (seconds)
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    pattern: str | None = None  # a Python regular expression a string value fully matches
+    line: int = 0
+
+    @property
+    def expected(self) -> str:
+        """What a good value is, for a message or a prompt: ``an integer from 256 to 65536``."""
+        kind = self.type
+        if kind in _ORDERED_TYPES:
+            what = {"int": "an integer", "float": "a number", "duration": "a duration"}[kind]
+            low, high = (
+                None if b is None else format_value(b, kind) for b in (self.minimum, self.maximum)
+            )
+            if low is not None and high is not None:
+                return f"{what} from {low} to {high}"
+            if low is not None:
+                return f"{what} of at least {low}"
+            if high is not None:
+                return f"{what} of at most {high}"
+            return f"{what} such as 30s or 5m" if kind == "duration" else what
+        if kind == "bool":
+            return "true or false"
+        if kind == "enum":
+            return "one of: " + ", ".join(self.choices)
+        if kind == "string":
+            return f"a string matching {self.pattern}" if self.pattern else "a non-empty string"
+        return f"{_a(kind)} name"
+
+
+@dataclass(frozen=True)
+class Relative:
+    """``at_most``: the figure is at most ``times`` × the other subject's same figure + ``plus``."""
+
+    times: float
+    plus: float
+    subject_kind: str
+    subject: str  # a name or a template
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A figure of one subject, compared (expect, until, when) or only shown (show, evidence)."""
+
+    figure: str
+    subject_kind: str  # node, endpoint or upstream
+    subject: str  # a name or a template
+    above: float | None = None  # seconds for latency figures
+    below: float | None = None
+    at_most: Relative | None = None
+    # The figure counts only with this many requests behind it; fewer: not known yet.
+    min_requests: int | None = None
+    # None: the step's window, else the console's; a string: "{{ param }}" of a duration param
+    window_s: float | str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class ActionCall:
+    """An action of the registry with its arguments as written (templates not yet rendered)."""
+
+    action: str
+    args: Mapping[str, object]
+    line: int = 0
+    # A rollback given without arguments: they are what the step reported it would take to
+    # undo what it did (the action's compensation, fed with the execution's report).
+    inherit: bool = False
+
+
+@dataclass(frozen=True)
+class WhenParam:
+    """``when: {param: P, equals: v}``, ``{param: P, in: [a, b]}`` or ``{param: P, not: v}``:
+    one of equals, in_ and not_ is set (None and () stand for unset: a value is never None),
+    with values typed as the parameter's are."""
+
+    param: str
+    equals: object | None = None
+    in_: tuple[object, ...] = ()
+    not_: object | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """A check's read-only command: run on ``node`` through the action node.inspect."""
+
+    node: str  # a name or a template
+    run: str  # a shell command; parameters are inserted with render_shell
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    kind: str  # check, mutate, wait, confirm or note
+    line: int
+    title: str = ""
+    action: ActionCall | None = None  # mutate
+    # mutate: undoes the step when a later one fails; when not written, the action's own
+    # compensation (ActionSpec.compensation) with the arguments the step reports.
+    rollback: ActionCall | None = None
+    confirm: str | None = None  # mutate: the question; None: built from the plan
+    on_failure: str = "rollback"  # rollback, continue or stop
+    timeout_s: float | None = None
+    retry_attempts: int = 1  # tries in all
+    retry_delay_s: float = DEFAULT_RETRY_DELAY_S
+    when: WhenParam | Condition | None = None  # the step runs only if it holds
+    show: tuple[Condition, ...] = ()  # check: figures printed
+    expect: tuple[Condition, ...] = ()  # check: all must hold
+    until: tuple[Condition, ...] = ()  # wait: all must hold at once
+    every_s: float = DEFAULT_EVERY_S  # wait: how often the figures are read again
+    # The figures' window; None: the console's; a string: "{{ param }}" of a duration param
+    window_s: float | str | None = None
+    command: Command | None = None  # check
+    question: str | None = None  # confirm
+    evidence: tuple[Condition, ...] = ()  # confirm: figures shown with the question
+    text: str | None = None  # note
+
+    @property
+    def mutating(self) -> bool:
+        """Whether the step changes the world (not in dry-run, not in read-only mode)."""
+        return (
+            self.kind == "mutate"
+            and self.action is not None
+            and ACTION_SPECS[self.action.action].mutating
+        )
+
+
+@dataclass(frozen=True)
+class Runbook:
+    id: str
+    title: str
+    description: str
+    alerts: tuple[str, ...]  # the alerts and figures it answers
+    symptoms: tuple[str, ...]
+    params: tuple[Param, ...]
+    steps: tuple[Step, ...]
+    path: Path
+    line: int
+
+    def param(self, name: str) -> Param:
+        for param in self.params:
+            if param.name == name:
+                return param
+        raise KeyError(name)
+
+
+class RunbookError(DocumentError):
+    """One or more problems in a runbook file, each already a formatted one-line message."""
+
+
+# --- field types --------------------------------------------------------------------------------
+
+_Name = Annotated[str, text(_NAME, pattern=_NAME_RE)]
+_Text = Annotated[str, text()]
+_OptionalText = Annotated[str | None, text(nullable=True)]
+
+
+def _window() -> Check:
+    """A duration, or one ``{{ param }}`` of a duration parameter (kept as written: the step
+    engine reads the parameter's value); the template's parameter is checked with the others."""
+    as_duration = duration().read
+
+    def read(value: Any, info: ValidationInfo) -> Any:
+        if value is None or (isinstance(value, str) and "{{" in value):
+            return value
+        return as_duration(value, info)
+
+    return Check(DURATION + ", or {{ param }} of a duration parameter", read)
+
+
+_Window = Annotated[float | str | None, _window()]
+
+
+def _one_of(what: str, choices: tuple[str, ...] | frozenset[str]) -> Check:
+    """One of ``choices``: ``unknown step kind 'chek' (did you mean 'check'?)``."""
+    options = sorted(choices) if isinstance(choices, frozenset) else list(choices)
+    expect = f"one of: {', '.join(options)}"
+    as_text = text(expect).read
+
+    def read(value: Any, info: ValidationInfo) -> Any:
+        value = as_text(value, info)
+        if value not in choices:
+            raise problem(f"unknown {what} {show(value)} ({suggest(value, options)})")
+        return value
+
+    return Check(expect, read)
+
+
+def _subject(kind: str, *, nullable: bool = True) -> Check:
+    """A subject's name, or a template (checked against the parameters by the top model)."""
+    expect = f"{_a(kind)} name or {{{{ param }}}} of {_a(kind)} parameter"
+    as_text = text(expect, nullable=nullable).read
+
+    def read(value: Any, info: ValidationInfo) -> Any:
+        value = as_text(value, info)
+        if value is not None and "{{" not in value and not _NAME_RE.fullmatch(value):
+            raise problem(f"{show(value)} is not a name (expected {expect})")
+        return value
+
+    return Check(expect, read)
+
+
+def _positive() -> Check:
+    expect = "a number > 0"
+    as_number = number(0).read
+
+    def read(value: Any, info: ValidationInfo) -> Any:
+        value = as_number(value, info)
+        if value == 0:
+            raise value_problem(f"is not greater than zero (expected {expect})")
+        return value
+
+    return Check(expect, read)
+
+
+def _call_named(value: object) -> object:
+    """``rollback: engine.restore_args`` is the call ``{action: engine.restore_args}``."""
+    return {"action": value} if isinstance(value, str) else value
+
+
+# --- the file's models --------------------------------------------------------------------------
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_alias=True, validate_by_name=True
+    )
+
+
+class _Subject(_File):
+    """``of:`` of at_most: the other subject whose same figure the condition compares with."""
+
+    model_config = ConfigDict(title="subject")
+
+    node: Annotated[str | None, _subject("node")] = None
+    endpoint: Annotated[str | None, _subject("endpoint")] = None
+    upstream: Annotated[str | None, _subject("upstream")] = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _checked(
+        cls, data: Any, handler: ModelWrapValidatorHandler[_Subject], info: ValidationInfo
+    ) -> _Subject:
+        return _with_problems(handler, data, _subject_problems(data) if _is_map(data) else [])
+
+
+class _Relative(_File):
+    model_config = ConfigDict(title="relative bound")
+
+    times: Annotated[float, _positive()]
+    plus: Any = 0.0  # a number, or a duration for latency figures: checked with the figure
+    of: _Subject
+
+
+class _Reading(_File):
+    """A figure of one subject, shown (show, evidence): no comparison."""
+
+    model_config = ConfigDict(title="figure")
+
+    figure: Annotated[str | None, text("a figure name such as itl_p95", nullable=True)] = None
+    node: Annotated[str | None, _subject("node")] = None
+    endpoint: Annotated[str | None, _subject("endpoint")] = None
+    upstream: Annotated[str | None, _subject("upstream")] = None
+    window_s: _Window = Field(default=None, validation_alias="window")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _checked(
+        cls, data: Any, handler: ModelWrapValidatorHandler[_Reading], info: ValidationInfo
+    ) -> _Reading:
+        found: _Problems = []
+        if _is_map(data):
+            data = dict(data)
+            found = cls._problems(data)
+        return _with_problems(handler, data, found)
+
+    @classmethod
+    def _problems(cls, data: dict[str, Any]) -> _Problems:
+        """The checks across this mapping's keys; keys reported here are taken out of it."""
+        found = _pop_keys(
+            data,
+            ("above", "below", "at_most", "min_requests"),
+            "not allowed here: figures listed here are shown, not compared "
+            "(expected a condition in expect or until)",
+        )
+        return found + _figure_problems(data)
+
+
+class _Condition(_Reading):
+    """A figure of one subject compared with a bound (expect, until)."""
+
+    model_config = ConfigDict(title="condition")
+
+    above: Any = None  # a number, or a duration for latency figures: checked with the figure
+    below: Any = None
+    at_most: _Relative | None = None
+    min_requests: Annotated[int | None, integer(1, nullable=True)] = None
+
+    @classmethod
+    def _problems(cls, data: dict[str, Any]) -> _Problems:
+        found = _figure_problems(data)
+        return found + _comparison_problems(data)
+
+
+class _When(_Condition):
+    """``when:``: a parameter condition ``{param: P, equals|in|not: ...}`` or a figure's."""
+
+    model_config = ConfigDict(title="when condition")
+
+    param: Annotated[str | None, text("a parameter name", nullable=True)] = None
+    equals: Any = None
+    in_: Any = Field(default=None, validation_alias="in")
+    not_: Any = Field(default=None, validation_alias="not")
+
+    @classmethod
+    def _problems(cls, data: dict[str, Any]) -> _Problems:
+        operators = [k for k in ("equals", "in", "not") if k in data]
+        if "param" not in data:
+            found = _pop_keys(
+                data, operators, "only with param: (expected a figure condition's keys)"
+            )
+            return found + _Condition._problems(data)
+        found = _pop_keys(
+            data,
+            [k for k in data if k not in ("param", "equals", "in", "not")],
+            "not allowed with param: (expected equals, in or not)",
+        )
+        if not operators:
+            found.append(((), data, problem("no comparison (expected equals, in or not)")))
+        for extra in operators[1:]:
+            what = f"a second comparison ({operators[0]} is given; expected one of equals, in, not)"
+            found.append(((extra,), data.pop(extra), written_key_problem(what)))
+        values = data.get("in")
+        if "in" in data and not (isinstance(values, list) and values):
+            found.append((("in",), values, problem("is not a list of values (expected [a, b])")))
+        return found
+
+
+class _Call(_File):
+    """An action and its arguments: a rollback (also written as the bare action name)."""
+
+    model_config = ConfigDict(title="action call")
+
+    action: Annotated[str, text("an action name such as engine.restore_args")]
+    # None: not written, the arguments are what the step reported (see ActionCall.inherit).
+    with_: Annotated[dict[str, Any] | None, null_means({})] = Field(
+        default=None, validation_alias="with"
+    )
+
+
+class _Retry(_File):
+    model_config = ConfigDict(title="retry settings")
+
+    attempts: Annotated[int, integer(1, MAX_ATTEMPTS)] = 1
+    delay_s: Duration = Field(default=DEFAULT_RETRY_DELAY_S, validation_alias="delay")
+
+
+class _Command(_File):
+    model_config = ConfigDict(title="command")
+
+    node: Annotated[str, _subject("node", nullable=False)]
+    run: Annotated[str, text("a read-only shell command such as journalctl -u vllm -n 50")]
+
+
+_Readings = Annotated[tuple[_Reading, ...], null_means(())]
+_Conditions = Annotated[tuple[_Condition, ...], null_means(())]
+
+
+class _Step(_File):
+    model_config = ConfigDict(title="step")
+
+    id: Annotated[str, text(f"a step id: {_NAME}", pattern=_NAME_RE)]
+    kind: Annotated[str, _one_of("step kind", STEP_KINDS)]
+    title: _OptionalText = None
+    when: _When | None = None
+    on_failure: Annotated[str, _one_of("on_failure", ON_FAILURE)] = "rollback"
+    action: Annotated[str | None, text("an action name such as engine.set_args", nullable=True)] = (
+        None
+    )
+    with_: Annotated[dict[str, Any], null_means({})] = Field(
+        default_factory=dict, validation_alias="with"
+    )
+    confirm: _OptionalText = None
+    rollback: Annotated[_Call | None, BeforeValidator(_call_named)] = None
+    timeout_s: Duration | None = Field(default=None, validation_alias="timeout")
+    retry: Annotated[_Retry, null_means({})] = Field(default_factory=_Retry)
+    show: _Readings = ()
+    expect: _Conditions = ()
+    command: _Command | None = None
+    until: _Conditions = ()
+    every_s: Duration = Field(default=DEFAULT_EVERY_S, validation_alias="every")
+    window_s: _Window = Field(default=None, validation_alias="window")
+    question: _OptionalText = None
+    evidence: _Readings = ()
+    text_: _OptionalText = Field(default=None, validation_alias="text")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _checked(
+        cls, data: Any, handler: ModelWrapValidatorHandler[_Step], info: ValidationInfo
+    ) -> _Step:
+        found: _Problems = []
+        if _is_map(data):
+            data = dict(data)
+            found = _step_problems(data)
+        try:
+            step = handler(data)
+        except ValidationError as error:
+            raise_all(error, found, cls.__name__)
+        if step.kind == "wait" and step.timeout_s is not None and step.every_s > step.timeout_s:
+            most = format_value(step.timeout_s, "duration")
+            what = f"is longer than the timeout (expected at most {most})"
+            found.append((("every",), data.get("every"), value_problem(what)))
+        if found:
+            raise_all(None, found, cls.__name__)
+        return step
+
+
+class _ParamFile(_File):
+    model_config = ConfigDict(title="parameter")
+
+    type: Annotated[str, _one_of("parameter type", PARAM_TYPES)]
+    description: _OptionalText = None
+    required: Annotated[bool, boolean()] = False
+    # These depend on the type: checked together by _read_param.
+    default: Any = None
+    minimum: Any = Field(default=None, validation_alias="min")
+    maximum: Any = Field(default=None, validation_alias="max")
+    choices: Annotated[tuple[_Name, ...] | None, null_means(())] = Field(
+        default=None, description="a list of choices"
+    )
+    pattern: Annotated[str | None, text("a Python regular expression", nullable=True)] = None
+    _param: Param | None = PrivateAttr(None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _checked(
+        cls, data: Any, handler: ModelWrapValidatorHandler[_ParamFile], info: ValidationInfo
+    ) -> _ParamFile:
+        param, found = _read_param(data) if _is_map(data) else (None, [])
+        result = _with_problems(handler, data, found)
+        result._param = param
+        return result
+
+
+class _Answers(_File):
+    model_config = ConfigDict(title="answers")
+
+    alerts: Annotated[tuple[_Text, ...], null_means(())] = Field(
+        default=(), description="a list of alert or figure names"
+    )
+    symptoms: Annotated[tuple[_Text, ...], null_means(())] = Field(
+        default=(), description="a list of symptoms, each a sentence"
+    )
+
+
+class _RunbookFile(_File):
+    model_config = ConfigDict(title="runbook")
+
+    id: Annotated[str, text(f"a runbook id: {_NAME}", pattern=_NAME_RE)]
+    title: _Text
+    description: _OptionalText = None
+    answers: Annotated[_Answers, null_means({})] = Field(default_factory=_Answers)
+    params: Annotated[dict[str, _ParamFile], null_means({})] = Field(
+        default_factory=dict, description="a mapping of parameter names to {type: ...}"
+    )
+    steps: tuple[_Step, ...] = Field(description="a list of steps, each a mapping with id, kind")
+    _runbook: Runbook | None = PrivateAttr(None)
+
+    @field_validator("steps")
+    @classmethod
+    def _some_steps(cls, steps: tuple[_Step, ...]) -> tuple[_Step, ...]:
+        if not steps:
+            raise problem("is empty (expected at least one step)")
+        return steps
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _checked(
+        cls, data: Any, handler: ModelWrapValidatorHandler[_RunbookFile], info: ValidationInfo
+    ) -> _RunbookFile:
+        found = _References(data, info).problems() if _is_map(data) else []
+        result = _with_problems(handler, data, found)
+        result._runbook = _build(result, info)
+        return result
+
+    @property
+    def runbook(self) -> Runbook:
+        assert self._runbook is not None  # set by the validator
+        return self._runbook
+
+
+def _with_problems(handler: ModelWrapValidatorHandler[Any], data: Any, found: _Problems) -> Any:
+    """``handler(data)``, raising its field errors together with ``found``."""
+    try:
+        result = handler(data)
+    except ValidationError as error:
+        raise_all(error, found, "runbook")
+    if found:
+        raise_all(None, found, "runbook")
+    return result
+
+
+# --- checks of one part -------------------------------------------------------------------------
+
+
+def _is_map(data: object) -> bool:
+    return isinstance(data, dict)
+
+
+def _pop_keys(data: dict[str, Any], keys: Collection[str], what: str) -> _Problems:
+    """Each of ``keys`` written in ``data``, reported at its line with ``what`` and taken out (so
+    that it is not also an unknown key)."""
+    return [((k,), data.pop(k), written_key_problem(what)) for k in list(keys) if k in data]
+
+
+def _subject_problems(data: dict[str, Any]) -> _Problems:
+    """Exactly one of node, endpoint and upstream."""
+    given = [k for k in SUBJECT_KINDS if k in data]
+    if not given:
+        what = "no subject (expected one of node, endpoint or upstream: whose figure it is)"
+        return [((), data, problem(what))]
+    what = f"a second subject ({given[0]} is given; expected one of node, endpoint or upstream)"
+    return [((k,), data[k], written_key_problem(what)) for k in given[1:]]
+
+
+def _figure_problems(data: dict[str, Any]) -> _Problems:
+    """A known figure, read for one subject it exists for."""
+    found = _subject_problems(data)
+    figure = data.get("figure")
+    if "figure" not in data:
+        what = "missing required key (expected a figure name such as itl_p95)"
+        found.append((("figure",), None, key_problem(what)))
+    elif isinstance(figure, str) and figure.strip():
+        if figure not in FIGURES:
+            what = f"unknown figure {show(figure)} ({suggest(figure, FIGURES)})"
+            found.append((("figure",), figure, problem(what)))
+        elif len(given := [k for k in SUBJECT_KINDS if k in data]) == 1:
+            found += _figure_of(("figure",), figure, given[0])
+    return found
+
+
+def _figure_of(loc: Loc, figure: str, kind: str) -> _Problems:
+    if kind in FIGURES[figure][0]:
+        return []
+    options = ", ".join(f for f, (kinds, _) in FIGURES.items() if kind in kinds)
+    what = f"{figure} is not a figure of {_a(kind)} (expected one of: {options})"
+    return [(loc, figure, problem(what))]
+
+
+def _comparison_problems(data: dict[str, Any]) -> _Problems:
+    """Exactly one of above, below and at_most, each in the figure's unit."""
+    given = [k for k in ("above", "below", "at_most") if k in data]
+    found: _Problems = []
+    if not given:
+        found.append(((), data, problem("no comparison (expected one of above, below or at_most)")))
+    for extra in given[1:]:
+        what = f"a second comparison ({given[0]} is given; expected one of above, below, at_most)"
+        found.append(((extra,), data.pop(extra), written_key_problem(what)))
+    figure = data.get("figure")
+    if not (isinstance(figure, str) and figure in FIGURES):
+        return found
+    for key in ("above", "below"):
+        if key in data:
+            try:
+                _threshold(data[key], figure)
+            except PydanticCustomError as error:
+                found.append(((key,), data[key], error))
+    relative = data.get("at_most")
+    if isinstance(relative, dict):
+        if "plus" in relative:
+            try:
+                _threshold(relative["plus"], figure, low=0.0)
+            except PydanticCustomError as error:
+                found.append((("at_most", "plus"), relative["plus"], error))
+        other = relative.get("of")
+        subjects = [k for k in SUBJECT_KINDS if k in other] if isinstance(other, dict) else []
+        if len(subjects) == 1:
+            found += _figure_of(("at_most", "of", subjects[0]), figure, subjects[0])
+    return found
+
+
+def _threshold(value: object, figure: str, *, low: float | None = None) -> float:
+    """A bound in ``figure``'s unit: seconds (a duration or a number) for latencies."""
+    unit = FIGURES[figure][1]
+    if unit == "s":
+        if isinstance(value, str) and (seconds := parse_duration(value)) is not None:
+            return seconds
+        expect, low = "a duration such as 150ms or 2s", 0.0
+    elif unit == "pct":
+        expect = "a percentage from 0 to 100"
+    else:
+        expect = "a number" if low is None else "a number >= 0"
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _wrong(value, "a duration" if unit == "s" else "a number", expect)
+    result = float(value)
+    if not math.isfinite(result):
+        raise value_problem(f"is not a number (expected {expect})")
+    if (unit == "pct" and not 0 <= result <= 100) or (low is not None and result < low):
+        raise value_problem(f"is out of range (expected {expect})")
+    return result
+
+
+def _step_problems(data: dict[str, Any]) -> _Problems:
+    """A step's keys against its kind; the keys reported are taken out of ``data``."""
+    kind = data.get("kind")
+    kind = kind if isinstance(kind, str) and kind in STEP_KEYS else None
+    keys = ("id", "kind", *STEP_KEYS[kind]) if kind else tuple(sorted(_ALL_STEP_KEYS))
+    found: _Problems = []
+    for key in [k for k in data if k not in keys]:
+        if key in _ALL_STEP_KEYS:
+            what = f"not allowed in a {kind} step (expected {', '.join(keys)})"
+        else:
+            named = "" if _TOKEN_KEY_RE.fullmatch(key) else f" {show(key)}"
+            what = f"unknown key{named} ({suggest(key, keys)})"
+        found.append(((key,), data.pop(key), written_key_problem(what)))
+    if kind is None:
+        return found  # the kind is wrong, and says so; what it needs is not known
+    for key, expect in _NEEDED.get(kind, {}).items():
+        if data.get(key) is None:
+            what = f"missing required key (expected {expect}; a {kind} step needs it)"
+            found.append(((key,), None, key_problem(what)))
+    if kind == "check" and not any(data.get(k) for k in ("show", "expect", "command")):
+        what = "a check step with nothing to check (expected show, expect or command)"
+        found.append(((), data, problem(what)))
+    if kind == "wait" and data.get("until") == []:
+        found.append((("until",), [], problem("is empty (expected at least one condition)")))
+    return found
+
+
+def _read_param(data: dict[str, Any]) -> tuple[Param | None, _Problems]:
+    """A parameter's keys that depend on its type, and the Param they make (None when wrong)."""
+    kind = data.get("type")
+    if not (isinstance(kind, str) and kind in PARAM_TYPES):
+        return None, []  # the type says why; nothing else can be checked without it
+    found: _Problems = []
+    for key, types in (
+        ("min", _ORDERED_TYPES),
+        ("max", _ORDERED_TYPES),
+        ("choices", ("enum",)),
+        ("pattern", ("string",)),
+    ):
+        if key in data and kind not in types:
+            what = (
+                f"not allowed for {_a(kind)} parameter "
+                f"(expected {key} only for {_or(types)} parameters)"
+            )
+            found.append(((key,), data[key], written_key_problem(what)))
+    bounds: dict[str, float | None] = {"min": None, "max": None}
+    for key in bounds:
+        if key in data and kind in _ORDERED_TYPES:
+            try:
+                bounds[key] = _bound(kind, data[key])
+            except PydanticCustomError as error:
+                found.append(((key,), data[key], error))
+    low, high = bounds["min"], bounds["max"]
+    if low is not None and high is not None and high < low:
+        what = f"is less than min (expected at least {format_value(low, kind)})"
+        found.append((("max",), data["max"], value_problem(what)))
+    choices = data.get("choices")
+    if kind == "enum" and not choices:
+        what = "missing required key (expected the list of choices of an enum parameter)"
+        found.append((("choices",), choices, key_problem(what)))
+    if isinstance(choices, list):
+        found += _duplicates(choices)
+    else:
+        choices = []  # absent, or not a list: said above or by the field
+    pattern = data.get("pattern")
+    if isinstance(pattern, str) and kind == "string":
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            what = f"is not a valid regular expression: {error.msg} (expected a Python one)"
+            found.append((("pattern",), pattern, value_problem(what)))
+    required = data.get("required") is True
+    if "default" in data and required:
+        what = (
+            "a required parameter takes no default (expected required: true or a default, not both)"
+        )
+        found.append((("default",), data["default"], problem(what)))
+    elif data.get("required") is False and "default" not in data:
+        what = "is false but there is no default (expected a default, or required: true)"
+        found.append((("required",), False, value_problem(what)))
+    if found:
+        return None, found
+    if kind == "enum" and not all(isinstance(c, str) for c in choices):
+        return None, []  # the choices say what is wrong with them
+    param = Param(
+        name="",
+        type=kind,
+        description=data.get("description") or "",
+        required=required or "default" not in data,
+        minimum=low,
+        maximum=high,
+        choices=tuple(choices),
+        pattern=pattern if isinstance(pattern, str) else None,
+    )
+    if "default" not in data or required:
+        return param, []
+    default = data["default"]
+    if isinstance(default, dict):
+        fact, found = _fact_problems(kind, default)
+        return (None if found else replace(param, fact=fact, fact_of=default.get("of"))), found
+    try:
+        return replace(param, default=_typed(param, default)), []
+    except _Bad as bad:
+        what = f"is {bad} (expected {param.expected})"
+        return None, [(("default",), default, value_problem(what))]
+
+
+def _bound(kind: str, value: object) -> float:
+    """A min or max in the parameter's type: ``256``, ``1.5``, ``10s``."""
+    probe = Param(name="", type=kind)
+    try:
+        bound = _typed(probe, value)
+    except _Bad as bad:
+        raise value_problem(f"is {bad} (expected {probe.expected})") from None
+    assert isinstance(bound, int | float)
+    return bound
+
+
+def _duplicates(choices: list[object]) -> _Problems:
+    seen: set[str] = set()
+    found: _Problems = []
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, str):
+            continue  # said by the field
+        if choice in seen:
+            what = f"{show(choice)} is listed twice (expected each choice once)"
+            found.append((("choices", i), choice, problem(what)))
+        seen.add(choice)
+    return found
+
+
+def _fact_problems(kind: str, default: dict[str, Any]) -> tuple[str | None, _Problems]:
+    """``default: {fact: NAME, of: PARAM}``: a fact giving the parameter's type."""
+    found: _Problems = [
+        (("default", k), v, written_key_problem(f"unknown key ({suggest(k, ('fact', 'of'))})"))
+        for k, v in default.items()
+        if k not in ("fact", "of")
+    ]
+    fact = default.get("fact")
+    loc: Loc = ("default", "fact")
+    if not isinstance(fact, str):
+        expect = "a fact name such as worst_itl_node"
+        if "fact" in default:
+            found.append((loc, fact, _wrong(fact, "a fact name", expect)))
+        else:
+            found.append((loc, None, key_problem(f"missing required key (expected {expect})")))
+        return None, found
+    if fact not in FACTS:
+        found.append((loc, fact, problem(f"unknown fact {show(fact)} ({suggest(fact, FACTS)})")))
+        return None, found
+    same = [f for f, gives in FACTS.items() if gives == kind]
+    if FACTS[fact] != kind:
+        expected = f"a fact giving {_a(kind)}: {', '.join(same)}" if same else "a value"
+        what = f"{fact} gives {_a(FACTS[fact])} (expected {expected})"
+        found.append((loc, fact, problem(what)))
+    if fact in FACTS_OF and "of" not in default:
+        what = f"missing required key (expected the node parameter {fact} is read for)"
+        found.append((("default", "of"), None, key_problem(what)))
+    elif fact not in FACTS_OF and "of" in default:
+        what = f"not allowed: {fact} is read for the whole fleet (expected no of:)"
+        found.append((("default", "of"), default["of"], written_key_problem(what)))
+    return fact, found
+
+
+# --- checks across the runbook ------------------------------------------------------------------
+
+
+class _References:
+    """What a runbook's parts say about each other, read from the raw data so that it is
+    reported even where a part has problems of its own: step ids, templates and the
+    parameters they name, action calls against their specs."""
+
+    def __init__(self, data: dict[str, Any], info: ValidationInfo) -> None:
+        self.data = data
+        self.info = info
+        params = data.get("params")
+        self.raw_params: dict[str, Any] = params if isinstance(params, dict) else {}
+        self.found: _Problems = []
+
+    def problems(self) -> _Problems:
+        self.param_names()
+        self.step_ids()
+        steps = self.data.get("steps")
+        for i, step in enumerate(steps if isinstance(steps, list) else ()):
+            kind = step.get("kind") if isinstance(step, dict) else None
+            if isinstance(kind, str) and kind in STEP_KEYS:
+                self.step(("steps", i), step)
+        return self.found
+
+    def add(self, loc: Loc, value: object, error: PydanticCustomError) -> None:
+        self.found.append((loc, value, error))
+
+    def type_of(self, name: str) -> str | None:
+        param = self.raw_params.get(name)
+        kind = param.get("type") if isinstance(param, dict) else None
+        return kind if isinstance(kind, str) else None
+
+    def param_names(self) -> None:
+        for name, param in self.raw_params.items():
+            loc: Loc = ("params", name)
+            if not _PARAM_NAME_RE.fullmatch(name):
+                what = (
+                    f"{show(name)} is not a parameter name (expected lowercase letters, digits "
+                    "and '_', not starting with a digit)"
+                )
+                self.add(loc, name, written_key_problem(what))
+            default = param.get("default") if isinstance(param, dict) else None
+            if not isinstance(default, dict) or "of" not in default:
+                continue
+            of = default["of"]
+            if not isinstance(of, str) or of not in self.raw_params:
+                options = [n for n in self.raw_params if self.type_of(n) == "node"]
+                what = f"unknown parameter {show(str(of))} ({suggest(str(of), options)})"
+                self.add((*loc, "default", "of"), of, problem(what))
+            elif self.type_of(of) != "node":
+                what = f"{of} is not a node parameter (expected the node the fact is read for)"
+                self.add((*loc, "default", "of"), of, problem(what))
+
+    def step_ids(self) -> None:
+        first: dict[str, int] = {}
+        for i, sid in entries(self.data.get("steps"), "id"):
+            if not isinstance(sid, str):
+                continue
+            if sid in first:
+                at = where(self.info, ("steps", first[sid], "id"))
+                what = f"duplicate step id {show(sid)} (first at {at}; expected unique ids)"
+                self.add(("steps", i, "id"), sid, problem(what))
+            else:
+                first[sid] = i
+
+    def step(self, loc: Loc, step: dict[str, Any]) -> None:
+        allowed = STEP_KEYS[step["kind"]]
+        for key in ("title", "confirm", "question", "text"):
+            if key in allowed:
+                self.text((*loc, key), step.get(key))
+        for key in ("show", "expect", "until", "evidence"):
+            items = step.get(key) if key in allowed else None
+            for j, item in enumerate(items if isinstance(items, list) else ()):
+                self.condition((*loc, key, j), item)
+        self.window((*loc, "window"), step.get("window") if "window" in allowed else None)
+        when = step.get("when")
+        if isinstance(when, dict) and "param" in when:
+            self.when_param((*loc, "when"), when)
+        else:
+            self.condition((*loc, "when"), when)
+        command = step.get("command") if "command" in allowed else None
+        if isinstance(command, dict):
+            self.subject((*loc, "command", "node"), "node", command.get("node"))
+            self.shell((*loc, "command", "run"), command.get("run"))
+        if "action" in allowed:
+            aloc: Loc = (*loc, "action")
+            spec = self.call(aloc, (*loc, "with"), step.get("action"), step.get("with"))
+            self.rollback((*loc, "rollback"), step.get("rollback"), spec)
+
+    # templates
+
+    def text(self, loc: Loc, value: object) -> None:
+        """Templates in a string: each names a declared parameter."""
+        if isinstance(value, str):
+            for what in _template_problems(value, self.raw_params):
+                self.add(loc, value, problem(what))
+
+    def shell(self, loc: Loc, value: object) -> None:
+        """A shell command: templates where the shell keeps a quoted value one word."""
+        if not isinstance(value, str):
+            return
+        self.text(loc, value)
+        for what in _shell_problems(value):
+            self.add(loc, value, problem(what))
+
+    def whole(self, loc: Loc, value: str, types: Collection[str], expect: str) -> None:
+        """A value that is one template, of a parameter of one of ``types``."""
+        wrong = _template_problems(value, self.raw_params)
+        if wrong:
+            for what in wrong:
+                self.add(loc, value, problem(what))
+            return
+        match = _TEMPLATE_RE.fullmatch(value)
+        if match is None:
+            self.add(loc, value, problem(f"{show(value)} is not valid (expected {expect})"))
+            return
+        kind = self.type_of(match[1])
+        if kind in PARAM_TYPES and kind not in types:
+            what = f"{match[0]} is {_a(kind)} parameter (expected {expect})"
+            self.add(loc, value, problem(what))
+
+    def subject(self, loc: Loc, kind: str, value: object) -> None:
+        if isinstance(value, str) and "{{" in value:
+            expect = f"{_a(kind)} name or {{{{ param }}}} of {_a(kind)} parameter"
+            self.whole(loc, value, (kind,), expect)
+
+    def window(self, loc: Loc, value: object) -> None:
+        """A window may be one template of a duration parameter (drills use short ones)."""
+        if isinstance(value, str) and "{{" in value:
+            self.whole(loc, value, ("duration",), _ARG_EXPECT["duration"])
+
+    def condition(self, loc: Loc, item: object) -> None:
+        if not isinstance(item, dict):
+            return
+        self.window((*loc, "window"), item.get("window"))
+        for kind in SUBJECT_KINDS:
+            self.subject((*loc, kind), kind, item.get(kind))
+        relative = item.get("at_most")
+        other = relative.get("of") if isinstance(relative, dict) else None
+        if isinstance(other, dict):
+            for kind in SUBJECT_KINDS:
+                self.subject((*loc, "at_most", "of", kind), kind, other.get(kind))
+
+    def when_param(self, loc: Loc, when: dict[str, Any]) -> None:
+        name = when.get("param")
+        if not isinstance(name, str):
+            return
+        if name not in self.raw_params:
+            what = f"unknown parameter {show(name)} ({suggest(name, self.raw_params)})"
+            self.add((*loc, "param"), name, problem(what))
+            return
+        raw = self.raw_params[name]
+        param = _read_param(raw)[0] if isinstance(raw, dict) else None
+        if param is None:
+            return  # the parameter says what is wrong with it
+        values: list[tuple[Loc, object]] = [
+            ((*loc, k), when[k]) for k in ("equals", "not") if k in when
+        ]
+        listed = when.get("in")
+        values += [
+            ((*loc, "in", j), v) for j, v in enumerate(listed if isinstance(listed, list) else ())
+        ]
+        for vloc, value in values:
+            try:
+                _typed(param, value)
+            except _Bad as bad:
+                what = f"is {bad} for parameter {name} (expected {param.expected})"
+                self.add(vloc, value, value_problem(what))
+
+    # action calls
+
+    def call(
+        self, aloc: Loc, wloc: Loc, action: object, args: object, *, rollback: bool = False
+    ) -> ActionSpec | None:
+        """``action`` (written at ``aloc``) with ``args`` (at ``wloc``) against its spec."""
+        if not isinstance(action, str):
+            return None  # not written, or not a name: said by the field
+        spec = ACTION_SPECS.get(action)
+        if spec is None:
+            what = f"unknown action {show(action)} ({suggest(action, ACTION_SPECS)})"
+            self.add(aloc, action, problem(what))
+            self.anything(wloc, args)
+            return None
+        if not spec.mutating and action != NOTE_ACTION:
+            use = (
+                "expected an action that undoes the step"
+                if rollback
+                else "expected a mutating action; use a check step with command: to read"
+            )
+            self.add(aloc, action, problem(f"{action} changes nothing ({use})"))
+        given = args if isinstance(args, dict) else {}
+        for name, value in given.items():
+            arg = spec.args.get(name)
+            if arg is None:
+                what = f"unknown argument of {action} ({suggest(name, spec.args)})"
+                self.add((*wloc, name), value, written_key_problem(what))
+            else:
+                self.arg((*wloc, name), arg.kind, value)
+        for name, arg in spec.args.items():
+            if arg.required and name not in given:
+                what = f"missing required argument of {action} (expected {_ARG_EXPECT[arg.kind]})"
+                self.add((*wloc, name), None, key_problem(what))
+        return spec
+
+    def rollback(self, rloc: Loc, rollback: object, spec: ActionSpec | None) -> None:
+        """A rollback: a call with its arguments, or an action taking what the step reports."""
+        if isinstance(rollback, dict):
+            action, aloc = rollback.get("action"), (*rloc, "action")
+            if "with" in rollback:
+                self.call(aloc, (*rloc, "with"), action, rollback["with"], rollback=True)
+                return
+        else:
+            action, aloc = rollback, rloc
+        if not isinstance(action, str):
+            return
+        if action not in ACTION_SPECS:
+            what = f"unknown action {show(action)} ({suggest(action, ACTION_SPECS)})"
+            self.add(aloc, action, problem(what))
+        elif spec is not None and spec.compensation != action:
+            reported = (
+                f"{spec.name} reports what {spec.compensation} needs to undo it"
+                if spec.compensation
+                else f"{spec.name} reports nothing to undo"
+            )
+            what = (
+                f"{action} without arguments: {reported} "
+                f"(expected rollback: {{action: {action}, with: {{...}}}})"
+            )
+            self.add(aloc, action, problem(what))
+
+    def arg(self, loc: Loc, kind: str, value: object) -> None:
+        """One argument's value against its kind (console.action_specs.ARG_KINDS)."""
+        expect = _ARG_EXPECT[kind]
+        if kind == "shell":
+            if isinstance(value, str):
+                self.shell(loc, value)
+            else:
+                self.add(loc, value, _wrong(value, "a string", expect))
+        elif kind == "text":
+            if isinstance(value, str):
+                self.text(loc, value)
+            else:
+                self.add(loc, value, _wrong(value, "a string", expect + "; quote it"))
+        elif kind in SUBJECT_KINDS or kind == "router":
+            if not isinstance(value, str):
+                self.add(loc, value, _wrong(value, "a name", expect))
+            elif "{{" in value:
+                self.whole(loc, value, (kind,) if kind != "router" else ("string",), expect)
+            elif not _NAME_RE.fullmatch(value):
+                self.add(loc, value, problem(f"{show(value)} is not a name (expected {expect})"))
+        elif kind in ("int", "duration", "bool"):
+            self.plain(loc, kind, value)
+        elif kind == "mapping":
+            if isinstance(value, dict):
+                self.anything(loc, value)
+            else:
+                self.add(loc, value, _wrong(value, "a mapping", expect))
+        elif kind == "names":
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                self.anything(loc, value)
+            else:
+                self.add(loc, value, _wrong(value, "a list of names", expect))
+
+    def plain(self, loc: Loc, kind: str, value: object) -> None:
+        """An int, duration or bool argument: a value, or one template of a fitting parameter."""
+        expect = _ARG_EXPECT[kind]
+        if isinstance(value, str) and "{{" in value:
+            types = {"int": ("int",), "duration": _ORDERED_TYPES, "bool": ("bool",)}[kind]
+            self.whole(loc, value, types, expect)
+            return
+        try:
+            _typed(Param(name="", type=kind), value)
+        except _Bad as bad:
+            self.add(loc, value, value_problem(f"is {bad} (expected {expect})"))
+
+    def anything(self, loc: Loc, value: object) -> None:
+        """Templates anywhere in a value; none in a mapping's keys (they are not rendered)."""
+        if isinstance(value, str):
+            self.text(loc, value)
+        elif isinstance(value, list):
+            for j, item in enumerate(value):
+                self.anything((*loc, j), item)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "{{" in key:  # weights: {"{{ failing }}": 0}: a key names a thing
+                    self.whole((*loc, key), key, _KEY_TYPES, _KEY_EXPECT)
+                self.anything((*loc, key), item)
+
+
+_KEY_TYPES = ("string", "node", "endpoint", "upstream", "enum")
+_KEY_EXPECT = "a name, or {{ param }} of a name parameter"
+_ARG_EXPECT = {
+    "node": "a node name or {{ param }} of a node parameter",
+    "endpoint": "an endpoint name or {{ param }} of an endpoint parameter",
+    "upstream": "an upstream name or {{ param }} of an upstream parameter",
+    "router": "a router name or {{ param }} of a string parameter",
+    "shell": "a shell command",
+    "text": "a string",
+    "int": "an integer or {{ param }} of an int parameter",
+    "duration": "a duration such as 30s, or {{ param }} of a duration parameter",
+    "bool": "true, false or {{ param }} of a bool parameter",
+    "mapping": "a mapping",
+    "names": "a list of names",
+}
+
+
+def _wrong(value: object, kind: str, expect: str) -> PydanticCustomError:
+    if value is None:
+        return problem(f"has no value (expected {expect})")
+    return value_problem(f"is not {kind} (expected {expect})")
+
+
+# --- templates ----------------------------------------------------------------------------------
+
+
+def _template_problems(text: str, known: Collection[str]) -> list[str]:
+    """What is wrong with the templates in ``text``: syntax, and names not declared."""
+    found = [
+        f"{show(m[0])} is not supported ({_TEMPLATES_ONLY})" for m in _STATEMENT_RE.finditer(text)
+    ]
+    start = text.find("{{")
+    while start >= 0:
+        end = text.find("}}", start + 2)
+        if end < 0:
+            found.append(f"a '{{{{' is not closed ({_TEMPLATES_ONLY})")
+            break
+        piece = text[start : end + 2]
+        match = _TEMPLATE_RE.fullmatch(piece)
+        if match is None:
+            found.append(
+                f"{show(piece)} is not a parameter ({_TEMPLATES_ONLY}, "
+                "no filters, expressions or attributes)"
+            )
+        elif match[1] not in known:
+            declared = suggest(match[1], known) if known else "expected params: declaring it"
+            found.append(f"unknown parameter {show(match[1])} in {piece} ({declared})")
+        start = text.find("{{", end + 2)
+    return found
+
+
+def _shell_problems(command: str) -> list[str]:
+    """Templates a shell would not receive as one word once quoted: inside quotes (doubled or
+    broken quoting), in a comment or a here-document (where a newline in the value starts a
+    command), after a backslash (which escapes the opening quote) or a ``$`` (``$'...'``)."""
+    found: list[str] = []
+    state = ""  # "'", '"', "$'" (ANSI-C quotes), "#" (a comment), "<<" (a here-document)
+    i = 0
+    while i < len(command):
+        template = _TEMPLATE_RE.match(command, i)
+        if template is not None:
+            why = _QUOTED_CONTEXT.get(state)
+            if why is None and i and command[i - 1] in "\\$" and _unescaped(command, i - 1):
+                after = "a backslash" if command[i - 1] == "\\" else "a $"
+                why = f"comes right after {after} (expected it as a word of its own)"
+            if why is not None:
+                found.append(f"{template[0]} {why}")
+            i = template.end()
+            continue
+        char = command[i]
+        if state == "'":
+            state = "" if char == "'" else state
+        elif state in ('"', "$'"):
+            if char == "\\" and not _TEMPLATE_RE.match(command, i + 1):
+                i += 1
+            elif char == state[-1]:
+                state = ""
+        elif state == "#":
+            state = "" if char == "\n" else state
+        elif state == "":
+            if char == "\\" and not _TEMPLATE_RE.match(command, i + 1):
+                i += 1  # the escaped character; a template after it is reported above
+            elif command.startswith("$'", i):
+                state, i = "$'", i + 1
+            elif char in "'\"":
+                state = char
+            elif char == "#" and (i == 0 or command[i - 1] in " \t\n;&|()<>"):
+                state = "#"
+            elif command.startswith("<<<", i):
+                i += 2  # a here-string: its word is quoted like any other
+            elif command.startswith("<<", i):
+                state = "<<"
+        i += 1
+    return found
+
+
+_QUOTED_CONTEXT = {
+    "'": "is inside quotes (a parameter in a shell command is quoted for you; remove the quotes)",
+    '"': "is inside quotes (a parameter in a shell command is quoted for you; remove the quotes)",
+    "$'": "is inside quotes (a parameter in a shell command is quoted for you; remove the quotes)",
+    "#": "is in a shell comment (expected it in the command)",
+    "<<": "is in a here-document, where quotes are not honoured (expected it as an argument)",
+}
+
+
+def _unescaped(command: str, i: int) -> bool:
+    """Whether the character at ``i`` is not itself escaped by a backslash before it."""
+    slashes = len(command[:i]) - len(command[:i].rstrip("\\"))
+    return slashes % 2 == 0
+
+
+def template_names(text: str) -> tuple[str, ...]:
+    """The parameters ``text`` inserts, each once, in order."""
+    return tuple(dict.fromkeys(m[1] for m in _TEMPLATE_RE.finditer(text)))
+
+
+def render_text(text: str, values: Mapping[str, object]) -> str:
+    """``text`` with each template replaced by its parameter's value (see :func:`_inserted`)."""
+    return _TEMPLATE_RE.sub(lambda m: _inserted(values[m[1]]), text)
+
+
+def render_shell(text: str, values: Mapping[str, object]) -> str:
+    """A shell command with each parameter inserted as one quoted word; the command's own text
+    is kept as written."""
+    return _TEMPLATE_RE.sub(lambda m: shlex.quote(_inserted(values[m[1]])), text)
+
+
+def render_value(value: object, values: Mapping[str, object], *, shell: bool = False) -> object:
+    """``value`` (an action argument as written) with its templates rendered, through mappings
+    and lists. A string that is exactly one template becomes the parameter's typed value (an
+    int argument stays an int), unless ``shell``: then every string is a shell command."""
+    if isinstance(value, Mapping):
+        return {
+            render_text(k, values) if isinstance(k, str) else k: render_value(
+                v, values, shell=shell
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [render_value(v, values, shell=shell) for v in value]
+    if not isinstance(value, str):
+        return value
+    if shell:
+        return render_shell(value, values)
+    whole = _TEMPLATE_RE.fullmatch(value)
+    return values[whole[1]] if whole else render_text(value, values)
+
+
+def _inserted(value: object) -> str:
+    """A typed value as text within a string: true/false, and numbers without a spurious .0
+    (a duration is inserted as seconds; format_value gives the 30s form)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _plain(value)
+    return str(value)
+
+
+def format_value(value: object, param_type: str) -> str:
+    """How a typed value is shown, and written back on a command line: ``30s``, ``true``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if param_type == "duration" and isinstance(value, int | float):
+        return _duration_text(float(value))
+    return _inserted(value)
+
+
+def _duration_text(seconds: float) -> str:
+    """The largest whole unit: 300.0 -> 5m; 0.5 -> 0.5s (which parse_duration reads back)."""
+    if seconds.is_integer() and 0 < seconds < 1e15:
+        for unit, size in (("h", 3600), ("m", 60)):
+            if seconds % size == 0:
+                return f"{int(seconds) // size}{unit}"
+    return f"{_plain(seconds)}s"
+
+
+def _plain(number: float) -> str:
+    """A float in positional notation that reads back exactly: 30.0 -> 30, 1e-07 -> 0.0000001."""
+    return format(Decimal(repr(number)).normalize(), "f")
+
+
+# --- values -------------------------------------------------------------------------------------
+
+
+class ParamError(ValueError):
+    """A value a parameter cannot take; the message is one line naming the parameter."""
+
+
+class _Bad(Exception):
+    """Why a value is not one of a parameter's, read after "is": ``not an integer``."""
+
+
+def parse_param(param: Param, text: str) -> object:
+    """A value typed on the command line or in the TUI, as the parameter's type.
+
+    bool takes true/false, yes/no and 1/0; a duration 30s, 5m or seconds. Node, endpoint and
+    upstream names are only checked for their shape: the caller checks that they exist.
+    """
+    try:
+        return _from_text(param, text)
+    except _Bad as bad:
+        shown = text if text.isprintable() and len(text) <= 60 else show(text)
+        raise ParamError(
+            f"--param {param.name}={shown}: {bad} (expected {param.expected})"
+        ) from None
+
+
+def check_value(param: Param, value: object) -> object:
+    """A typed value (from a default, a fact or code) checked against the parameter, and
+    converted where the file writes it otherwise (a duration 30s, an int for a float)."""
+    try:
+        return _typed(param, value)
+    except _Bad as bad:
+        shown = repr(value) if isinstance(value, str) or value is None else _inserted(value)
+        raise ParamError(f"{param.name}={shown}: {bad} (expected {param.expected})") from None
+
+
+def _from_text(param: Param, text: str) -> object:
+    kind = param.type
+    if kind == "int":
+        if not _INT_RE.fullmatch(text):
+            raise _Bad("not an integer")
+        try:
+            return _in_range(param, int(text))
+        except ValueError:  # more digits than Python converts
+            raise _Bad("out of range") from None
+    if kind == "float":
+        if not _FLOAT_RE.fullmatch(text):
+            raise _Bad("not a number")
+        return _in_range(param, _finite(float(text)))
+    if kind == "duration":
+        seconds = parse_duration(text)
+        if seconds is None:
+            raise _Bad("not a duration")
+        return _in_range(param, _positive_seconds(seconds))
+    if kind == "bool":
+        word = text.lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+        raise _Bad("not true or false")
+    return _named(param, text)
+
+
+def _typed(param: Param, value: object) -> object:
+    kind = param.type
+    if kind == "duration" and isinstance(value, str):
+        seconds = parse_duration(value)
+        if seconds is None:
+            raise _Bad("not a duration")
+        return _in_range(param, _positive_seconds(seconds))
+    if kind in _ORDERED_TYPES:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise _Bad(
+                {"int": "not an integer", "float": "not a number"}.get(kind, "not a duration")
+            )
+        if kind == "int":
+            if not isinstance(value, int):
+                raise _Bad("not an integer")
+            return _in_range(param, value)
+        number = _finite(float(value))
+        return _in_range(param, _positive_seconds(number) if kind == "duration" else number)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _Bad("not true or false")
+        return value
+    if not isinstance(value, str):
+        raise _Bad("not a string")
+    return _named(param, value)
+
+
+def _named(param: Param, value: str) -> str:
+    """A string, enum or name value."""
+    if not value:
+        raise _Bad("empty")
+    if "\0" in value:
+        raise _Bad("holding a NUL character")  # no command line can carry one
+    if param.type == "enum":
+        if value not in param.choices:
+            raise _Bad("not one of the choices")
+    elif param.type == "string":
+        if param.pattern is not None and not re.fullmatch(param.pattern, value):
+            raise _Bad("not matching the pattern")
+    elif not _NAME_RE.fullmatch(value):
+        raise _Bad(f"not {_a(param.type)} name")
+    return value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise _Bad("not a finite number")
+    return value
+
+
+def _positive_seconds(seconds: float) -> float:
+    if seconds <= 0:
+        raise _Bad("not greater than zero")
+    return seconds
+
+
+def _in_range(param: Param, value: float) -> float:
+    low, high = param.minimum, param.maximum
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise _Bad("out of range")
+    return value
+
+
+# --- the records from a valid file --------------------------------------------------------------
+
+
+def _build(model: _RunbookFile, info: ValidationInfo) -> Runbook:
+    params: list[Param] = []
+    for name, declared in model.params.items():
+        assert declared._param is not None  # the file is valid
+        params.append(replace(declared._param, name=name, line=line_at(info, ("params", name))))
+    by_name = {p.name: p for p in params}
+    steps = tuple(_build_step(("steps", i), s, by_name, info) for i, s in enumerate(model.steps))
+    return Runbook(
+        id=model.id,
+        title=model.title,
+        description=model.description or "",
+        alerts=model.answers.alerts,
+        symptoms=model.answers.symptoms,
+        params=tuple(params),
+        steps=steps,
+        path=getattr(info.context, "path", Path()),
+        line=line_at(info, ()),
+    )
+
+
+def _build_step(loc: Loc, step: _Step, params: dict[str, Param], info: ValidationInfo) -> Step:
+    def line(*keys: str | int) -> int:
+        return line_at(info, (*loc, *keys))
+
+    def conditions(key: str, items: tuple[_Reading, ...]) -> tuple[Condition, ...]:
+        return tuple(_build_condition(c, line(key, j)) for j, c in enumerate(items))
+
+    action = ActionCall(step.action, step.with_, line("action")) if step.action else None
+    rollback = None
+    if step.rollback is not None:
+        args = step.rollback.with_
+        rollback = ActionCall(step.rollback.action, args or {}, line("rollback"), args is None)
+    elif action is not None and (compensation := ACTION_SPECS[action.action].compensation):
+        rollback = ActionCall(compensation, {}, action.line, inherit=True)
+    command = None
+    if step.command is not None:
+        command = Command(step.command.node, step.command.run, line("command"))
+    return Step(
+        id=step.id,
+        kind=step.kind,
+        line=line(),
+        title=step.title or "",
+        action=action,
+        rollback=rollback,
+        confirm=step.confirm,
+        on_failure=step.on_failure,
+        timeout_s=step.timeout_s,
+        retry_attempts=step.retry.attempts,
+        retry_delay_s=step.retry.delay_s,
+        when=_build_when(step.when, params, line("when")) if step.when is not None else None,
+        show=conditions("show", step.show),
+        expect=conditions("expect", step.expect),
+        until=conditions("until", step.until),
+        every_s=step.every_s,
+        window_s=step.window_s,
+        command=command,
+        question=step.question,
+        evidence=conditions("evidence", step.evidence),
+        text=step.text_,
+    )
+
+
+def _build_when(when: _When, params: dict[str, Param], line: int) -> WhenParam | Condition:
+    if when.param is None:
+        return _build_condition(when, line)
+    param = params[when.param]
+
+    def typed(value: object) -> object:
+        return None if value is None else _typed(param, value)
+
+    values = tuple(_typed(param, v) for v in when.in_ or ())
+    return WhenParam(when.param, typed(when.equals), values, typed(when.not_), line)
+
+
+def _build_condition(reading: _Reading, line: int) -> Condition:
+    kind, subject = _subject_of(reading)
+    assert reading.figure is not None  # the file is valid
+    condition = Condition(reading.figure, kind, subject, window_s=reading.window_s, line=line)
+    if not isinstance(reading, _Condition):
+        return condition
+    relative = None
+    if reading.at_most is not None:
+        other_kind, other = _subject_of(reading.at_most.of)
+        plus = _threshold(reading.at_most.plus, reading.figure, low=0.0)
+        relative = Relative(reading.at_most.times, plus, other_kind, other)
+    return replace(
+        condition,
+        above=None if reading.above is None else _threshold(reading.above, reading.figure),
+        below=None if reading.below is None else _threshold(reading.below, reading.figure),
+        at_most=relative,
+        min_requests=reading.min_requests,
+    )
+
+
+def _subject_of(model: _Subject | _Reading) -> tuple[str, str]:
+    for kind in SUBJECT_KINDS:
+        name = getattr(model, kind)
+        if name is not None:
+            return kind, name
+    raise AssertionError("a valid condition has a subject")
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def load_runbook(path: Path | str) -> Runbook:
+    """Read and validate a runbook file; raise RunbookError listing every problem in it."""
+    try:
+        file = load_document(
+            path,
+            _RunbookFile,
+            example="runbooks/README.md",
+        )
+    except DocumentError as error:
+        raise RunbookError(error.problems) from None
+    return file.runbook
+
+
+def load_folders(folders: Sequence[Path]) -> tuple[dict[str, Runbook], list[str]]:
+    """Every runbook in ``folders`` by id, and the problems found; a later folder's runbook
+    replaces an earlier one's with the same id (a team's folder overrides a shipped runbook)."""
+    runbooks: dict[str, Runbook] = {}
+    found: list[str] = []
+    for folder in folders:
+        loaded, problems = _load_folder(Path(folder))
+        runbooks.update(loaded)
+        found += problems
+    return runbooks, found
+
+
+def lint(paths: Sequence[Path]) -> list[str]:
+    """The problems of these runbook files (a folder: its YAML files); empty when all is fine."""
+    found: list[str] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += _load_folder(path)[1]
+        else:
+            try:
+                load_runbook(path)
+            except RunbookError as error:
+                found += error.problems
+    return found
+
+
+def shipped_folder() -> Path:
+    """The folder of the runbooks shipped with the console (the ``runbooks`` package)."""
+    return Path(str(files("runbooks")))
+
+
+def _load_folder(folder: Path) -> tuple[dict[str, Runbook], list[str]]:
+    if not folder.is_dir():
+        what = "no such folder" if not folder.exists() else "is not a folder"
+        return {}, [f"{folder}:1: (folder): {what} (expected a folder of runbook YAML files)"]
+    runbooks: dict[str, Runbook] = {}
+    found: list[str] = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml")):
+        try:
+            runbook = load_runbook(path)
+        except RunbookError as error:
+            found += error.problems
+            continue
+        first = runbooks.get(runbook.id)
+        if first is not None:
+            found.append(
+                f"{path}:{runbook.line}: id: duplicate runbook id {show(runbook.id)} (also in "
+                f"{first.path}:{first.line}; expected one runbook per id in a folder)"
+            )
+            continue
+        runbooks[runbook.id] = runbook
+    return runbooks, found
+
+
+# --- words --------------------------------------------------------------------------------------
+
+
+def _a(word: str) -> str:
+    """``an upstream``, ``a node``."""
+    return f"an {word}" if word[:1] in ("a", "e", "i", "o", "u") else f"a {word}"
+
+
+def _or(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
