@@ -1,0 +1,301 @@
+"""Every shipped runbook, end to end on the embedded demo fleet: the fault is injected, the
+runbook runs non-interactively, the demo's state really changes (arguments, revision,
+weights), the verification passes on live figures, and the log holds every step in order.
+A failing step proves the rollback restores what was there before.
+
+Drills pass short windows as parameters (``window=5s``, ``soak=5s``), so each finishes in
+seconds; the full-length drills run in bench/runbook_overhead.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from console.cli_runbooks import CliController, Printer, warm_up
+from console.config import Config, load_config
+from console.demo import DemoFleet
+from console.facts import FigureReader
+from console.incidents import IncidentLog
+from console.runbook import load_runbook
+from console.runner import Run
+from console.session import Session, open_session
+from console.store import Store
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[DemoFleet]:
+    with DemoFleet(tmp_path / "demo", deterministic=True) as demo:
+        yield demo
+
+
+@pytest.fixture
+def config(fleet: DemoFleet) -> Config:
+    return load_config(fleet.config_path)
+
+
+@pytest.fixture
+async def session(config: Config, tmp_path: Path) -> AsyncIterator[Session]:
+    store = Store(tmp_path / "drill.db")
+    async with open_session(config, store, read_only=False) as opened:
+        await warm_up(opened.hub)
+        yield opened
+    store.close()
+
+
+async def until(
+    figures: FigureReader,
+    kind: str,
+    subject: str,
+    figure: str,
+    test,
+    window_s: float,
+    limit_s: float = 60,
+) -> float:
+    """Wait until a figure passes ``test`` (the fault shows, or a recovery holds)."""
+    deadline = time.monotonic() + limit_s
+    value = None
+    while time.monotonic() < deadline:
+        value = figures.figure(kind, subject, figure, window_s).value
+        if value is not None and test(value):
+            return value
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{figure} of {subject} never passed: last {value}")
+
+
+async def drill(
+    session: Session, runbook: str, params: dict[str, str], *, mode: str = "live"
+) -> tuple[Run, str, str]:
+    out = io.StringIO()
+    controller = CliController(
+        yes=True, confirm_targets=(), operator_name=session.operator, interactive=False, out=out
+    )
+    printer = Printer(out)
+    values, _ = await session.values(session.runbooks[runbook], params)
+    run = session.start(session.runbooks[runbook], values, controller, mode=mode, listener=printer)
+    printer.run = run
+    outcome = await run.execute()
+    return run, outcome, out.getvalue()
+
+
+def step_events(log: IncidentLog, run: Run) -> list[tuple[str, str | None, str | None]]:
+    return [
+        (e["kind"], e["step"], e["data"].get("status"))
+        for e in log.events(run_id=run.record.id)
+        if e["kind"].startswith(("step.", "run.", "rollback."))
+    ]
+
+
+def finished_in_order(events, steps: list[str]) -> None:
+    """Each step started (committed) before it finished, and the steps in runbook order."""
+    started = [s for k, s, _ in events if k == "step.started"]
+    assert started == steps
+    for step in steps:
+        kinds = [k for k, s, _ in events if s == step and k.startswith("step.")]
+        assert kinds[0] == "step.started" and kinds[-1] in ("step.finished", "step.planned")
+
+
+async def test_latency_spike_lowers_batched_tokens_and_itl_recovers(
+    fleet: DemoFleet, session: Session
+) -> None:
+    fleet.inject("long-prompts", "gpu-a1")
+    await until(session.figures, "node", "gpu-a1", "itl_p95", lambda v: v > 0.15, 5)
+    run, outcome, out = await drill(session, "latency-spike", {"window": "5s"})
+    assert outcome == "verified", out
+    assert run.values["node"] == "gpu-a1"  # the worst ITL, from the facts
+    args = fleet.engine_args("gpu-a1")
+    assert args is not None and args.max_num_batched_tokens == 2048
+    # Verified on live figures while the fault is still on: ITL back under the threshold.
+    assert session.figures.figure("node", "gpu-a1", "itl_p95", 5).value < 0.15
+    finished_in_order(
+        step_events(session.log, run),
+        ["evidence", "lower-batched-tokens", "itl-recovers", "record"],
+    )
+    assert "[2/4] lower-batched-tokens started" in out and "+max-num-batched-tokens: 2048" in out
+
+
+BREAKS_THE_ENGINE = """
+id: no-chunked-prefill
+title: Turn chunked prefill off (vLLM refuses to start with a small batch budget)
+params:
+  node: {type: node, default: gpu-a1}
+steps:
+  - id: chunked-off
+    kind: mutate
+    action: engine.set_args
+    with:
+      node: "{{ node }}"
+      set: {enable-chunked-prefill: false, max-num-batched-tokens: 2048}
+      wait: 8s
+  - id: never-reached
+    kind: note
+    text: not reached
+"""
+
+
+async def test_an_engine_that_fails_to_start_is_rolled_back(
+    fleet: DemoFleet, session: Session, tmp_path: Path
+) -> None:
+    """vLLM exits at start-up (max_num_batched_tokens smaller than max_model_len without
+    chunked prefill): the step fails with the journal's error and the old file comes back."""
+    before = fleet.engine_args("gpu-a1")
+    path = tmp_path / "no-chunked-prefill.yaml"
+    path.write_text(BREAKS_THE_ENGINE)
+    session.runbooks["no-chunked-prefill"] = load_runbook(path)
+    run, outcome, out = await drill(session, "no-chunked-prefill", {})
+    assert outcome == "failed", out
+    assert "max_num_batched_tokens (2048) is smaller than max_model_len" in out
+    # The compensation restarted the engine on the previous file, and it serves again.
+    deadline = time.monotonic() + 20
+    while fleet.engine_args("gpu-a1") != before and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert fleet.engine_args("gpu-a1") == before
+    events = step_events(session.log, run)
+    kinds = [k for k, _, _ in events]
+    assert kinds.index("rollback.started") > kinds.index("step.finished")
+    assert ("rollback.finished", "chunked-off", None) in events
+    assert "never-reached" not in {s for _, s, _ in events}
+
+
+async def test_provider_failover_moves_traffic_to_the_backup(
+    fleet: DemoFleet, session: Session
+) -> None:
+    fleet.inject("provider-5xx", "primary-api")
+    await until(session.figures, "endpoint", "gateway", "error_pct", lambda v: v > 20, 5)
+    run, outcome, out = await drill(session, "provider-failover", {"window": "5s"})
+    assert outcome == "verified", out
+    assert run.values["failing"] == "primary-api" and run.values["backup"] == "backup-api"
+    weights = fleet.router_weights("chat-api")
+    assert weights["primary-api"] == 0 and weights["backup-api"] == 100
+    finished_in_order(
+        step_events(session.log, run),
+        ["failing-errors", "move-traffic", "gateway-recovers", "record"],
+    )
+
+
+async def test_provider_failback_returns_traffic_in_steps(
+    fleet: DemoFleet, session: Session
+) -> None:
+    fleet.inject("provider-429", "primary-api")
+    await until(session.figures, "endpoint", "gateway", "error_pct", lambda v: v > 20, 5)
+    _, outcome, out = await drill(session, "provider-failover", {"window": "5s"})
+    assert outcome == "verified", out
+    fleet.heal()
+    await until(session.figures, "endpoint", "chat-api", "error_pct", lambda v: v == 0, 5)
+    run, outcome, out = await drill(session, "provider-failback", {"window": "5s"})
+    assert outcome == "verified", out
+    weights = fleet.router_weights("chat-api")
+    assert weights["primary-api"] == 100 and weights["backup-api"] == 0
+    details = [
+        e["data"].get("facts", {}).get("weights_after")
+        for e in session.log.events(run_id=run.record.id)
+        if e["kind"] == "step.finished" and e["data"].get("action") == "routing.set_weights"
+    ]
+    assert [d["primary-api"] for d in details] == [25, 100]
+
+
+async def test_model_rollback_restores_the_pinned_revision(
+    fleet: DemoFleet, session: Session, config: Config
+) -> None:
+    pinned = config.node("gpu-a1").engine.pinned_revision
+    fleet.inject("bad-revision", "gpu-a1")
+    await until(session.figures, "node", "gpu-a1", "error_pct", lambda v: v > 3, 5)
+    assert fleet.served_revision("gpu-a1") != pinned
+    run, outcome, out = await drill(session, "model-rollback", {"window": "5s"})
+    assert outcome == "verified", out
+    assert run.values == {"node": "gpu-a1", "revision": pinned, "window": 5.0}
+    assert fleet.served_revision("gpu-a1") == pinned
+    args = fleet.engine_args("gpu-a1")
+    assert args is not None and args.served_model_name == "meta-llama/Llama-3.1-8B-Instruct"
+    started = next(
+        e["data"]["facts"]
+        for e in session.log.events(run_id=run.record.id)
+        if e["kind"] == "step.finished" and e["step"] == "pin-revision"
+    )
+    assert started["revision"] == pinned
+
+
+async def test_canary_ramp_reaches_100_percent_on_a_good_revision(
+    fleet: DemoFleet, session: Session
+) -> None:
+    params = {
+        "canary_node": "gpu-a2",
+        "canary": "gpu-a2",
+        "stable": "gpu-a1",
+        "revision": "c0ffee1",
+        "soak": "5s",
+    }
+    _run, outcome, out = await drill(session, "canary-ramp", params)
+    assert outcome == "verified", out
+    assert fleet.served_revision("gpu-a2") == "c0ffee1"
+    assert fleet.router_weights("chat") == {"gpu-a1": 0, "gpu-a2": 100}
+
+
+async def test_a_bad_canary_fails_its_gate_and_everything_rolls_back(
+    fleet: DemoFleet, session: Session
+) -> None:
+    weights = fleet.router_weights("chat")
+    revision = fleet.served_revision("gpu-a2")
+    fleet.inject("bad-canary", "gpu-a2")
+    params = {
+        "canary_node": "gpu-a2",
+        "canary": "gpu-a2",
+        "stable": "gpu-a1",
+        "revision": "badc0de",
+        "soak": "5s",
+    }
+    run, outcome, out = await drill(session, "canary-ramp", params)
+    assert outcome == "failed", out
+    assert "gate-5 failed" in out or "gate-25 failed" in out
+    assert fleet.router_weights("chat") == weights
+    assert fleet.served_revision("gpu-a2") == revision
+    undone = [s for k, s, _ in step_events(session.log, run) if k == "rollback.finished"]
+    assert undone[-1] == "drain-canary" and "deploy" in undone
+
+
+async def test_blue_green_switches_everything_to_green(fleet: DemoFleet, session: Session) -> None:
+    _run, outcome, out = await drill(
+        session, "blue-green", {"blue": "gpu-a1", "green": "gpu-a2", "soak": "5s"}
+    )
+    assert outcome == "verified", out
+    assert fleet.router_weights("chat") == {"gpu-a1": 0, "gpu-a2": 100}
+
+
+@pytest.mark.parametrize(
+    "runbook,params,fault",
+    [
+        ("latency-spike", {"window": "5s"}, ("long-prompts", "gpu-a1")),
+        ("provider-failover", {"window": "5s"}, ("provider-5xx", "primary-api")),
+        ("model-rollback", {"window": "5s"}, ("bad-revision", "gpu-a1")),
+        (
+            "canary-ramp",
+            {"canary_node": "gpu-a2", "canary": "gpu-a2", "stable": "gpu-a1", "revision": "r2"},
+            None,
+        ),
+        ("blue-green", {"blue": "gpu-a1", "green": "gpu-a2"}, None),
+    ],
+)
+async def test_read_only_runs_the_checks_and_changes_nothing(
+    fleet: DemoFleet, config: Config, tmp_path: Path, runbook: str, params: dict, fault
+) -> None:
+    if fault is not None:
+        fleet.inject(*fault)
+    args = {n: fleet.engine_args(n) for n in ("gpu-a1", "gpu-a2")}
+    router = fleet.router_file()
+    store = Store(tmp_path / "ro.db")
+    async with open_session(config, store, read_only=True) as session:
+        await warm_up(session.hub)
+        run, outcome, out = await drill(session, runbook, params, mode="read-only")
+    store.close()
+    assert outcome == "read-only", out
+    statuses = {s.step.kind: s.status for s in run.steps if s.step.kind == "mutate"}
+    assert set(statuses.values()) == {"blocked"}
+    assert {n: fleet.engine_args(n) for n in args} == args
+    assert fleet.router_file() == router
