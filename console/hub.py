@@ -63,7 +63,8 @@ class Hub:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
         )
         # Routers' hosts too: runbooks change their weights over the same pool.
-        self.ssh = SshPool(ssh_target(config, n) for n in (*config.nodes, *config.routers))
+        hosts: list[NodeConfig | RouterConfig] = [*config.nodes, *config.routers]
+        self.ssh = SshPool(ssh_target(config, h) for h in hosts)
         self.readings = FleetReadings(
             window_s=max(window_s, WINDOW_S), probe_window_s=max(window_s, PROBE_WINDOW_S)
         )

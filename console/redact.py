@@ -31,6 +31,9 @@ _LONG_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{32,}")
 # A random key has a long run without separators; model names (Mistral-Nemo-Instruct-2407-FP8)
 # and UUIDs are made of short runs.
 _RANDOM_RUN_RE = re.compile(r"[A-Za-z0-9]{16,}")
+# A git commit id (SHA-1: 40 lowercase hex digits) is what a model revision is pinned to on the
+# Hugging Face hub: runbooks and argument files must be able to name one.
+_COMMIT_ID_RE = re.compile(r"[0-9a-f]{40}")
 
 # What redact() replaces in free text: bearer tokens, prefixed keys, passwords in URLs.
 _BEARER_TOKEN_RE = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
@@ -48,6 +51,8 @@ def _letters_and_digits(text: str) -> bool:
 
 
 def _random_token(word: str) -> bool:
+    if _COMMIT_ID_RE.fullmatch(word):
+        return False
     return bool(_LONG_TOKEN_RE.fullmatch(word)) and any(
         _letters_and_digits(run) for run in _RANDOM_RUN_RE.findall(word)
     )

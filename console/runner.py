@@ -38,6 +38,7 @@ from console.runbook import (
 
 OUTPUT_LOG_BYTES = 16 * 1024  # of a step's output kept in the log (the rest is counted)
 OUTPUT_LINES_SHOWN = 200  # of a step's output kept for the screen
+FAILURE_LINES_SHOWN = 20  # of a failed action's output shown when it streamed none
 DEFAULT_STEP_TIMEOUT_S = 600.0
 WAIT_LOG_EVERY_S = 30.0  # a wait step logs its progress this often
 
@@ -187,6 +188,9 @@ class Run:
         self.summary = ""
         self.failed_checks = 0
         self.blocked = 0
+        # When the fleet last changed under this run: figures never reach back before it,
+        # or a gate would pass on what the traffic did before the change.
+        self.changed_at: float | None = None
         self._started = clock()
 
     # -- the run
@@ -351,6 +355,11 @@ class Run:
         except TimeoutError:
             outcome = Outcome(ok=False, summary=f"{plan.action} did not finish in time")
         state.outcome = outcome
+        self.changed_at = self.figures.hub.clock()
+        if not outcome.ok and not state.output:
+            # Nothing was streamed: show the end of what the action reported (a journal).
+            for line in outcome.output.splitlines()[-FAILURE_LINES_SHOWN:]:
+                self._output(state, line)
         result = self._result_data(plan, outcome, self.clock() - started)
         if outcome.ok or outcome.undo is not None:
             # A failed step that changed something is undone with the others.
@@ -623,16 +632,22 @@ class Run:
         state.output.append(line)
         self._emit("output", state.step.id, line)
 
-    def _window(self, *windows: float | str | None) -> float | None:
-        """The first window given; ``{{ soak }}`` reads the duration parameter's value."""
+    def _window(self, *windows: float | str | None) -> float:
+        """The first window given (``{{ soak }}`` reads the duration parameter's value), or
+        the console's; cut at the last change this run made."""
+        chosen = self.figures.hub.window_s
         for window in windows:
             if isinstance(window, str):
                 value = render_value(window, self.values)
                 assert isinstance(value, int | float)  # the linter checked its type
-                return float(value)
+                chosen = float(value)
+                break
             if window is not None:
-                return window
-        return None
+                chosen = window
+                break
+        if self.changed_at is not None:
+            chosen = min(chosen, max(self.figures.hub.clock() - self.changed_at, 0.001))
+        return chosen
 
     def _shown(self, condition: Condition, window_s: float | str | None) -> str:
         subject = render_text(condition.subject, self.values)

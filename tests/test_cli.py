@@ -112,7 +112,7 @@ def test_status_demo_json_has_every_node_and_endpoint_with_live_figures() -> Non
         assert node["kv_cache_pct"] is not None
         assert node["gpu_status"]["last_error"] is None
     names = {e["name"]: e for e in data["endpoints"]}
-    assert set(names) == {"chat-primary", "chat-large", "chat-backup"}
+    assert set(names) == {"chat-primary", "chat-large", "chat-api", "chat-backup", "gateway"}
     for name in ("chat-primary", "chat-large"):
         endpoint = names[name]
         assert endpoint["source"] in ("engine", "engine lifetime")
@@ -122,10 +122,12 @@ def test_status_demo_json_has_every_node_and_endpoint_with_live_figures() -> Non
         assert endpoint["gpu_cost_per_hour_usd"] > 0
         assert endpoint["probe_spend_per_hour_usd"] is None
         assert endpoint["requests_per_s"] > 0
-    backup = names["chat-backup"]
-    assert backup["source"] == "probe" and backup["n"] >= 1
-    assert backup["gpu_cost_per_hour_usd"] is None  # an API: usage unknown, not $0.00
-    assert backup["probe_spend_per_hour_usd"] > 0  # what the console's own probes cost
+    for name in ("chat-api", "chat-backup"):
+        api = names[name]
+        assert api["source"] == "probe" and api["n"] >= 1
+        assert api["gpu_cost_per_hour_usd"] is None  # an API: usage unknown, not $0.00
+        assert api["probe_spend_per_hour_usd"] > 0  # what the console's own probes cost
+    assert names["gateway"]["source"] == "probe" and names["gateway"]["n"] >= 1
     assert data["gpu_cost_per_hour_usd"] == sum(n["cost_per_hour_usd"] for n in data["nodes"])
     assert all(s["consecutive_failures"] == 0 for s in data["sources"])
 
@@ -136,7 +138,8 @@ def test_status_table_fits_80_columns_and_states_its_window() -> None:
     lines = result.stdout.splitlines()
     assert lines[1].startswith("figures over the last 3s;")
     assert [line.split()[0] for line in lines if line.startswith(("chat-", "gpu-"))] == [
-        "chat-primary", "chat-large", "chat-backup", "gpu-a1", "gpu-a2", "gpu-a3", "gpu-a4"
+        "chat-primary", "chat-large", "chat-api", "chat-backup", "gpu-a1", "gpu-a2", "gpu-a3",
+        "gpu-a4",
     ]  # fmt: skip
     assert max(len(line) for line in lines) <= 80
 

@@ -35,7 +35,7 @@ from console.demo.engine_sim import EngineSim
 from console.demo.faults import ActiveFaults
 from console.demo.gpu_sim import GpuSim
 from console.demo.nvidia_smi import query_gpus
-from console.demo.traffic import TrafficGenerator, TrafficProfile
+from console.demo.traffic import TrafficGenerator, TrafficProfile, TrafficTarget
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CATALOGUE = FIXTURES / "vllm" / "metric-catalogue-v0.33.0-derived.tsv"
@@ -175,10 +175,11 @@ async def test_nvidia_smi_formats_units_subsets_and_errors(fleet: DemoFleet) -> 
 
 async def test_host_keys_are_checked_strictly(fleet: DemoFleet, tmp_path: Path) -> None:
     lines = fleet.known_hosts_path.read_text().splitlines()
-    assert len(lines) == 4
-    for node, line in zip(fleet.node_names, lines, strict=True):
-        assert re.fullmatch(rf"\[127\.0\.0\.1\]:{fleet.ssh_ports[node]} ssh-ed25519 \S+", line)
-    assert len({line.split()[2] for line in lines}) == 4  # each node its own key
+    assert len(lines) == 5  # four nodes, then the gateway
+    ports = [*(fleet.ssh_ports[node] for node in fleet.node_names), fleet.gateway_ssh_port]
+    for port, line in zip(ports, lines, strict=True):
+        assert re.fullmatch(rf"\[127\.0\.0\.1\]:{port} ssh-ed25519 \S+", line)
+    assert len({line.split()[2] for line in lines}) == 5  # each host its own key
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     with pytest.raises(asyncssh.HostKeyNotVerifiable):
@@ -744,11 +745,12 @@ async def test_provider_faults_answer_429_and_503(quiet_fleet: DemoFleet) -> Non
     headers = {"Authorization": f"Bearer {os.environ[backup['api_key_env']]}"}
     url = backup["base_url"] + "/chat/completions"
     body = chat_body(backup["model"])
+    assert fleet.targets("provider-429")[:2] == ["primary-api", "backup-provider"]
     async with httpx.AsyncClient(headers=headers) as client:
-        fleet.inject("provider-429")
+        fleet.inject("provider-429", "backup-provider")
         limited = await client.post(url, json=body)
         fleet.heal()
-        fleet.inject("provider-5xx", duration_s=0.3)
+        fleet.inject("provider-5xx", "backup-provider", duration_s=0.3)
         failing = await client.post(url, json=body)
         node_failing = fleet.inject("provider-5xx", "gpu-a1")
         on_node = await client.post(
@@ -867,7 +869,7 @@ def _simulate(max_num_batched_tokens: int) -> tuple[float, float]:
     engine = EngineSim(args, faults)
     traffic = TrafficGenerator(TrafficProfile(4.0, 8000, 180, 1024, 0.0), 1, rng=None)
     for _ in range(120):
-        traffic.tick(0.5, [(engine, faults)])
+        traffic.tick(0.5, [TrafficTarget("gpu-a1", engine, faults)])
         engine.advance(0.5)
     assert engine.kv_usage < 0.8 and not engine.waiting
     registry = engine.metrics.registry
@@ -898,6 +900,9 @@ def test_parse_fault_accepts_the_documented_forms() -> None:
         "provider-429",
         "model-version-change",
         "token-blowup",
+        "long-prompts",
+        "bad-revision",
+        "bad-canary",
     }
 
 

@@ -17,7 +17,14 @@ from console.redact import looks_secret, redact
         ("key sk-proj-AbC123dEf456 refused", "key [redacted] refused"),
         ("token hf_abcdefghijklmnopqrstu expired", "token [redacted] expired"),
         ("GET https://bob:hunter2@gw.example/v1", "GET https://bob:[redacted]@gw.example/v1"),
-        ("id 8f3a9c2e71b4d6f0a5e8c3b2d1f4a7e9c6b5d8f1 x", "id [redacted] x"),
+        # A model revision pinned to a commit (40 lowercase hex) is no secret...
+        (
+            "revision 8f3a9c2e71b4d6f0a5e8c3b2d1f4a7e9c6b5d8f1 x",
+            "revision 8f3a9c2e71b4d6f0a5e8c3b2d1f4a7e9c6b5d8f1 x",
+        ),
+        # ...a random run of any other shape is.
+        ("id 8F3a9c2e71B4d6f0a5e8c3b2d1f4a7e9c6b5d8f1Qz x", "id [redacted] x"),
+        ("id 8f3a9c2e71b4d6f0a5e8c3b2d1f4a7e9c6b5d8 x", "id [redacted] x"),
         (
             "model Mistral-Nemo-Instruct-2407-FP8 is slow",
             "model Mistral-Nemo-Instruct-2407-FP8 is slow",

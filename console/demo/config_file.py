@@ -1,8 +1,9 @@
 """The console config.yaml that points at a running demo fleet.
 
-Follows the schema console/config.py loads (ssh, poll, nodes, endpoints, alerts); holds no
-secret, only the name of the environment variable with the backup provider's key. It writes
-one file and knows nothing of servers.
+Follows the schema console/config.py loads (ssh, poll, nodes, endpoints, routers, alerts);
+holds no secret, only the names of the environment variables with the providers' keys. The
+gateway is a router, not a node: it has no GPU and no engine. It writes one file and knows
+nothing of servers.
 """
 
 from __future__ import annotations
@@ -16,14 +17,24 @@ import yaml
 from console.demo.engine_args import ARGS_FILE
 from console.demo.engine_service import UNIT
 from console.demo.http_server import HOST
+from console.demo.router_config import ROUTE_API, ROUTER_FILE, ROUTER_UNIT
 from console.demo.ssh_server import USER
 
 # AWS p5.48xlarge (8 x H100) on-demand list price at launch, $98.32/h, per GPU.
 COST_PER_GPU_HOUR_USD = 12.29
 BACKUP_KEY_ENV = "LLMOPS_DEMO_BACKUP_KEY"
-BACKUP_MODEL = "gpt-4o-mini"
+PRIMARY_KEY_ENV = "LLMOPS_DEMO_PRIMARY_KEY"
+API_MODEL = "gpt-4o-mini"
+# The router's names for the two providers, and the console's endpoints that probe them.
+PRIMARY_UPSTREAM = "primary-api"
+BACKUP_UPSTREAM = "backup-api"
+PRIMARY_ENDPOINT = "chat-api"
+BACKUP_ENDPOINT = "chat-backup"
+GATEWAY_ENDPOINT = "gateway"
+_API_PRICE = {"input_per_mtok_usd": 0.15, "output_per_mtok_usd": 0.60}  # gpt-4o-mini's list price
+_PROBE_EVERY = "5s"
 _PROBE = {
-    "every": "5s",
+    "every": _PROBE_EVERY,
     "prompt": "Reply with the single word: ok",
     "max_tokens": 16,
     "timeout": "10s",
@@ -36,6 +47,7 @@ class NodeEntry:
     ssh_port: int
     http_port: int
     gpus: int
+    revision: str  # what the node started on: the revision a rollback returns to
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,14 @@ class EndpointEntry:
     name: str
     model: str
     nodes: tuple[NodeEntry, ...]  # the first one's engine is the endpoint's base URL
+
+
+@dataclass(frozen=True)
+class RouterEntry:
+    name: str
+    ssh_port: int
+    http_port: int
+    nodes: tuple[str, ...]  # the nodes behind its chat route
 
 
 def write_config(
@@ -53,7 +73,9 @@ def write_config(
     identity_file: Path,
     nodes: Sequence[NodeEntry],
     endpoints: Sequence[EndpointEntry],
+    primary_port: int,
     backup_port: int,
+    router: RouterEntry,
 ) -> None:
     config = {
         "environment": "demo",
@@ -79,16 +101,18 @@ def write_config(
                 }
                 for e in endpoints
             ),
+            _api(PRIMARY_ENDPOINT, primary_port, PRIMARY_KEY_ENV, every="2s"),
+            _api(BACKUP_ENDPOINT, backup_port, BACKUP_KEY_ENV, every=_PROBE_EVERY),
             {
-                "name": "chat-backup",
+                # The router holds the providers' keys: its clients need none.
+                "name": GATEWAY_ENDPOINT,
                 "kind": "openai",
-                "base_url": f"http://{HOST}:{backup_port}/v1",
-                "model": BACKUP_MODEL,
-                "api_key_env": BACKUP_KEY_ENV,
-                "price": {"input_per_mtok_usd": 0.15, "output_per_mtok_usd": 0.60},
-                "probe": dict(_PROBE),
+                "base_url": f"http://{HOST}:{router.http_port}/v1",
+                "model": ROUTE_API,
+                "probe": {**_PROBE, "every": "1s", "timeout": "5s"},
             },
         ],
+        "routers": [_router(router)],
         "alerts": {
             # End-to-end P95 of healthy demo traffic is ~4 s (8B) and ~8 s (70B) for its long
             # answers: 10 s stays quiet until a latency spike (3x) on one of their nodes.
@@ -115,5 +139,38 @@ def _node(node: NodeEntry) -> dict:
             "service": UNIT,
             "args_file": ARGS_FILE,
             "restart_command": f"sudo systemctl restart {UNIT}",
+            "pinned_revision": node.revision,
         },
+    }
+
+
+def _api(name: str, port: int, key_env: str, every: str) -> dict:
+    return {
+        "name": name,
+        "kind": "openai",
+        "base_url": f"http://{HOST}:{port}/v1",
+        "model": API_MODEL,
+        "api_key_env": key_env,
+        "price": dict(_API_PRICE),
+        "probe": {**_PROBE, "every": every},
+    }
+
+
+def _router(router: RouterEntry) -> dict:
+    upstreams: dict[str, dict[str, str]] = {n: {"node": n} for n in router.nodes}
+    upstreams[PRIMARY_UPSTREAM] = {"endpoint": PRIMARY_ENDPOINT}
+    upstreams[BACKUP_UPSTREAM] = {"endpoint": BACKUP_ENDPOINT}
+    return {
+        "name": router.name,
+        "host": HOST,
+        "port": router.ssh_port,
+        "file": ROUTER_FILE,
+        "format": "yaml",
+        # A LiteLLM proxy config: deployments in model_list, named and weighted inside.
+        "list_path": "model_list",
+        "name_key": "model_info.id",
+        "weight_key": "litellm_params.weight",
+        "reload_command": f"sudo systemctl reload {ROUTER_UNIT.removesuffix('.service')}",
+        "endpoint": GATEWAY_ENDPOINT,
+        "upstreams": upstreams,
     }

@@ -3,30 +3,29 @@
 A (re)start takes ``boot_s`` (the engine is "activating" and /health answers 503), then reads
 the engine-argument file and starts an :class:`EngineSim`. A file vLLM would reject leaves
 the unit failing and retrying every ``boot_s``, as ``Restart=on-failure`` does, until the file
-is fixed. Runs on the fleet's event loop; it never listens on a socket.
+is fixed. A start that succeeds logs vLLM's own ``non-default args: {...}`` line, which is how
+an engineer (or a runbook) learns what the engine really runs with. Runs on the fleet's event
+loop; it never listens on a socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
-from console.demo.engine_args import EngineArgsError, parse_engine_args
+from console.demo.engine_args import EngineArgsError, parse_engine_file
 from console.demo.engine_sim import EngineSim, EngineStartError
 from console.demo.faults import ActiveFaults
+from console.demo.journal import Journal
 
 UNIT = "vllm.service"
 VLLM_VERSION = "0.33.0"
-_JOURNAL_LINES = 200
-
-
-@dataclass(frozen=True)
-class JournalEntry:
-    at: float  # wall-clock seconds, as journald stamps an entry
-    line: str  # journalctl's default ("short") output line
+# Where vLLM's log lines say they come from. log_non_default_args lives in
+# vllm/entrypoints/utils.py; the line numbers are those of a 0.11 log (0.33's are not known).
+_VERSION_AT = "api_server.py:1839"
+_ARGS_AT = "utils.py:233"
+_SERVING_AT = "launcher.py:37"
 
 
 class EngineService:
@@ -41,8 +40,7 @@ class EngineService:
         self.state = "inactive"  # systemd's ActiveState: active | activating | inactive
         self.since = time.time()  # when the unit entered its state
         self.failed_starts = 0  # since the last (re)start: the unit is in auto-restart
-        self.journal: deque[JournalEntry] = deque(maxlen=_JOURNAL_LINES)
-        self.journal_total = 0  # entries ever logged: a follower knows what is new
+        self.journal = Journal(node)
         self.pid = 4000  # vLLM's main PID (the latest one tried while it fails)
         self._boot: asyncio.Task | None = None
 
@@ -83,9 +81,11 @@ class EngineService:
 
     def _try_start(self) -> bool:
         self.pid += 1
-        self._log("vllm", f"INFO vLLM API server version {VLLM_VERSION}")
+        self._log("vllm", self._info(_VERSION_AT, f"vLLM API server version {VLLM_VERSION}"))
         try:
-            args = parse_engine_args(self.args_path.read_text())
+            args, settings = parse_engine_file(self.args_path.read_text())
+            # As vLLM does: the arguments are logged once parsed, before the engine starts.
+            self._log("vllm", self._info(_ARGS_AT, f"non-default args: {settings!r}"))
             self.engine = EngineSim(args, self.faults)
         except (OSError, EngineArgsError, EngineStartError) as exc:
             self._log("vllm", f"ERROR {exc}")
@@ -94,11 +94,8 @@ class EngineService:
             self.failed_starts += 1
             self._set_state("activating")
             return False
-        self._log(
-            "vllm",
-            f"INFO Starting vLLM API server on http://0.0.0.0:8000 (model {args.model}, "
-            f"revision {args.revision}, max_num_batched_tokens {args.max_num_batched_tokens})",
-        )
+        serving = "Starting vLLM API server 0 on http://0.0.0.0:8000"
+        self._log("vllm", self._info(_SERVING_AT, serving))
         self._set_state("active")
         return True
 
@@ -111,9 +108,10 @@ class EngineService:
         if state != self.state:
             self.state, self.since = state, time.time()
 
+    def _info(self, where: str, message: str) -> str:
+        """vLLM's logger format: ``(APIServer pid=N) INFO MM-DD HH:MM:SS [file:line] message``."""
+        stamp = time.strftime("%m-%d %H:%M:%S")
+        return f"(APIServer pid={self.pid}) INFO {stamp} [{where}] {message}"
+
     def _log(self, source: str, message: str) -> None:
-        now = time.time()
-        stamp = time.strftime("%b %d %H:%M:%S", time.localtime(now))
-        who = f"vllm[{self.pid}]" if source == "vllm" else "systemd[1]"
-        self.journal.append(JournalEntry(now, f"{stamp} {self.node} {who}: {message}"))
-        self.journal_total += 1
+        self.journal.log(f"vllm[{self.pid}]" if source == "vllm" else "systemd[1]", message)

@@ -3,7 +3,7 @@
 Latency model. vLLM works in engine steps; one step's duration is
 
     step_s = (overhead_s + per_token_s * step_tokens + kv_read_s * kv_tokens)
-             * (8 / tensor-parallel-size) * slowdown
+             * (8 / tensor-parallel-size) * slowdown * (bad revision ? 2.5 : 1)
 
 Each step first gives every running request its next token (one decode token, or the next
 chunk of a prompt still in prefill), then admits waiting requests with what is left of the
@@ -19,6 +19,10 @@ the newest running request is preempted (KV freed, recomputed later), as in vLLM
 that wait longer than their clients do (60 s) are aborted. Capacities are scaled down from a
 real H100 node's so that a drill can fill the cache.
 
+A revision the node's faults call bad is slower and ends a share of its requests with
+finished_reason ``error``; which requests is decided by a running tally, so the share is exact
+and the same on every run.
+
 This module never touches the network or the wall clock: the caller advances simulated time.
 """
 
@@ -30,7 +34,12 @@ from dataclasses import dataclass
 
 from console.demo.engine_args import EngineArgs
 from console.demo.engine_metrics import EngineMetrics, FinishedRequest
-from console.demo.faults import ActiveFaults
+from console.demo.faults import (
+    BAD_REVISION_ERROR_SHARE,
+    BAD_REVISION_SLOWDOWN,
+    ActiveFaults,
+    every_share,
+)
 from console.demo.h100 import MEMORY_TOTAL_MIB
 
 _CUDA_CONTEXT_MIB = 520
@@ -171,16 +180,30 @@ class EngineSim:
         self.external_running = 0  # real HTTP requests in flight, shown in the running gauge
         self.busy_fraction = 0.0  # of the last advance(): share of time spent in steps
         self.tokens_per_step = 0.0
+        self._finishing = 0  # requests finished on a bad revision, for its error share
         self.mean_step_s = self.step_time(1)
 
     @property
     def kv_usage(self) -> float:
         return min(1.0, self.kv_used / self.kv_capacity)
 
+    @property
+    def bad_revision(self) -> bool:
+        """Whether the revision this engine runs is a bad one (its faults decide, any time)."""
+        return self.faults.revision_is_bad(self.args.revision)
+
     def step_time(self, tokens: int) -> float:
         p = self._profile
         cost = p.overhead_s + p.per_token_s * tokens + p.kv_read_s * self.kv_used
-        return cost * self._speed * self.faults.slowdown
+        bad = BAD_REVISION_SLOWDOWN if self.bad_revision else 1.0
+        return cost * self._speed * self.faults.slowdown * bad
+
+    def fails_next(self) -> bool:
+        """Whether the request finishing now fails: a bad revision fails its share of them."""
+        if not self.bad_revision:
+            return False
+        self._finishing += 1
+        return every_share(self._finishing, BAD_REVISION_ERROR_SHARE)
 
     def submit(self, offset_s: float, request: SimRequest) -> None:
         """Queue a request arriving ``offset_s`` into the next advance(), in arrival order."""
@@ -262,6 +285,24 @@ class EngineSim:
             )
         )
 
+    def record_external_error(self, prompt_tokens: int, max_tokens: int) -> None:
+        """Account a real HTTP request the engine failed before its first token."""
+        self.metrics.admitted(prompt_tokens, 0)
+        self.metrics.finished(
+            FinishedRequest(
+                finished_reason="error",
+                prompt_tokens=prompt_tokens,
+                generation_tokens=0,
+                max_tokens=max_tokens,
+                computed_prompt_tokens=prompt_tokens,
+                e2e_s=0.0,
+                queue_s=0.0,
+                prefill_s=0.0,
+                decode_s=0.0,
+                preemptions=0,
+            )
+        )
+
     def _step(self) -> tuple[float, int]:
         args = self.args
         budget = args.max_num_batched_tokens
@@ -335,7 +376,10 @@ class EngineSim:
                 still_running.append(request)
                 continue
             self.kv_used -= request.computed
-            reason = "length" if request.generated >= request.max_tokens else "stop"
+            if self.fails_next():
+                reason = "error"
+            else:
+                reason = "length" if request.generated >= request.max_tokens else "stop"
             self._record_finished(request, reason)
         self.running = still_running
 

@@ -1,10 +1,12 @@
-"""The demo fleet: nodes, backup provider, traffic and faults on one background event loop.
+"""The demo fleet: nodes, gateway, providers, traffic and faults on one background event loop.
 
 Everything runs in one thread with its own asyncio loop, so the simulation never competes
 with the caller's loop (a Textual app, a test) and needs no locks: calls from other threads
 (:meth:`DemoFleet.inject`, :meth:`DemoFleet.heal`, :meth:`DemoFleet.stop`) are handed to the
-loop. The fleet writes a config.yaml that the console reads like any other; it must not import
-anything from the console's UI.
+loop, and the few read-outs for tests (:meth:`DemoFleet.engine_args`,
+:meth:`DemoFleet.router_weights`, ...) read attributes the loop replaces whole. The fleet writes
+a config.yaml that the console reads like any other; it must not import anything from the
+console's UI.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import random
 import secrets
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,27 +28,43 @@ from typing import Any, ClassVar, TypeVar
 
 from console.demo.completions import id_sequence
 from console.demo.config_file import (
+    API_MODEL,
     BACKUP_KEY_ENV,
+    BACKUP_UPSTREAM,
+    PRIMARY_KEY_ENV,
+    PRIMARY_UPSTREAM,
     EndpointEntry,
     NodeEntry,
+    RouterEntry,
     write_config,
 )
-from console.demo.engine_args import EngineArgs, parse_engine_args, render_engine_args
+from console.demo.engine_args import (
+    EngineArgs,
+    parse_engine_args,
+    render_engine_args,
+    with_revision,
+)
 from console.demo.faults import (
     BACKUP_PROVIDER,
     FAULTS,
+    LONG_PROMPT_FACTOR,
+    LONG_PROMPT_SHARE,
+    PRIMARY_PROVIDER,
     RETRY_AFTER_S,
     SLOWDOWN,
     ActiveFaults,
     FaultSpec,
     fault_targets,
+    model_groups,
     resolve_target,
 )
+from console.demo.gateway import GATEWAY, Gateway
 from console.demo.http_server import HOST, HttpServer
 from console.demo.keys import ensure_key, write_known_hosts
 from console.demo.node import DemoNode
-from console.demo.provider_api import BackupProvider
-from console.demo.traffic import TrafficGenerator, TrafficProfile
+from console.demo.provider_api import ProviderApi
+from console.demo.router_config import ROUTE_API, ROUTE_CHAT, Upstream
+from console.demo.traffic import TrafficGenerator, TrafficProfile, TrafficTarget
 
 _log = logging.getLogger(__name__)
 TICK_S = 0.5
@@ -69,16 +88,18 @@ class EndpointPlan:
     name: str
     model: str
     traffic: TrafficProfile
+    routed: bool  # its clients go through the gateway's chat route (the router's weights)
 
 
-# The first half of the nodes serves the small model, the rest the large one.
-_PLANS = (
+# The first half of the nodes serves the small model behind the gateway, the rest the large one.
+PLANS = (
     EndpointPlan(
         name="chat-primary",
         model="meta-llama/Llama-3.1-8B-Instruct",
         traffic=TrafficProfile(
             5.0, prompt_tokens=3000, output_tokens=180, max_tokens=1024, cached_fraction=0.3
         ),
+        routed=True,
     ),
     EndpointPlan(
         name="chat-large",
@@ -86,6 +107,7 @@ _PLANS = (
         traffic=TrafficProfile(
             1.2, prompt_tokens=2500, output_tokens=150, max_tokens=1024, cached_fraction=0.3
         ),
+        routed=False,
     ),
 )
 
@@ -98,13 +120,21 @@ class _Group:
 
 
 @dataclass
+class _Provider:
+    api: ProviderApi
+    faults: ActiveFaults
+    server: HttpServer
+
+
+@dataclass
 class _ActiveFault:
     undo: Undo
     timer: asyncio.Task | None
 
 
 class DemoFleet:
-    """Simulated GPU nodes (real SSH and HTTP servers on 127.0.0.1) plus a backup provider."""
+    """Simulated GPU nodes, a gateway (real SSH and HTTP servers on 127.0.0.1) and two API
+    providers, primary and backup."""
 
     # What inject() accepts, for UIs that offer a choice; ``faults=`` schedules some at start.
     faults: ClassVar[dict[str, str]] = FAULTS
@@ -136,6 +166,10 @@ class DemoFleet:
         self.store = store if store is not None else self.workdir / "demo.db"
         self.ssh_ports: dict[str, int] = {}
         self.http_ports: dict[str, int] = {}
+        self.gateway_name = GATEWAY
+        self.gateway_ssh_port = 0
+        self.router_port = 0  # the gateway's router: OpenAI-compatible HTTP
+        self.primary_port = 0
         self.backup_port = 0
         self._gpus = gpus_per_node
         self._seed = seed
@@ -146,9 +180,8 @@ class DemoFleet:
         self._thread: threading.Thread | None = None
         self._nodes: dict[str, DemoNode] = {}
         self._groups: list[_Group] = []
-        self._backup_faults = ActiveFaults()
-        self._backup: HttpServer | None = None
-        self._provider: BackupProvider | None = None
+        self._providers: dict[str, _Provider] = {}
+        self._gateway: Gateway | None = None
         self._active: dict[tuple[str, str], _ActiveFault] = {}
         self._tasks: list[asyncio.Task] = []
         self._versions = 0
@@ -215,6 +248,26 @@ class DemoFleet:
         engine = self._nodes[node].service.engine
         return engine.args if engine is not None else None
 
+    def served_revision(self, node: str) -> str | None:
+        """The model revision ``node``'s engine runs now; None while it is down or starting."""
+        args = self.engine_args(node)
+        return args.revision if args is not None else None
+
+    def router_weights(self, route: str) -> dict[str, float]:
+        """The weights the router spreads ``route`` by now: what it last loaded, not what its
+        file says ({} for an unknown route, or while the router is down)."""
+        table = self._running_gateway().router.table
+        return table.weights(route) if table is not None else {}
+
+    def router_file(self) -> str:
+        """The router's configuration file as it is on the gateway now."""
+        return self._running_gateway().config_path.read_text()
+
+    def _running_gateway(self) -> Gateway:
+        if self._gateway is None:
+            raise RuntimeError("the demo fleet is not running")
+        return self._gateway
+
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._loop is None:
             raise RuntimeError("the demo fleet is not running")
@@ -246,15 +299,12 @@ class DemoFleet:
 
     async def _start(self) -> None:
         self._nodes, self._groups, self._tasks, self._active = {}, [], [], {}
+        self._providers, self._gateway = {}, None
         rng = None if self._deterministic else random.Random(self._seed)
         boot_s = _DETERMINISTIC_BOOT_S if self._deterministic else _BOOT_S
         client_key = ensure_key(self.client_key_path, "llmops@demo")
-        # Only the variable's name goes in config.yaml; the key lives in the environment.
-        api_key = os.environ.setdefault(BACKUP_KEY_ENV, f"sk-demo-{secrets.token_hex(16)}")
-        half = (len(self.node_names) + 1) // 2
-        groups = [self.node_names[:half], self.node_names[half:]]
         tp = 1 << (self._gpus.bit_length() - 1)  # largest power of two that fits the node
-        for plan, names in zip(_PLANS, groups, strict=True):
+        for plan, names in zip(PLANS, model_groups(self.node_names), strict=True):
             if not names:
                 continue
             args = EngineArgs(
@@ -277,10 +327,29 @@ class DemoFleet:
                 members.append(node)
             traffic = TrafficGenerator(plan.traffic, len(members), rng)
             self._groups.append(_Group(plan, members, traffic))
-        provider = BackupProvider(api_key, self._backup_faults, rng, id_sequence(BACKUP_PROVIDER))
-        self._provider = provider
-        self._backup = HttpServer(provider.handle, server_header="demo-provider")
-        self.backup_port = await self._backup.start()
+        for name, key_env in (
+            (PRIMARY_PROVIDER, PRIMARY_KEY_ENV),
+            (BACKUP_PROVIDER, BACKUP_KEY_ENV),
+        ):
+            # Only the variable's name goes in config.yaml; the key lives in the environment.
+            api_key = os.environ.setdefault(key_env, f"sk-demo-{secrets.token_hex(16)}")
+            faults = ActiveFaults()
+            api = ProviderApi(api_key, faults, rng, id_sequence(name))
+            server = HttpServer(api.handle, server_header="demo-provider")
+            await server.start()
+            self._providers[name] = _Provider(api, faults, server)
+        self.primary_port = self._providers[PRIMARY_PROVIDER].server.port
+        self.backup_port = self._providers[BACKUP_PROVIDER].server.port
+        self._gateway = Gateway(
+            GATEWAY,
+            self.workdir / "gateway" / GATEWAY,
+            rng=rng,
+            client_key=client_key,
+            upstreams=self._upstreams(),
+        )
+        await self._gateway.start()
+        self.gateway_ssh_port = self._gateway.ssh.port
+        self.router_port = self._gateway.http.port
         self.ssh_ports = {n.name: n.ssh.port for n in self._nodes.values()}
         self.http_ports = {n.name: n.http.port for n in self._nodes.values()}
         if self._traffic_on:
@@ -291,15 +360,50 @@ class DemoFleet:
         self._tasks.append(asyncio.create_task(self._tick_loop()))
         self._tasks.extend(asyncio.create_task(self._scheduled_fault(s)) for s in self._scheduled)
 
+    def _upstreams(self) -> list[Upstream]:
+        """The router's first configuration: the routed group's nodes, evenly; the primary API
+        with all of chat-api's traffic, the backup with none."""
+        routed = next(g for g in self._groups if g.plan.routed)
+        chat = [
+            Upstream(
+                n.name,
+                ROUTE_CHAT,
+                f"openai/{routed.plan.model}",
+                f"http://{HOST}:{n.http.port}/v1",
+                weight=100 // len(routed.nodes),
+            )
+            for n in routed.nodes
+        ]
+        api = [
+            Upstream(
+                upstream,
+                ROUTE_API,
+                f"openai/{API_MODEL}",
+                f"http://{HOST}:{port}/v1",
+                weight=weight,
+                api_key_env=key_env,
+            )
+            for upstream, port, weight, key_env in (
+                (PRIMARY_UPSTREAM, self.primary_port, 100, PRIMARY_KEY_ENV),
+                (BACKUP_UPSTREAM, self.backup_port, 0, BACKUP_KEY_ENV),
+            )
+        ]
+        return [*chat, *api]
+
     def _write_files(self) -> None:
+        gateway = self._running_gateway()
         write_known_hosts(
             self.known_hosts_path,
-            [(HOST, n.ssh.port, n.host_key) for n in self._nodes.values()],
+            [
+                *((HOST, n.ssh.port, n.host_key) for n in self._nodes.values()),
+                (HOST, gateway.ssh.port, gateway.host_key),
+            ],
         )
         entries = {
-            n.name: NodeEntry(n.name, n.ssh.port, n.http.port, self._gpus)
+            n.name: NodeEntry(n.name, n.ssh.port, n.http.port, self._gpus, n.default_args.revision)
             for n in self._nodes.values()
         }
+        routed = next(g for g in self._groups if g.plan.routed)
         write_config(
             self.config_path,
             store=self.store,
@@ -310,7 +414,14 @@ class DemoFleet:
                 EndpointEntry(g.plan.name, g.plan.model, tuple(entries[n.name] for n in g.nodes))
                 for g in self._groups
             ],
+            primary_port=self.primary_port,
             backup_port=self.backup_port,
+            router=RouterEntry(
+                gateway.name,
+                gateway.ssh.port,
+                gateway.http.port,
+                tuple(n.name for n in routed.nodes),
+            ),
         )
 
     async def _tick_loop(self) -> None:
@@ -326,14 +437,27 @@ class DemoFleet:
     def _tick(self) -> None:
         if self._traffic_on:
             for group in self._groups:
-                serving = [
-                    (n.service.engine, n.faults)
-                    for n in group.nodes
-                    if n.up and n.service.engine is not None
-                ]
-                group.traffic.tick(TICK_S, serving)
+                self._send_traffic(group)
         for node in self._nodes.values():
             node.tick(TICK_S)
+
+    def _send_traffic(self, group: _Group) -> None:
+        """The group's arrivals of one tick, to its nodes serving now. The routed group's split
+        follows the weights the router loaded for its chat route (a node it does not list gets
+        nothing); when no node serving has a weight above 0 there, its arrivals are dropped and
+        counted as failed at the gateway. The others split evenly."""
+        router = self._running_gateway().router
+        table = router.table
+        weights = table.weights(ROUTE_CHAT) if table is not None else {}
+        targets = []
+        for node in group.nodes:
+            engine = node.service.engine
+            if node.up and engine is not None:
+                weight = weights.get(node.name, 0.0) if group.plan.routed else 1.0
+                targets.append(TrafficTarget(node.name, engine, node.faults, weight))
+        dropped = group.traffic.tick(TICK_S, targets)
+        if group.plan.routed:
+            router.failed_requests += dropped
 
     async def _scheduled_fault(self, spec: FaultSpec) -> None:
         await asyncio.sleep(spec.at_s)
@@ -352,8 +476,10 @@ class DemoFleet:
         self._active.clear()
         for node in self._nodes.values():
             await node.go_down()
-        if self._backup is not None:
-            await self._backup.stop()
+        if self._gateway is not None:
+            await self._gateway.stop()
+        for provider in self._providers.values():
+            await provider.server.stop()
 
     async def _inject(self, name: str, target: str, duration_s: float | None) -> str:
         key = (name, target)
@@ -389,10 +515,9 @@ class DemoFleet:
 
     async def _apply(self, name: str, target: str) -> tuple[Undo, str]:
         """Put the fault in place; return how to take it away, and what happened."""
+        provider = self._providers.get(target)
         if name in ("provider-5xx", "provider-429"):
-            faults = (
-                self._backup_faults if target == BACKUP_PROVIDER else self._nodes[target].faults
-            )
+            faults = provider.faults if provider is not None else self._nodes[target].faults
             status = 503 if name == "provider-5xx" else 429
             faults.chat_error_status = status
 
@@ -402,13 +527,12 @@ class DemoFleet:
 
             extra = f" (retry-after {RETRY_AFTER_S}s)" if status == 429 else ""
             return clear_status, f"{name} on {target}: chat requests get {status}{extra}"
-        if target == BACKUP_PROVIDER:  # model-version-change, the only other fault it takes
-            provider = self._provider
-            assert provider is not None
-            dated = provider.change_version()
+        if provider is not None:  # model-version-change, the only other fault a provider takes
+            api = provider.api
+            dated = api.change_version()
 
             async def roll_back_provider() -> None:
-                provider.roll_back()
+                api.roll_back()
 
             return roll_back_provider, f"{name} on {target}: aliases now answer as {dated}"
         node = self._nodes[target]
@@ -426,11 +550,68 @@ class DemoFleet:
                 node.faults.token_blowup = False
 
             return end_blowup, f"{name} on {target}: completions run to max_tokens"
+        if name == "long-prompts":
+            node.faults.long_prompts = True
+
+            async def end_long_prompts() -> None:
+                node.faults.long_prompts = False
+
+            share = f"{LONG_PROMPT_SHARE:.0%} of its requests carry {LONG_PROMPT_FACTOR}x prompts"
+            return end_long_prompts, f"{name} on {target}: {share}"
         if name == "node-down":
             await node.go_down()
             ports = f"SSH :{node.ssh.port} and HTTP :{node.http.port}"
             return node.come_up, f"{name} on {target}: {ports} refuse connections"
+        if name == "bad-revision":
+            return self._deploy_bad_revision(node)
+        if name == "bad-canary":
+            return self._pin_good_revision(node)
         return self._change_version(node)  # model-version-change
+
+    def _deploy_bad_revision(self, node: DemoNode) -> tuple[Undo, str]:
+        """What a careful deploy tool does, with a bad build: keep the args file beside itself,
+        write the new revision into it (the served name stays) and restart."""
+        before = node.args_path.read_text()
+        try:
+            args = parse_engine_args(before)
+        except ValueError as exc:
+            raise ValueError(f"cannot deploy a new revision on {node.name}: {exc}") from exc
+        self._versions += 1
+        revision = _revision(args.model, self._versions)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = node.args_path.with_name(f"{node.args_path.name}.{stamp}")
+        kept.write_text(before)
+        node.args_path.write_text(with_revision(before, revision))
+        node.faults.bad_revisions.add(revision)
+        node.restart_engine()
+
+        async def roll_back() -> None:
+            node.faults.bad_revisions.discard(revision)
+            if _file_revision(node) == revision:  # nobody has rolled it back yet
+                node.args_path.write_text(before)
+                node.restart_engine()
+
+        return roll_back, (
+            f"bad-revision on {node.name}: restarted on revision {revision}, a bad one "
+            f"(the previous args kept as {kept.name})"
+        )
+
+    def _pin_good_revision(self, node: DemoNode) -> tuple[Undo, str]:
+        """Make every revision but the one ``node`` runs now bad there (a canary's next deploy)."""
+        engine = node.service.engine
+        good = engine.args.revision if engine is not None else _file_revision(node)
+        if good is None:
+            raise ValueError(
+                f"cannot tell which revision {node.name} runs: its args file is broken"
+            )
+        faults = node.faults
+        faults.good_revision = good
+
+        async def unpin() -> None:
+            if faults.good_revision == good:
+                faults.good_revision = None
+
+        return unpin, f"bad-canary on {node.name}: any revision but {good} is bad there"
 
     def _change_version(self, node: DemoNode) -> tuple[Undo, str]:
         """Redeploy ``node`` with a new revision, served under a new name (old one kept)."""
@@ -455,6 +636,15 @@ class DemoFleet:
         return roll_back, f"model-version-change on {node.name}: now serving {new_name}"
 
 
+def _file_revision(node: DemoNode) -> str | None:
+    """The revision ``node``'s args file names; None when vLLM would not read the file."""
+    try:
+        return parse_engine_args(node.args_path.read_text()).revision
+    except (OSError, ValueError):
+        return None
+
+
 def _revision(model: str, version: int) -> str:
-    """A stable, commit-like revision hash for a model's n-th deploy."""
-    return hashlib.sha1(f"{model}#{version}".encode()).hexdigest()
+    """A stable, commit-like revision for a model's n-th deploy: 12 hex digits, a short commit
+    hash, because console.config refuses a full 40-digit one as secret-shaped."""
+    return hashlib.sha1(f"{model}#{version}".encode()).hexdigest()[:12]

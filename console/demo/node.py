@@ -50,13 +50,13 @@ class DemoNode:
         self.ssh = SshServer(self.host_key, client_key, self.root, self.shell.run)
         api = VllmApi(self.service, self.faults, id_sequence(name))
         self.http = HttpServer(api.handle, server_header="uvicorn")
-        self._default_args = default_args
+        self.default_args = default_args
         self.up = False
 
     async def start(self) -> None:
         """Boot with the default engine arguments (a fresh demo starts healthy)."""
         self.args_path.parent.mkdir(parents=True, exist_ok=True)
-        self.args_path.write_text(render_engine_args(self._default_args))
+        self.args_path.write_text(render_engine_args(self.default_args))
         self.service.start_now()
         await self._listen()
 

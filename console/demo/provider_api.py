@@ -1,4 +1,7 @@
-"""The backup provider: an OpenAI-style API with bearer-key auth and rate-limit headers.
+"""An API provider: OpenAI-style, with bearer-key auth and rate-limit headers.
+
+The demo runs two, each its own instance with its own key and faults: the primary API and
+the backup the router fails over to.
 
 Serves ``/v1/models`` and ``/v1/chat/completions`` (streaming with usage) for its models, with
 an API's latency (a few hundred ms to the first token) and OpenAI's error bodies and headers
@@ -46,7 +49,7 @@ _TTFT_S = 0.25
 _ITL_S = 0.012
 
 
-class BackupProvider:
+class ProviderApi:
     def __init__(
         self,
         api_key: str,

@@ -1,7 +1,9 @@
-"""The commands a simulated node answers over SSH ``exec``, and what they print.
+"""The commands a simulated host answers over SSH ``exec``, and what they print.
 
-Accepted (an optional leading ``sudo`` is ignored, and so is coreutils' ``timeout [-k D] D``:
-simulated commands never hang):
+:class:`Shell` holds what every demo host answers (``hostname``, ``uptime``, ``cat``,
+``journalctl`` of its unit, the one-command rule); :class:`NodeShell` is a GPU node's. A GPU
+node accepts (a leading ``sudo`` is ignored, and so is coreutils' ``timeout [-k D] D``, in
+either order: simulated commands never hang):
 
 * ``nvidia-smi`` bare (the table), ``-L``, ``-q``, ``--query-gpu=...`` and
   ``--query-compute-apps=...`` with ``--format=csv[,noheader][,nounits]`` and ``-i IDS``
@@ -30,13 +32,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from console.demo.engine_args import ARGS_FILE
-from console.demo.engine_service import UNIT, EngineService, JournalEntry
+from console.demo.engine_service import UNIT, EngineService
 from console.demo.gpu_sim import GpuSim
+from console.demo.journal import Journal, JournalEntry
 from console.demo.nvidia_smi import ComputeApp, NvidiaSmiError, nvidia_smi
 
-_UNIT_NOT_FOUND = 5  # systemctl's exit status for an unknown unit (start, stop, restart)
-_NOT_ACTIVE = 3  # systemctl is-active / status: the unit is not active
-_NO_SUCH_UNIT = 4  # systemctl status: no such unit
+UNIT_NOT_FOUND = 5  # systemctl's exit status for an unknown unit (start, stop, restart)
+NOT_ACTIVE = 3  # systemctl is-active / status: the unit is not active
+NO_SUCH_UNIT = 4  # systemctl status: no such unit
 _SYNTAX = 2  # bash's exit status for a syntax error
 _FOLLOW_POLL_S = 0.2
 _JOURNAL_TAIL = 10  # what `journalctl -f` and `systemctl status` show of the past
@@ -68,13 +71,18 @@ class CommandResult:
     follow: Callable[[], AsyncIterator[str]] | None = None
 
 
-class NodeShell:
-    def __init__(self, name: str, root: Path, service: EngineService, gpus: GpuSim) -> None:
+Program = Callable[[Sequence[str]], CommandResult]
+
+
+class Shell:
+    """What every demo host answers; a subclass adds its programs and runs one unit."""
+
+    def __init__(self, name: str, root: Path, unit: str, journal: Journal) -> None:
         self._name = name
         self._root = root
-        self._service = service
-        self._gpus = gpus
-        self.booted_at = time.time()  # the node sets it when it comes (back) up
+        self._unit = unit
+        self._journal = journal
+        self.booted_at = time.time()  # the host sets it when it comes (back) up
 
     def run(self, command: str) -> CommandResult:
         if _has_shell_syntax(command):
@@ -83,112 +91,60 @@ class NodeShell:
             argv = shlex.split(command)
         except ValueError as exc:
             return CommandResult(stderr=f"bash: -c: line 1: {exc}\n", exit_status=_SYNTAX)
-        if argv[:1] == ["sudo"]:
-            argv = [a for a in argv[1:] if a != "-n"]  # -n: never prompt; there is no password
-        argv = _without_timeout(argv)
+        while argv[:1] in (["sudo"], ["timeout"]):  # in either order: `timeout 20 sudo ...`
+            argv = _without_sudo(argv) if argv[0] == "sudo" else _without_timeout(argv)
         if not argv:
             return CommandResult()
         program, args = argv[0].rsplit("/", 1)[-1], argv[1:]
-        handler = {
-            "nvidia-smi": self._nvidia_smi,
-            "systemctl": self._systemctl,
-            "journalctl": self._journalctl,
-            "uptime": self._uptime,
-            "free": self._free,
-            "df": self._df,
-            "hostname": self._hostname,
-            "cat": self._cat,
-        }.get(program)
+        handler = self._programs().get(program)
         if handler is None:
             return CommandResult(stderr=f"bash: {argv[0]}: command not found\n", exit_status=127)
         return handler(args)
 
-    # -- nvidia-smi -----------------------------------------------------------------------------
+    def _programs(self) -> dict[str, Program]:
+        return {
+            "journalctl": self._journalctl,
+            "uptime": self._uptime,
+            "hostname": self._hostname,
+            "cat": self._cat,
+        }
 
-    def _nvidia_smi(self, args: Sequence[str]) -> CommandResult:
-        try:
-            return CommandResult(stdout=nvidia_smi(args, self._gpus.gpus, self._apps()))
-        except NvidiaSmiError as exc:
-            # nvidia-smi prints its refusals on stdout, exit status 2, as the real one does.
-            return CommandResult(stdout=f"{exc}\n\n", exit_status=exc.exit_status)
+    def _load(self) -> float:
+        """The load average ``uptime`` shows."""
+        return 0.0
 
-    def _apps(self) -> list[ComputeApp]:
-        """vLLM's tensor-parallel workers, one process per GPU it uses."""
-        engine = self._service.engine
-        if engine is None:
-            return []
-        base = self._service.pid + 2  # after the API server and the engine core
-        return [
-            ComputeApp(base + gpu.index, "python3", gpu, gpu.memory_used_mib)
-            for gpu in self._gpus.gpus
-            if gpu.index < engine.args.tensor_parallel_size
-        ]
+    def is_unit(self, unit: str) -> bool:
+        return unit in (self._unit, self._unit.removesuffix(".service"))
 
-    # -- systemd --------------------------------------------------------------------------------
+    def unit_status(
+        self, symbol: str, active: str, since: float, running: str | None, description: str
+    ) -> str:
+        """``systemctl status``, shaped after systemctl(1)'s documented example (no capture).
 
-    def _systemctl(self, args: Sequence[str]) -> CommandResult:
-        verbs = [a for a in args if not a.startswith("-")]
-        if len(verbs) != 2 or verbs[0] not in ("restart", "start", "stop", "is-active", "status"):
-            return CommandResult(
-                stderr="systemctl: unsupported command in this demo\n", exit_status=1
-            )
-        verb, unit = verbs
-        if not _is_unit(unit):
-            if verb == "is-active":
-                return CommandResult(stdout="inactive\n", exit_status=_NOT_ACTIVE)
-            if verb == "status":
-                return CommandResult(
-                    stderr=f"Unit {_unit_name(unit)} could not be found.\n",
-                    exit_status=_NO_SUCH_UNIT,
-                )
-            return CommandResult(
-                stderr=f"Failed to {verb} {unit}: Unit {_unit_name(unit)} not found.\n",
-                exit_status=_UNIT_NOT_FOUND,
-            )
-        service = self._service
-        if verb == "status":
-            return self._status()
-        if verb == "is-active":
-            state = service.state
-            status = 0 if state == "active" else _NOT_ACTIVE
-            return CommandResult(stdout=f"{state}\n", exit_status=status)
-        if verb == "stop":
-            service.stop()
-        elif verb == "restart" or service.state == "inactive":
-            service.restart()
-        return CommandResult()
-
-    def _status(self) -> CommandResult:
-        """``systemctl status``, shaped after systemctl(1)'s documented example (no capture)."""
-        service = self._service
-        state = {
-            "active": "active (running)",
-            "activating": "activating (auto-restart) (Result: exit-code)"
-            if service.failed_starts
-            else "activating (start)",
-            "inactive": "inactive (dead)",
-        }[service.state]
-        since = time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(service.since))
-        ago = _timespan(time.time() - service.since)
+        ``running``: the main process's command line, when one is running.
+        """
+        when = time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(since))
+        ago = _timespan(time.time() - since)
+        unit = self._unit
         lines = [
-            f"{'○' if service.state == 'inactive' else '●'} {UNIT} - {_DESCRIPTION}",
-            f"     Loaded: loaded (/etc/systemd/system/{UNIT}; enabled; preset: enabled)",
-            f"     Active: {state} since {since}; {ago} ago",
+            f"{symbol} {unit} - {description}",
+            f"     Loaded: loaded (/etc/systemd/system/{unit}; enabled; preset: enabled)",
+            f"     Active: {active} since {when}; {ago} ago",
         ]
-        if service.state != "inactive" and not service.failed_starts:
+        if running is not None:
+            pid, _, command = running.partition(" ")
             lines += [
-                f"   Main PID: {service.pid} (python3)",
-                f"     CGroup: /system.slice/{UNIT}",
-                f"             └─{service.pid} {_EXEC}",
+                f"   Main PID: {pid} ({command.split()[0].rsplit('/', 1)[-1]})",
+                f"     CGroup: /system.slice/{unit}",
+                f"             └─{running}",
             ]
-        journal = [e.line for e in list(service.journal)[-_JOURNAL_TAIL:]]
+        journal = [e.line for e in list(self._journal.entries)[-_JOURNAL_TAIL:]]
         if journal:
             lines += ["", *journal]
-        status = 0 if service.state == "active" else _NOT_ACTIVE
-        return CommandResult(stdout="".join(line + "\n" for line in lines), exit_status=status)
+        return "".join(line + "\n" for line in lines)
 
     def _journalctl(self, args: Sequence[str]) -> CommandResult:
-        """journalctl's default output (the lines the engine service logs), see journalctl(1)."""
+        """journalctl's default output (the lines the host's unit logs), see journalctl(1)."""
         try:
             options, extra = getopt.gnu_getopt(
                 list(args),
@@ -223,8 +179,8 @@ class NodeShell:
                     )
             elif name in ("-f", "--follow"):
                 follow = True
-        ours = not units or any(_is_unit(u) for u in units)
-        entries = [e for e in self._service.journal if since is None or e.at >= since]
+        ours = not units or any(self.is_unit(u) for u in units)
+        entries = [e for e in self._journal.entries if since is None or e.at >= since]
         entries = entries if ours else []
         if count is None and follow:
             count = _JOURNAL_TAIL
@@ -236,18 +192,16 @@ class NodeShell:
         return CommandResult(stdout=stdout, follow=lambda: self._follow(ours))
 
     async def _follow(self, ours: bool) -> AsyncIterator[str]:
-        service = self._service
-        seen = service.journal_total
+        journal = self._journal
+        seen = journal.total
         while True:
             await asyncio.sleep(_FOLLOW_POLL_S)
-            new = service.journal_total - seen
-            seen = service.journal_total
+            new = journal.total - seen
+            seen = journal.total
             if ours and new:
-                entries: list[JournalEntry] = list(service.journal)[-new:]
+                entries: list[JournalEntry] = list(journal.entries)[-new:]
                 for entry in entries:
                     yield entry.line + "\n"
-
-    # -- the rest of what an engineer types first -----------------------------------------------
 
     def _uptime(self, args: Sequence[str]) -> CommandResult:
         """procps' ``uptime`` line (format from its manual; there is no capture)."""
@@ -255,11 +209,133 @@ class NodeShell:
             return CommandResult(stderr=f"uptime: invalid option -- '{args[0]}'\n", exit_status=1)
         now = time.time()
         up = _uptime_span(now - self.booted_at)
-        engine = self._service.engine
-        load = engine.busy_fraction * engine.args.tensor_parallel_size if engine else 0.0
+        load = self._load()
         clock = time.strftime("%H:%M:%S", time.localtime(now))
         line = f" {clock} up {up},  1 user,  load average: {load:.2f}, {load:.2f}, {load:.2f}\n"
         return CommandResult(stdout=line)
+
+    def _hostname(self, args: Sequence[str]) -> CommandResult:
+        if any(a not in ("-s", "--short", "-f", "--fqdn") for a in args):
+            return CommandResult(
+                stderr="hostname: the demo host only prints its name\n", exit_status=1
+            )
+        return CommandResult(stdout=f"{self._name}\n")
+
+    def _cat(self, args: Sequence[str]) -> CommandResult:
+        """Files of the host's root: the same tree SFTP serves."""
+        out, errors = [], []
+        root = self._root.resolve()
+        for name in args:
+            path = (root / name.lstrip("/")).resolve()
+            if not path.is_relative_to(root) or not path.exists():
+                errors.append(f"cat: {name}: No such file or directory\n")
+            elif path.is_dir():
+                errors.append(f"cat: {name}: Is a directory\n")
+            else:
+                out.append(path.read_text(errors="replace"))
+        return CommandResult("".join(out), "".join(errors), 1 if errors else 0)
+
+
+def unknown_unit(verb: str, unit: str) -> CommandResult:
+    """What systemctl answers for a unit the host does not have."""
+    name = unit if "." in unit else f"{unit}.service"
+    if verb == "is-active":
+        return CommandResult(stdout="inactive\n", exit_status=NOT_ACTIVE)
+    if verb == "status":
+        return CommandResult(stderr=f"Unit {name} could not be found.\n", exit_status=NO_SUCH_UNIT)
+    return CommandResult(
+        stderr=f"Failed to {verb} {unit}: Unit {name} not found.\n", exit_status=UNIT_NOT_FOUND
+    )
+
+
+class NodeShell(Shell):
+    """A GPU node: nvidia-smi, ``vllm.service``, and what an engineer types first."""
+
+    def __init__(self, name: str, root: Path, service: EngineService, gpus: GpuSim) -> None:
+        super().__init__(name, root, UNIT, service.journal)
+        self._service = service
+        self._gpus = gpus
+
+    def _programs(self) -> dict[str, Program]:
+        return {
+            **super()._programs(),
+            "nvidia-smi": self._nvidia_smi,
+            "systemctl": self._systemctl,
+            "free": self._free,
+            "df": self._df,
+        }
+
+    def _load(self) -> float:
+        engine = self._service.engine
+        return engine.busy_fraction * engine.args.tensor_parallel_size if engine else 0.0
+
+    # -- nvidia-smi -----------------------------------------------------------------------------
+
+    def _nvidia_smi(self, args: Sequence[str]) -> CommandResult:
+        try:
+            return CommandResult(stdout=nvidia_smi(args, self._gpus.gpus, self._apps()))
+        except NvidiaSmiError as exc:
+            # nvidia-smi prints its refusals on stdout, exit status 2, as the real one does.
+            return CommandResult(stdout=f"{exc}\n\n", exit_status=exc.exit_status)
+
+    def _apps(self) -> list[ComputeApp]:
+        """vLLM's tensor-parallel workers, one process per GPU it uses."""
+        engine = self._service.engine
+        if engine is None:
+            return []
+        base = self._service.pid + 2  # after the API server and the engine core
+        return [
+            ComputeApp(base + gpu.index, "python3", gpu, gpu.memory_used_mib)
+            for gpu in self._gpus.gpus
+            if gpu.index < engine.args.tensor_parallel_size
+        ]
+
+    # -- systemd --------------------------------------------------------------------------------
+
+    def _systemctl(self, args: Sequence[str]) -> CommandResult:
+        verbs = [a for a in args if not a.startswith("-")]
+        if len(verbs) != 2 or verbs[0] not in ("restart", "start", "stop", "is-active", "status"):
+            return CommandResult(
+                stderr="systemctl: unsupported command in this demo\n", exit_status=1
+            )
+        verb, unit = verbs
+        if not self.is_unit(unit):
+            return unknown_unit(verb, unit)
+        service = self._service
+        if verb == "status":
+            return self._status()
+        if verb == "is-active":
+            state = service.state
+            status = 0 if state == "active" else NOT_ACTIVE
+            return CommandResult(stdout=f"{state}\n", exit_status=status)
+        if verb == "stop":
+            service.stop()
+        elif verb == "restart" or service.state == "inactive":
+            service.restart()
+        return CommandResult()
+
+    def _status(self) -> CommandResult:
+        service = self._service
+        state = {
+            "active": "active (running)",
+            "activating": "activating (auto-restart) (Result: exit-code)"
+            if service.failed_starts
+            else "activating (start)",
+            "inactive": "inactive (dead)",
+        }[service.state]
+        running = service.state != "inactive" and not service.failed_starts
+        text = self.unit_status(
+            "○" if service.state == "inactive" else "●",
+            state,
+            service.since,
+            f"{service.pid} {_EXEC}" if running else None,
+            _DESCRIPTION,
+        )
+        return CommandResult(
+            stdout=text, exit_status=0 if service.state == "active" else NOT_ACTIVE
+        )
+
+    # -- the rest of what an engineer types first -----------------------------------------------
 
     def _free(self, args: Sequence[str]) -> CommandResult:
         """procps-ng 4's ``free`` table (its documented layout; there is no capture)."""
@@ -310,27 +386,6 @@ class NodeShell:
             lines.append(" ".join([*cells, row[-1]]))
         return CommandResult(stdout="".join(line + "\n" for line in lines))
 
-    def _hostname(self, args: Sequence[str]) -> CommandResult:
-        if any(a not in ("-s", "--short", "-f", "--fqdn") for a in args):
-            return CommandResult(
-                stderr="hostname: the demo node only prints its name\n", exit_status=1
-            )
-        return CommandResult(stdout=f"{self._name}\n")
-
-    def _cat(self, args: Sequence[str]) -> CommandResult:
-        """Files of the node's root: the same tree SFTP serves."""
-        out, errors = [], []
-        root = self._root.resolve()
-        for name in args:
-            path = (root / name.lstrip("/")).resolve()
-            if not path.is_relative_to(root) or not path.exists():
-                errors.append(f"cat: {name}: No such file or directory\n")
-            elif path.is_dir():
-                errors.append(f"cat: {name}: Is a directory\n")
-            else:
-                out.append(path.read_text(errors="replace"))
-        return CommandResult("".join(out), "".join(errors), 1 if errors else 0)
-
 
 def _has_shell_syntax(command: str) -> bool:
     """Operators outside quotes, or substitutions outside single quotes (as bash reads them)."""
@@ -338,14 +393,6 @@ def _has_shell_syntax(command: str) -> bool:
     if _SUBSTITUTIONS.search(outside_single):
         return True
     return bool(_OPERATORS.search(re.sub(r'"(?:[^"\\]|\\.)*"', "", outside_single)))
-
-
-def _is_unit(unit: str) -> bool:
-    return unit in (UNIT, UNIT.removesuffix(".service"))
-
-
-def _unit_name(unit: str) -> str:
-    return unit if "." in unit else f"{unit}.service"
 
 
 def _parse_since(text: str, now: float) -> float | None:
@@ -413,10 +460,16 @@ def _human_kib(kib: int, suffix: str = "") -> str:
     return f"{value:.1f}{unit}{suffix}" if value < 10 else f"{round(value)}{unit}{suffix}"
 
 
+def _without_sudo(argv: list[str]) -> list[str]:
+    """``sudo -n -u root CMD...`` -> ``CMD...`` (there is no password to ask for)."""
+    rest = argv[1:]
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in ("-u", "-g") else rest[1:]
+    return rest
+
+
 def _without_timeout(argv: list[str]) -> list[str]:
     """``timeout -k 5 20 CMD...`` -> ``CMD...``."""
-    if argv[:1] != ["timeout"]:
-        return argv
     rest = argv[1:]
     while rest and rest[0].startswith("-"):
         rest = rest[2:] if rest[0] in ("-k", "-s") else rest[1:]

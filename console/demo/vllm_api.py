@@ -3,7 +3,8 @@
 Answers from the node's :class:`EngineService`: while the engine is (re)starting /health is 503
 and the engine routes refuse; chat replies are paced with the engine's current TTFT and
 inter-token estimates (so latency-spike and batch settings show in real requests) and are
-accounted in its metrics. It never changes engine state.
+accounted in its metrics; an engine on a bad revision fails its share of them with a 500.
+It never changes the engine's settings, only its accounts.
 """
 
 from __future__ import annotations
@@ -102,6 +103,15 @@ class VllmApi:
                 "BadRequestError",
                 code=400,
             )
+        max_tokens = chat.max_tokens or engine.max_model_len - chat.prompt_tokens
+        if engine.fails_next():  # a bad revision fails its share of requests
+            engine.record_external_error(chat.prompt_tokens, max_tokens)
+            return error_response(
+                500,
+                "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                "InternalServerError",
+                code=500,
+            )
         reply = make_reply(
             chat,
             args.served_model_name,
@@ -109,7 +119,6 @@ class VllmApi:
             int(time.time()),
             blowup=self._faults.token_blowup,
         )
-        max_tokens = chat.max_tokens or engine.max_model_len - chat.prompt_tokens
         tokens = self._generate(engine, reply, max_tokens)
         if chat.stream:
             return stream_response(sse_events(reply, tokens, chat.include_usage, VLLM_STREAM), {})
