@@ -498,7 +498,9 @@ class Registry:
         journal, journal_problem = await self._journal(node, engine.service)
         if models is None:
             tail = journal.splitlines()[-FAILURE_JOURNAL_LINES:] if journal else []
-            last = tail[-1].strip() if tail else journal_problem or "empty"
+            # vLLM's own error says why, more than systemd's "Failed with result" after it.
+            errors = [line for line in tail if " ERROR " in f" {line} "]
+            last = (errors or tail)[-1].strip() if tail else journal_problem or "empty"
             output.line(f"not serving: {why}")
             return Outcome(
                 False,

@@ -1,8 +1,12 @@
-"""The Textual application: views as modes, global keys, the command palette.
+"""The Textual application: views as modes, global keys, the command palette, runbook runs.
 
 The app starts the hub's collectors on its event loop (they are async I/O, and CPU-heavy
 parsing goes to threads), then once per ``refresh_s`` takes the hub's latest snapshot and
 hands it to the visible view. Paused, it keeps collecting but stops repainting.
+
+Runbook runs belong to the app (one :class:`~screens.runbooks.RunDriver` per runbook, each run
+one of the app's workers), so a run goes on whichever view is shown; read-only mode is shown
+in the header and passed to every run, and the action registry enforces it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import replace
 from functools import partial
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from textual.app import App, ScreenStackError, SystemCommand
 from textual.binding import Binding
@@ -22,11 +26,25 @@ from textual.screen import Screen
 
 from console.models import FleetSnapshot, SourceStatus
 from screens.modals import CommandLine, FaultPicker, HelpScreen
+from screens.runbooks import RUNNER_KEYS, RunbooksScreen, RunDriver, RunnerScreen, RunUpdated
 from screens.views import VIEWS, FleetView
+
+if TYPE_CHECKING:
+    from console.session import Session
 
 log = logging.getLogger(__name__)
 
-COMMANDS = (*VIEWS, "quit")  # what the ``:`` line takes
+VIEW_NAMES = (*VIEWS, "runbooks")
+COMMANDS = (*VIEW_NAMES, "quit")  # what the ``:`` line takes
+FLEET_KEYS = (  # what the help lists besides a fleet view's footer keys
+    ("/!text", "Inverse filter"),
+    ("esc", "Clear filter, then back to overview"),
+    ("tab", "Next table"),
+    ("j k ↑ ↓", "Move down / up"),
+    ("g G", "Top / bottom"),
+    ("pgup pgdn", "Page up / down"),
+    ("ctrl+p", "Command palette"),
+)
 STARTUP_REFRESH_S = 0.1
 STARTUP_WAIT_S = 15.0  # sources that have not answered by then are shown at the normal pace
 
@@ -78,10 +96,17 @@ class LlmopsApp(App[None]):
         faults: FaultInjector | None = None,
         refresh_s: float = 1.0,
         handle_signals: bool = False,
+        session: Session | None = None,
+        read_only: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
         self.environment = environment
+        # None: no store to log runs in, so no runbooks (the view says so).
+        self.session = session
+        self.read_only = read_only or (session is not None and session.read_only)
+        self.runs: dict[str, RunDriver] = {}  # runbook id -> its latest run in this console
+        self.add_mode("runbooks", self._runbooks_screen)
         self.faults = faults
         self.refresh_s = refresh_s
         self.handle_signals = handle_signals
@@ -98,7 +123,7 @@ class LlmopsApp(App[None]):
         self.source.start()
 
     def on_mount(self) -> None:
-        self.title = f"llmops · {self.environment}"
+        self.title = f"llmops · {self.environment}" + (" · READ-ONLY" if self.read_only else "")
         # A production fleet gets a red header, so nobody mistakes it for staging at 3 a.m.
         self.set_class(self.environment == "prod", "-prod")
         self._update_subtitle()
@@ -195,20 +220,13 @@ class LlmopsApp(App[None]):
         screen = self.screen
         keys = [
             (self.get_key_display(binding), binding.description)
-            for binding in [*self.BINDINGS, *screen.BINDINGS]
+            for node, bindings in ((self, self.BINDINGS), (screen, screen.BINDINGS))
+            for binding in bindings
             if isinstance(binding, Binding)
             and binding.show
-            and self.check_action(binding.action, ())
+            and node.check_action(binding.action, ())
         ]
-        keys += [
-            ("/!text", "Inverse filter"),
-            ("esc", "Clear filter, then back to overview"),
-            ("tab", "Next table"),
-            ("j k ↑ ↓", "Move down / up"),
-            ("g G", "Top / bottom"),
-            ("pgup pgdn", "Page up / down"),
-            ("ctrl+p", "Command palette"),
-        ]
+        keys += FLEET_KEYS if isinstance(screen, FleetView) else RUNNER_KEYS
         self.push_screen(HelpScreen(self.current_mode, keys))
 
     def action_command_line(self) -> None:
@@ -224,7 +242,7 @@ class LlmopsApp(App[None]):
         elif len(matches) == 1:
             self.action_show_view(matches[0])
         else:
-            self.notify(f"unknown view {command!r}: try {', '.join(VIEWS)}", severity="error")
+            self.notify(f"unknown view {command!r}: try {', '.join(VIEW_NAMES)}", severity="error")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Only the demo fleet takes faults: hide the key elsewhere.
@@ -265,11 +283,55 @@ class LlmopsApp(App[None]):
         except Exception as exc:  # a fault that cannot be applied must not take the app down
             self.notify(f"{choice}: {exc}", title="fault not injected", severity="error")
 
+    # -- runbooks
+
+    def _runbooks_screen(self) -> RunbooksScreen:
+        return RunbooksScreen(self.session, self.open_runbook, self._run_state)
+
+    def _run_state(self, runbook_id: str) -> str:
+        driver = self.runs.get(runbook_id)
+        return driver.state_text() if driver is not None else ""
+
+    def open_runbook(self, runbook_id: str) -> None:
+        """The runner of a runbook, on the runbooks view: its latest run, or a new form."""
+        if self.session is None:
+            return
+        driver = self.runs.get(runbook_id)
+        if driver is None:
+            runbook = self.session.runbooks[runbook_id]
+            driver = RunDriver(self, self.session, runbook, read_only=self.read_only)
+            self.runs[runbook_id] = driver
+        self.action_show_view("runbooks")
+        runner = RunnerScreen(driver)
+        if isinstance(self.screen, RunnerScreen):
+            self.switch_screen(runner)
+        else:
+            self.push_screen(runner)
+
+    def on_run_updated(self, message: RunUpdated) -> None:
+        driver = message.driver
+        driver.apply(message.update)
+        ask = driver.needs_engineer()
+        if ask is not None:
+            ask.announced = True  # said once; the runner shows it when it is opened
+            what = "a confirmation" if ask.kind == "confirm" else "your choice after a failure"
+            self.notify(
+                f"step {ask.step.id} waits for {what} (:runbooks, then enter on it)",
+                title=f"runbook {driver.runbook.id}",
+                severity="warning",
+                timeout=10,
+            )
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        for name in VIEWS:
+        for name in VIEW_NAMES:
             yield SystemCommand(
                 f"view: {name}", f"Show the {name} view", partial(self.action_show_view, name)
             )
+        if self.session is not None:
+            for runbook in sorted(self.session.runbooks.values(), key=lambda r: r.id):
+                yield SystemCommand(
+                    f"runbook: {runbook.id}", runbook.title, partial(self.open_runbook, runbook.id)
+                )
         yield SystemCommand("pause: toggle", "Stop or resume repainting", self.action_toggle_pause)
         if self.faults is not None:
             for choice, label in self._fault_choices():

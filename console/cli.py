@@ -211,11 +211,20 @@ def _open_store(config: Config) -> Store:
 def _run_console(config: Config, fleet: DemoFleet | None, read_only: bool = False) -> int:
     from console.app import LlmopsApp
     from console.hub import Hub
+    from console.session import make_session
 
     store = _open_store(config)
     try:
         hub = Hub(config, store)
-        app = LlmopsApp(hub, environment=config.environment, faults=fleet, handle_signals=True)
+        session = make_session(config, hub, store, read_only=read_only)
+        app = LlmopsApp(
+            hub,
+            environment=config.environment,
+            faults=fleet,
+            handle_signals=True,
+            session=session,
+            read_only=read_only,
+        )
         app.run()
         # The app's loop took SIGHUP and SIGTERM over while it ran: take them back.
         for signum in (signal.SIGHUP, signal.SIGTERM):

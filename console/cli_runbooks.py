@@ -225,6 +225,8 @@ class Printer:
             self._print(f"{prefix} started: {update.text}")
         elif update.kind == "step.finished":
             self._print(f"{prefix} {update.text}")
+        elif update.kind == "plan":
+            self._print(f"      > {update.text}")
         elif update.kind == "output":
             self._print(f"      | {update.text}")
         elif update.kind == "progress":

@@ -97,7 +97,7 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
         "retry",
         "when",
     ),
-    "wait": ("title", "until", "timeout", "every", "window", "when", "on_failure"),
+    "wait": ("title", "until", "hold", "timeout", "every", "window", "when", "on_failure"),
     "confirm": ("title", "question", "evidence", "when"),
     "note": ("title", "text", "when"),
 }
@@ -258,6 +258,9 @@ class Step:
     expect: tuple[Condition, ...] = ()  # check: all must hold
     until: tuple[Condition, ...] = ()  # wait: all must hold at once
     every_s: float = DEFAULT_EVERY_S  # wait: how often the figures are read again
+    # wait: how long the conditions must hold without a break (a soak); a string:
+    # "{{ param }}" of a duration param
+    hold_s: float | str | None = None
     # The figures' window; None: the console's; a string: "{{ param }}" of a duration param
     window_s: float | str | None = None
     command: Command | None = None  # check
@@ -540,6 +543,7 @@ class _Step(_File):
     until: _Conditions = ()
     every_s: Duration = Field(default=DEFAULT_EVERY_S, validation_alias="every")
     window_s: _Window = Field(default=None, validation_alias="window")
+    hold_s: _Window = Field(default=None, validation_alias="hold")
     question: _OptionalText = None
     evidence: _Readings = ()
     text_: _OptionalText = Field(default=None, validation_alias="text")
@@ -991,6 +995,7 @@ class _References:
             for j, item in enumerate(items if isinstance(items, list) else ()):
                 self.condition((*loc, key, j), item)
         self.window((*loc, "window"), step.get("window") if "window" in allowed else None)
+        self.window((*loc, "hold"), step.get("hold") if "hold" in allowed else None)
         when = step.get("when")
         if isinstance(when, dict) and "param" in when:
             self.when_param((*loc, "when"), when)
@@ -1570,6 +1575,7 @@ def _build_step(loc: Loc, step: _Step, params: dict[str, Param], info: Validatio
         expect=conditions("expect", step.expect),
         until=conditions("until", step.until),
         every_s=step.every_s,
+        hold_s=step.hold_s,
         window_s=step.window_s,
         command=command,
         question=step.question,

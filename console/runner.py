@@ -71,7 +71,9 @@ class Decision:
 class RunUpdate:
     """Something the screen or the terminal should show, as it happens."""
 
-    kind: str  # step.started, step.finished, output, progress, decision, rollback, run.finished
+    # step.started, step.finished, plan (a line of the exact plan), output, progress,
+    # decision, rollback, run.finished
+    kind: str
     step: str | None
     text: str
 
@@ -191,6 +193,7 @@ class Run:
         # When the fleet last changed under this run: figures never reach back before it,
         # or a gate would pass on what the traffic did before the change.
         self.changed_at: float | None = None
+        self.abort_requested = False  # set by abort(); a running wait stops at its next read
         self._started = clock()
 
     # -- the run
@@ -199,7 +202,11 @@ class Run:
         """Run the steps from ``start_at``; returns the outcome (also logged)."""
         try:
             for state in self.steps[start_at:]:
-                move = await self.controller.before_step(self, state)
+                move = "abort" if self.abort_requested else None
+                move = move or await self.controller.before_step(self, state)
+                if move == "rollback":
+                    await self._roll_back_and_finish("aborted", f"rolled back by {self.operator}")
+                    return self.outcome or "aborted"
                 if move == "abort":
                     raise RunAborted
                 if move == "skip":
@@ -264,6 +271,26 @@ class Run:
             return await self._confirm_step(state)
         return await self._note(state)
 
+    def abort(self) -> None:
+        """Stop the run: a wait stops at its next read of the figures, an action that is
+        running finishes first (cutting it off could leave half a change)."""
+        self.abort_requested = True
+
+    async def preview(self, state: StepState) -> Plan | None:
+        """The plan a mutate step would run now (its dry-run view); logs and changes nothing."""
+        call = state.step.action
+        if state.step.kind != "mutate" or call is None:
+            return None
+        return await self.registry.plan(call.action, self._args(call))
+
+    async def _roll_back_and_finish(self, outcome: str, why: str) -> None:
+        if not self.done:
+            await self._finish(outcome, f"{why}; nothing had been changed", rollback=False)
+        elif await self.roll_back():
+            await self._finish(outcome, f"{why}; rolled back {len(self.done)} change(s)")
+        else:
+            await self._finish("needs attention", f"{why}; a rollback step failed")
+
     async def resume(self, progress: Progress) -> str:
         """Go on from the step that was interrupted, after re-running the checks before it."""
         self.done = list(progress.done)
@@ -280,14 +307,8 @@ class Run:
         self.done = list(progress.done)
         if progress.interrupted_undo is not None:
             self.done.append(progress.interrupted_undo)
-        if not self.done:
-            await self._finish("failed", "interrupted; nothing had been changed", rollback=False)
-            return "failed"
-        if await self.roll_back():
-            await self._finish("failed", f"interrupted; rolled back {len(self.done)} change(s)")
-            return "failed"
-        await self._finish("needs attention", "interrupted; a rollback step failed")
-        return "needs attention"
+        await self._roll_back_and_finish("failed", "interrupted")
+        return self.outcome or "failed"
 
     # -- step kinds
 
@@ -311,7 +332,7 @@ class Run:
         if self.mode == "dry-run" or (self.mode == "read-only" and plan.mutating):
             await self._start(state, plan.summary, data)
             for line in detail.splitlines():
-                self._emit("output", step.id, line)
+                self._emit("plan", step.id, line)
             if self.mode == "dry-run":
                 await self._end(state, "planned", f"dry-run, not run: {plan.summary}", data)
             else:
@@ -322,6 +343,9 @@ class Run:
         if planned is not None:
             data["undo_if_interrupted"] = {"action": planned[0], "args": dict(planned[1])}
         await self._start(state, plan.summary, {**data, "attempt": attempt})
+        # Shown exactly before it is confirmed: the command, the diff or the request.
+        for line in detail.splitlines():
+            self._emit("plan", step.id, line)
         confirmation = None
         if plan.mutating:
             question = (
@@ -356,10 +380,12 @@ class Run:
             outcome = Outcome(ok=False, summary=f"{plan.action} did not finish in time")
         state.outcome = outcome
         self.changed_at = self.figures.hub.clock()
-        if not outcome.ok and not state.output:
-            # Nothing was streamed: show the end of what the action reported (a journal).
+        if not outcome.ok:
+            # Show the end of what the action reported (a journal) that was not streamed.
+            streamed = set(state.output)
             for line in outcome.output.splitlines()[-FAILURE_LINES_SHOWN:]:
-                self._output(state, line)
+                if line and self._mask(line) not in streamed:
+                    self._output(state, line)
         result = self._result_data(plan, outcome, self.clock() - started)
         if outcome.ok or outcome.undo is not None:
             # A failed step that changed something is undone with the others.
@@ -432,13 +458,21 @@ class Run:
         await self._start(state, f"wait up to {timeout:g}s: " + self._conditions_text(step.until))
         deadline = self.clock() + timeout
         logged_at = self.clock()
+        hold = self._duration(step.hold_s)
+        held_since: float | None = None
         while True:
             results = [self._evaluate(c, step.window_s) for c in step.until]
             text = "; ".join(t for _, t in results)
             left = deadline - self.clock()
             if all(holds is True for holds, _ in results):
-                await self._end(state, "ok", f"holds: {text}", {"figures": [text]})
-                return True
+                held_since = self.clock() if held_since is None else held_since
+                if self.clock() - held_since >= hold:
+                    held = f" for {hold:g}s" if hold else ""
+                    await self._end(state, "ok", f"holds{held}: {text}", {"figures": [text]})
+                    return True
+                text += f"; held {self.clock() - held_since:.0f}s of {hold:g}s"
+            else:
+                held_since = None
             if self.mode in ("dry-run", "read-only"):
                 await self._end(state, "planned", f"not waited ({self.mode}): now {text}", {})
                 return True
@@ -512,11 +546,7 @@ class Run:
         outcome = "declined" if declined else "failed"
         what = f"{state.step.id} {'declined' if declined else 'failed'}"
         if rollback and self.done:
-            undone = await self.roll_back()
-            if not undone:
-                await self._finish("needs attention", f"{what}; a rollback step failed")
-                return False
-            await self._finish(outcome, f"{what}; rolled back {len(self.done)} change(s)")
+            await self._roll_back_and_finish(outcome, what)
             return False
         kept = f"; {len(self.done)} change(s) left in place" if self.done else ""
         await self._finish(outcome, f"{what}{kept}", rollback=False)
@@ -632,19 +662,20 @@ class Run:
         state.output.append(line)
         self._emit("output", state.step.id, line)
 
+    def _duration(self, value: float | str | None) -> float:
+        """A step's duration as written, or read from its ``{{ param }}``; 0 when unset."""
+        if isinstance(value, str):
+            rendered = render_value(value, self.values)
+            assert isinstance(rendered, int | float)  # the linter checked its type
+            return float(rendered)
+        return value or 0.0
+
     def _window(self, *windows: float | str | None) -> float:
         """The first window given (``{{ soak }}`` reads the duration parameter's value), or
         the console's; cut at the last change this run made."""
-        chosen = self.figures.hub.window_s
-        for window in windows:
-            if isinstance(window, str):
-                value = render_value(window, self.values)
-                assert isinstance(value, int | float)  # the linter checked its type
-                chosen = float(value)
-                break
-            if window is not None:
-                chosen = window
-                break
+        chosen = next(
+            (self._duration(w) for w in windows if w is not None), self.figures.hub.window_s
+        )
         if self.changed_at is not None:
             chosen = min(chosen, max(self.figures.hub.clock() - self.changed_at, 0.001))
         return chosen

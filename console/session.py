@@ -16,7 +16,7 @@ from typing import Any
 
 from console.actions import Registry, read_engine_args, read_weights
 from console.config import Config
-from console.facts import FACTS, FigureReader
+from console.facts import FigureReader
 from console.hub import Hub
 from console.incidents import IncidentLog, RunRecord, operator
 from console.runbook import (
@@ -68,18 +68,17 @@ class Session:
     operator: str
     read_only: bool
     problems: list[str] = field(default_factory=list)  # runbooks that did not load
-    current: Run | None = None  # the run whose incident.note steps land where
 
-    async def note(self, text: str) -> None:
-        if self.current is not None:
-            self.log.log(self.current.record, "note", text, operator_name=self.operator)
+    async def defaults(self, runbook: Runbook) -> dict[str, tuple[object | None, str]]:
+        """Each parameter's default now: a value (None: none known) and where it came from."""
+        return await self._defaults_given(runbook, {})
 
     async def values(
         self, runbook: Runbook, given: Mapping[str, str]
     ) -> tuple[dict[str, object], list[str]]:
         """Typed parameter values from NAME=VALUE strings, defaults and facts; raise ParamError.
 
-        The second item says where each defaulted value came from, for the log.
+        The second item says where each value taken from a fact came from, for the log.
         """
         unknown = sorted(set(given) - {p.name for p in runbook.params})
         if unknown:
@@ -87,32 +86,48 @@ class Session:
             raise ParamError(
                 f"--param {unknown[0]}: {runbook.id} has no such parameter (it has: {known})"
             )
-        values: dict[str, object] = {}
+        values = {p.name: parse_param(p, given[p.name]) for p in runbook.params if p.name in given}
         notes: list[str] = []
+        if len(values) < len(runbook.params):
+            # Facts "of" a parameter read the value given for it, not its default.
+            defaults = await self._defaults_given(runbook, values)
+            for param in runbook.params:
+                if param.name in values:
+                    continue
+                value, how = defaults[param.name]
+                if value is None:
+                    what = f"no default from {how}" if param.fact else how
+                    raise ParamError(f"--param {param.name}: {what}; give one")
+                values[param.name] = value
+                if param.fact:
+                    notes.append(f"{param.name}={value} from {how}")
         for param in runbook.params:
-            if param.name in given:
-                values[param.name] = parse_param(param, given[param.name])
-            elif param.default is not None:
-                values[param.name] = param.default
-        # Facts second: a fact "of" a parameter reads that parameter's value.
-        for param in runbook.params:
-            if param.name in values or param.fact is None:
-                continue
-            assert param.fact in FACTS
-            value, how = await self.figures.fact(param.fact, values.get(param.fact_of or ""))
-            if value is None:
-                raise ParamError(
-                    f"--param {param.name}: no default from {param.fact} ({how}); give one"
-                )
-            values[param.name] = check_value(param, value)
-            notes.append(f"{param.name}={value} from {param.fact}: {how}")
-        for param in runbook.params:
-            if param.name not in values:
-                raise ParamError(
-                    f"--param {param.name}: required ({param.description or param.type})"
-                )
             self._check_known(param.name, param.type, values[param.name])
         return values, notes
+
+    async def _defaults_given(
+        self, runbook: Runbook, given: Mapping[str, object]
+    ) -> dict[str, tuple[object | None, str]]:
+        found: dict[str, tuple[object | None, str]] = {k: (v, "given") for k, v in given.items()}
+        for param in runbook.params:
+            if param.name not in found and param.default is not None:
+                found[param.name] = (param.default, "the runbook's default")
+        # Facts second: a fact "of" a parameter reads that parameter's value.
+        for param in runbook.params:
+            if param.name in found:
+                continue
+            if param.fact is None:
+                found[param.name] = (None, f"required ({param.description or param.type})")
+                continue
+            of = found.get(param.fact_of or "", (None, ""))[0]
+            value, how = await self.figures.fact(param.fact, of)
+            if value is not None:
+                try:
+                    value = check_value(param, value)
+                except ParamError as exc:
+                    value, how = None, str(exc)
+            found[param.name] = (value, f"{param.fact}: {how}")
+        return found
 
     def _check_known(self, name: str, kind: str, value: object) -> None:
         known: list[str] = []
@@ -206,10 +221,18 @@ class Session:
         mode: str,
         listener: Callable[[RunUpdate], None] | None = None,
     ) -> Run:
+        run: Run
+
+        async def note(text: str) -> None:  # incident.note lands in this run's incident
+            self.log.log(run.record, "note", text, operator_name=self.operator)
+
+        registry = Registry(
+            self.config, self.hub.ssh, self.hub.http, read_only=self.read_only, note=note
+        )
         run = Run(
             runbook,
             values,
-            registry=self.registry,
+            registry=registry,
             figures=self.figures,
             log=self.log,
             controller=controller,
@@ -219,7 +242,6 @@ class Session:
             secrets=secrets_of(self.config),
             listener=listener,
         )
-        self.current = run
         return run
 
 
@@ -227,15 +249,9 @@ def make_session(config: Config, hub: Hub, store: Store, *, read_only: bool) -> 
     """A session on a running hub (the TUI's, or one the CLI started)."""
     read_only = read_only or config.read_only
     runbooks, problems = load_runbooks(config)
-    session: Session
-    registry = Registry(
-        config,
-        hub.ssh,
-        hub.http,
-        read_only=read_only,
-        note=lambda text: session.note(text),
-    )
-    session = Session(
+    # Reads only (facts, previews); each run gets a registry of its own (Session.run_for).
+    registry = Registry(config, hub.ssh, hub.http, read_only=read_only)
+    return Session(
         config=config,
         hub=hub,
         registry=registry,
@@ -246,7 +262,6 @@ def make_session(config: Config, hub: Hub, store: Store, *, read_only: bool) -> 
         read_only=read_only,
         problems=problems,
     )
-    return session
 
 
 @asynccontextmanager

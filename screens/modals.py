@@ -1,16 +1,20 @@
-"""Small modal screens: help for the current view, the ``:`` command line, the fault picker."""
+"""Small modal screens: help for the current view, the ``:`` command line, the fault picker,
+a runbook step's confirmation and a note for the incident log."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
-from textual.widgets import DataTable, Input, Label, OptionList
+from textual.widgets import Button, DataTable, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
+
+from console.runner import ConfirmRequest, Decision
 
 
 class HelpScreen(ModalScreen[None]):
@@ -98,3 +102,103 @@ class FaultPicker(ModalScreen[str | None]):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id)
+
+
+class ConfirmDialog(ModalScreen[Decision]):
+    """A runbook's decision: the question, the exact plan (command, diff, request), evidence.
+
+    Cancel has the focus, as in k9s's destructive dialog: a stray enter declines. In a protected
+    environment Confirm stays disabled until the target's name is typed exactly. The registry
+    checks the confirmation again (digest, typed target, read-only): this dialog only asks.
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]  # noqa: RUF012
+    DEFAULT_CSS = """
+    ConfirmDialog { align: center middle; }
+    ConfirmDialog > Vertical { width: 78; max-width: 100%; height: auto; max-height: 100%;
+                               border: round $error; background: $surface; padding: 0 1; }
+    ConfirmDialog #question { text-style: bold; }
+    ConfirmDialog #plan { height: auto; max-height: 14; scrollbar-size-vertical: 1; }
+    ConfirmDialog #typed { margin: 1 0 0 0; }
+    ConfirmDialog .buttons { height: auto; margin-top: 1; align-horizontal: right; }
+    ConfirmDialog Button { margin-left: 2; }
+    """
+
+    def __init__(self, request: ConfirmRequest, operator: str, environment: str) -> None:
+        super().__init__()
+        self.request = request
+        self.operator = operator
+        self.environment = environment
+
+    def compose(self) -> ComposeResult:
+        request = self.request
+        with Vertical():
+            yield Label(Text(request.question), id="question")
+            plan = request.plan
+            lines = [*request.evidence]
+            if plan is not None:
+                lines = [plan.summary, *plan.detail.rstrip("\n").splitlines(), *lines]
+                lines += [f"note: {note}" for note in plan.notes]
+            with VerticalScroll(id="plan"):
+                yield Static(Text("\n".join(lines)))
+            if request.protected:
+                yield Label(
+                    Text(f"{self.environment} is protected: type {request.target} to confirm")
+                )
+                yield Input(placeholder=request.target or "", id="typed", compact=True)
+            with Horizontal(classes="buttons"):
+                yield Button("Cancel", id="cancel", compact=True)
+                yield Button(
+                    "Confirm",
+                    id="confirm",
+                    variant="error",
+                    disabled=request.protected,
+                    compact=True,
+                )
+
+    def on_mount(self) -> None:
+        self.query_one("#cancel", Button).focus()
+
+    def _typed(self) -> str | None:
+        if not self.request.protected:
+            return None
+        return self.query_one("#typed", Input).value.strip() or None
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        matches = event.value.strip() == self.request.target
+        self.query_one("#confirm", Button).disabled = not matches
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        confirm = self.query_one("#confirm", Button)
+        if not confirm.disabled:
+            confirm.focus()  # the name typed: one more, deliberate enter confirms
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        confirmed = event.button.id == "confirm"
+        self.dismiss(Decision(confirmed, self.operator, self._typed(), how="dialog"))
+
+    def action_cancel(self) -> None:
+        self.dismiss(Decision(False, self.operator, self._typed(), how="dialog"))
+
+
+class NoteDialog(ModalScreen[str | None]):
+    """A note for the incident log: enter adds it, esc drops it."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]  # noqa: RUF012
+    DEFAULT_CSS = """
+    NoteDialog { align: center middle; }
+    NoteDialog > Vertical { width: 70; max-width: 100%; height: auto; border: round $accent;
+                            background: $surface; padding: 0 1; }
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(Text(f"Note for the incident log of {self.what} (esc cancels)"))
+            yield Input(placeholder="what you saw or did")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)

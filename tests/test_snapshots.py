@@ -8,6 +8,8 @@ the diff report before committing.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from rich.cells import cell_len
 from rich.style import Style
@@ -154,3 +156,78 @@ async def test_scrollbars_draw_no_sparkline_glyphs(press: list[str], scrolled: s
             cells = _scrollbar_cells(app, app.screen.query_one(SourceTable), False)
         assert "".join(char for char, _ in cells).strip() == ""
         assert any(style is not None and style.reverse for _, style in cells), "no thumb"
+
+
+# --- runbooks ------------------------------------------------------------------------------------
+
+RUNBOOK = """\
+id: shrink-batch
+title: Shrink the batch on one node
+description: Lower max-num-batched-tokens on a node whose TTFT climbs.
+answers:
+  alerts: [ttft_p95]
+  symptoms: ["TTFT up on one node"]
+params:
+  node: {type: node, default: gpu-a1, description: the node to change}
+  tokens: {type: int, default: 4096, min: 256, max: 65536}
+steps:
+  - {id: look, kind: check, title: the node answers, command: {node: "{{ node }}", run: uptime}}
+  - id: shrink
+    kind: mutate
+    title: fewer batched tokens
+    action: engine.set_args
+    with: {node: "{{ node }}", set: {max-num-batched-tokens: "{{ tokens }}"}}
+  - {id: tell, kind: note, text: "max-num-batched-tokens on {{ node }} is now {{ tokens }}"}
+"""
+
+
+def _runbooks_app(tmp_path: Path) -> LlmopsApp:
+    """The synthetic fleet with a session holding one runbook (a hub that never starts)."""
+    from console.config import load_config
+    from console.hub import Hub
+    from console.runbook import load_folders
+    from console.session import make_session
+    from console.store import Store
+
+    folder = tmp_path / "runbooks"
+    folder.mkdir()
+    (folder / "shrink.yaml").write_text(RUNBOOK)
+    config_path = tmp_path / "config.yaml"
+    nodes = "".join(
+        f"  - {{name: gpu-a{n}, host: 10.0.3.{n}, engine: {{kind: vllm, port: 8000}}}}\n"
+        for n in (1, 2, 3, 4)
+    )
+    config_path.write_text(f"environment: demo\nstore: {tmp_path / 'db.sqlite'}\nnodes:\n{nodes}")
+    config = load_config(config_path)
+    store = Store(config.store)
+    session = make_session(config, Hub(config, store), store, read_only=False)
+    session.runbooks = load_folders([folder])[0]  # only this one: the shipped ones change
+    source = StaticSource(stale_nodes=("gpu-a2",))
+    source.tick = 5
+    return LlmopsApp(source, environment="demo", refresh_s=3600, session=session)
+
+
+def test_runbooks_view_80x24(snap_compare, tmp_path: Path) -> None:
+    app = _runbooks_app(tmp_path)
+    assert snap_compare(app, terminal_size=(80, 24), press=["colon", *"runbooks", "enter"])
+
+
+@pytest.mark.parametrize("no_color", [False, True], ids=["color", "no-color"])
+def test_runner_80x24(
+    snap_compare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_color: bool
+) -> None:
+    """The form with its typed defaults, a bad value's one-line error, the pending steps."""
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")
+    app = _runbooks_app(tmp_path)
+
+    async def open_runner(pilot) -> None:
+        await pilot.press("colon", *"runbooks", "enter")
+        await pilot.pause()
+        app.screen.query_one("#runbooks").focus()
+        await pilot.press("enter")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        await pilot.press("tab", "ctrl+e", "backspace", "backspace", *"x1")
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=open_runner)
