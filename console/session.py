@@ -23,6 +23,7 @@ from console.runbook import (
     ParamError,
     Runbook,
     check_value,
+    format_value,
     load_folders,
     parse_param,
     shipped_folder,
@@ -170,7 +171,8 @@ class Session:
             )
         else:
             self.log.incident(incident_id)  # KeyError when there is none
-        plain = {k: _plain(v) for k, v in values.items()}
+        # As the engineer would type them (30s, true): what resume reads back.
+        plain = {p.name: format_value(values[p.name], p.type) for p in runbook.params}
         run_id = self.log.start_run(
             incident_id, runbook.id, runbook.title, plain, self.operator, mode
         )
@@ -273,7 +275,3 @@ async def open_session(config: Config, store: Store, *, read_only: bool) -> Asyn
         yield make_session(config, hub, store, read_only=read_only)
     finally:
         await hub.stop()
-
-
-def _plain(value: Any) -> Any:
-    return value if isinstance(value, str | int | float | bool) else str(value)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -255,7 +256,7 @@ def test_hangup_or_term_stops_the_demo_and_removes_its_folder(tmp_path: Path, si
     """The SSH session drops or the console is told to stop: no demo key is left behind."""
     tmp, env = demo_env(tmp_path)
     with demo_in_a_terminal(tmp, env) as proc:
-        time.sleep(1.0)  # let the console come up on the fleet
+        _wait_for_event(tmp_path / "data" / "llmops" / "demo.db", "console.started")
         proc.send_signal(signum)
         assert proc.wait(timeout=30) == 128 + signum
     assert list(tmp.iterdir()) == []
@@ -287,6 +288,18 @@ def test_a_demo_killed_with_sigkill_leaves_no_key_behind_after_the_next_start(
     assert result.returncode == 0, result.stderr
     assert not left.exists()  # the next demo removed the dead one's folder
     assert list(tmp.iterdir()) == []
+
+
+def _wait_for_event(db: Path, kind: str, timeout_s: float = 30.0) -> None:
+    """Until the console has logged ``kind`` (it came up on the fleet), read-only."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(sqlite3.Error):
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                if conn.execute("SELECT 1 FROM events WHERE kind = ?", (kind,)).fetchone():
+                    return
+        time.sleep(0.1)
+    raise AssertionError(f"no {kind} event in {db} after {timeout_s:g}s")
 
 
 def _drain(fd: int) -> None:  # a terminal that is read, as a real one is
