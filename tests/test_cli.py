@@ -294,10 +294,12 @@ def _wait_for_event(db: Path, kind: str, timeout_s: float = 30.0) -> None:
     """Until the console has logged ``kind`` (it came up on the fleet), read-only."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with contextlib.suppress(sqlite3.Error):
-            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-                if conn.execute("SELECT 1 FROM events WHERE kind = ?", (kind,)).fetchone():
-                    return
+        with (
+            contextlib.suppress(sqlite3.Error),
+            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn,
+        ):
+            if conn.execute("SELECT 1 FROM events WHERE kind = ?", (kind,)).fetchone():
+                return
         time.sleep(0.1)
     raise AssertionError(f"no {kind} event in {db} after {timeout_s:g}s")
 
