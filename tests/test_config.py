@@ -84,7 +84,11 @@ def test_example_loads_into_the_expected_records() -> None:
     assert [n.name for n in config.nodes] == ["gpu-a1", "gpu-a2"]
     a1, a2 = config.nodes
     assert (a1.host, a1.port, a1.gpus, a1.cost_per_hour_usd) == ("10.0.3.11", 22, 8, 9.80)
-    assert a1.engine == EngineConfig(kind="vllm", url="http://10.0.3.11:8000")
+    assert a1.engine == EngineConfig(
+        kind="vllm",
+        url="http://10.0.3.11:8000",
+        pinned_revision="0e9e39f249a16976918f6564b8830bc894c89659",
+    )
     assert a2.engine is not None and a2.engine.url == "http://10.0.3.12:8000"
     lines = EXAMPLE.read_text().splitlines()
     assert lines[a1.line - 1].startswith("  - name: gpu-a1")
