@@ -95,7 +95,7 @@ def test_example_loads_into_the_expected_records() -> None:
     assert lines[a2.line - 1].startswith("  - name: gpu-a2")
     assert config.node("gpu-a2") is a2
 
-    primary, backup = config.endpoints
+    primary, backup, gateway = config.endpoints
     assert primary.name == "chat-primary" and primary.kind == "openai"
     assert primary.base_url == "http://10.0.3.11:8000/v1"
     assert primary.model == "meta-llama/Llama-3.1-8B-Instruct"
@@ -109,6 +109,20 @@ def test_example_loads_into_the_expected_records() -> None:
     assert backup.api_key_env == "BACKUP_API_KEY"
     assert backup.price == PriceConfig(input_per_mtok_usd=0.80, output_per_mtok_usd=4.00)
     assert backup.probe == ProbeConfig(every_s=30.0, max_tokens=8)
+
+    (router,) = config.routers
+    assert router.name == "gw-1" and router.endpoint == gateway.name == "chat-gateway"
+    assert (router.list_path, router.name_key, router.weight_key) == (
+        "model_list",
+        "model_info.id",
+        "litellm_params.weight",
+    )
+    assert {n: u.node or u.endpoint for n, u in router.upstreams.items()} == {
+        "gpu-a1": "gpu-a1",
+        "gpu-a2": "gpu-a2",
+        "backup": "chat-backup",
+    }
+    assert config.protected and not config.read_only
 
 
 def test_loading_does_not_read_the_api_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:
