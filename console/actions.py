@@ -76,7 +76,7 @@ _SYSTEMCTL_VERBS = frozenset({"status", "is-active", "is-failed", "show", "list-
 _SMI_FLAGS = frozenset(
     {"-L", "--list-gpus", "-q", "--query", "-x", "--xml-format", "-u", "--unit", "-h", "--help"}
 )
-_SMI_WITH_VALUE = frozenset({"-i", "--id", "-d", "--display", "-l", "--loop", "-lms", "--loop-ms"})
+_SMI_WITH_VALUE = frozenset({"-i", "--id", "-d", "--display"})
 _SMI_PREFIXES = (
     "--query-gpu=",
     "--query-compute-apps=",
@@ -87,18 +87,47 @@ _SMI_PREFIXES = (
     "--format=",
     "--id=",
     "--display=",
-    "--loop=",
-    "--loop-ms=",
 )
-_JOURNALCTL_WRITES = (
-    "--rotate",
-    "--vacuum-",
-    "--flush",
-    "--sync",
-    "--relinquish-var",
-    "--smart-relinquish-var",
-    "--setup-keys",
-    "--update-catalog",
+_SYSTEMCTL_FLAGS = frozenset({"--no-pager", "-l", "--full", "--all", "-a", "--no-legend"})
+_JOURNALCTL_WITH_VALUE = frozenset(
+    {
+        "-u",
+        "--unit",
+        "-n",
+        "--lines",
+        "-S",
+        "--since",
+        "-U",
+        "--until",
+        "-o",
+        "--output",
+        "-p",
+        "--priority",
+        "-b",
+        "--boot",
+        "-g",
+        "--grep",
+    }
+)
+_JOURNALCTL_FLAGS = frozenset(
+    {
+        "--no-pager",
+        "-r",
+        "--reverse",
+        "-q",
+        "--quiet",
+        "-x",
+        "--catalog",
+        "-k",
+        "--dmesg",
+        "--utc",
+        "--no-hostname",
+        "-a",
+        "--all",
+        "-e",
+        "--pager-end",
+        "--system",
+    }
 )
 _HOSTNAME_QUERIES = frozenset(
     {"-f", "--fqdn", "--long", "-s", "--short", "-i", "--ip-address", "-I", "-d", "--domain"}
@@ -988,7 +1017,8 @@ def read_only_problem(command: str) -> str | None:
         words = shlex.split(command)
     except ValueError as exc:
         return f"it cannot be read as one command ({exc})"
-    if words[:1] == ["sudo"]:
+    sudo = words[:1] == ["sudo"]
+    if sudo:
         words = words[1:]
         if words[:1] == ["-n"]:
             words = words[1:]
@@ -1002,7 +1032,19 @@ def read_only_problem(command: str) -> str | None:
     check = _INSPECTABLE.get(program)
     if check is None:
         return f"{program} is not one of {', '.join(sorted(_INSPECTABLE))}"
+    if sudo and program in _FILE_READERS:
+        # What it prints is kept in the incident log: root may read keys and shadow files.
+        return f"sudo {program}: files are read as the SSH user, not as root"
+    if program in _FILE_READERS and any(_private_path(w) for w in rest):
+        return f"{program}: private keys and password files stay out of the incident log"
     return check(rest)
+
+
+_FILE_READERS = frozenset({"cat", "head", "tail", "ls"})
+
+
+def _private_path(word: str) -> bool:
+    return ".ssh" in word or word.startswith(("/etc/shadow", "/etc/gshadow", "/etc/sudoers"))
 
 
 def _any_args(args: Sequence[str]) -> str | None:
@@ -1011,7 +1053,14 @@ def _any_args(args: Sequence[str]) -> str | None:
 
 
 def _systemctl(args: Sequence[str]) -> str | None:
-    verb = next((a for a in args if not a.startswith("-")), "list-units")
+    # Options that take a value would hide the verb after them (-p status restart): only
+    # options known to take none are let through, and a word after the verb is a unit.
+    options = [a for a in args if a.startswith("-")]
+    unknown = [a for a in options if a not in _SYSTEMCTL_FLAGS]
+    if unknown:
+        return f"systemctl {unknown[0]} is not one of {', '.join(sorted(_SYSTEMCTL_FLAGS))}"
+    words = [a for a in args if not a.startswith("-")]
+    verb = words[0] if words else "list-units"
     if verb not in _SYSTEMCTL_VERBS:
         return f"systemctl {verb} is not one of {', '.join(sorted(_SYSTEMCTL_VERBS))}"
     return None
@@ -1032,7 +1081,8 @@ def _nvidia_smi(args: Sequence[str]) -> str | None:
 
 def _tail(args: Sequence[str]) -> str | None:
     for word in args:
-        follows = word.startswith(("--follow", "--retry", "--pid")) or (
+        # "--f" is enough for tail to read --follow: any long option starting so follows.
+        follows = word.startswith(("--f", "--r", "--p", "--s")) or (
             word.startswith("-") and not word.startswith("--") and ("f" in word or "F" in word)
         )
         if follows:
@@ -1041,9 +1091,17 @@ def _tail(args: Sequence[str]) -> str | None:
 
 
 def _journalctl(args: Sequence[str]) -> str | None:
-    for word in args:
-        if word.startswith(_JOURNALCTL_WRITES):
-            return f"journalctl {word} changes the journal"
+    # Read options only, spelled out: journalctl takes abbreviations of its long options
+    # (--rot is --rotate), so a list of what writes cannot be complete.
+    words = iter(args)
+    for word in words:
+        attached = not word.startswith("--") and len(word) > 2  # -n15
+        name = word[:2] if attached else word.split("=", 1)[0]
+        if name in _JOURNALCTL_WITH_VALUE:
+            if not attached and "=" not in word:
+                next(words, None)
+        elif name not in _JOURNALCTL_FLAGS or attached:
+            return f"journalctl {word} is not one of its read options (-u, -n, --since, ...)"
     return None
 
 

@@ -598,7 +598,20 @@ async def test_node_inspect_runs_read_only_commands_unconfirmed(
         ("nvidia-smi mig -cgi 9", "nvidia-smi mig is not a query option"),
         ("tail -f /var/log/syslog", "tail -f follows the file"),
         ("tail -fn 5 /var/log/syslog", "tail -fn follows the file"),
-        ("journalctl --vacuum-time=1s", "journalctl --vacuum-time=1s changes the journal"),
+        ("journalctl --vacuum-time=1s", "journalctl --vacuum-time=1s is not one of its read"),
+        # An abbreviation of --rotate, and an option that writes a file at exit.
+        ("sudo journalctl --rot", "journalctl --rot is not one of its read options"),
+        (
+            "journalctl --cursor-file=/etc/vllm/args.yaml",
+            "journalctl --cursor-file=/etc/vllm/args.yaml is not one of its read options",
+        ),
+        ("journalctl -f -u vllm", "journalctl -f is not one of its read options"),
+        # An option's value is not the verb: -p status restart would restart.
+        ("systemctl -p status restart vllm.service", "systemctl -p is not one of"),
+        ("sudo -n cat /etc/shadow", "sudo cat: files are read as the SSH user"),
+        ("cat /home/llmops/.ssh/id_ed25519", "cat: private keys and password files stay out"),
+        ("tail --fol /var/log/syslog", "tail --fol follows the file"),
+        ("nvidia-smi -l 1", "nvidia-smi -l is not a query option"),
         ("hostname evil", "hostname evil may set the host name"),
     ],
 )
