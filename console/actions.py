@@ -664,6 +664,18 @@ class Registry:
                     f"{where}: {name!r} is not one of the upstreams the config lets runbooks "
                     f"move traffic between ({', '.join(router.upstreams)})"
                 )
+        if router.route_key is not None:
+            # Weights share traffic within one route (one model name): moving it between
+            # routes would send clients to another model.
+            routes = {_route_of(router, e) for n, e in entries if n in weights}
+            if len(routes) > 1:
+                shown = ", ".join(
+                    f"{n} ({_route_of(router, e)})" for n, e in entries if n in weights
+                )
+                raise ActionRefused(
+                    f"{where}: the upstreams are in different routes ({shown}); weights move "
+                    "traffic within one route"
+                )
         previous = {name: _current_weight(router, entries, name) for name in weights}
         new_doc = copy.deepcopy(doc)
         for entry_name, entry in _router_entries(where, router, new_doc):
@@ -1352,19 +1364,34 @@ def _current_weight(router: RouterConfig, entries: list[tuple[str, dict]], name:
     return next(_weight_of(router, e) for n, e in entries if n == name)
 
 
+def _route_of(router: RouterConfig, entry: dict) -> str:
+    assert router.route_key is not None
+    try:
+        return str(_get_path("", entry, router.route_key))
+    except ActionRefused:
+        return "?"
+
+
 def _check_weights(where: str, router: RouterConfig, entries: list[tuple[str, dict]]) -> None:
-    weights = [(name, _weight_of(router, entry)) for name, entry in entries]
-    numbers = []
-    for name, weight in weights:
-        if weight is None:
-            continue  # the router's default weight
-        number = _number(weight)
-        if number is None or not 0 <= number < math.inf:
-            raise ActionRefused(f"{where}: {name} would have weight {weight!r}, not a number >= 0")
-        numbers.append(number)
-    # Routes are not known in general; all weight on nothing is wrong whatever they are.
-    if weights and len(numbers) == len(weights) and sum(numbers) <= 0:
-        raise ActionRefused(f"{where}: every weight would be 0: no upstream would get traffic")
+    groups: dict[str, list[tuple[str, object]]] = {}
+    for name, entry in entries:
+        # Without a route key the routes are not known: the whole list is one group.
+        route = _route_of(router, entry) if router.route_key is not None else ""
+        groups.setdefault(route, []).append((name, _weight_of(router, entry)))
+    for route, weights in groups.items():
+        numbers = []
+        for name, weight in weights:
+            if weight is None:
+                continue  # the router's default weight
+            number = _number(weight)
+            if number is None or not 0 <= number < math.inf:
+                raise ActionRefused(
+                    f"{where}: {name} would have weight {weight!r}, not a number >= 0"
+                )
+            numbers.append(number)
+        if weights and len(numbers) == len(weights) and sum(numbers) <= 0:
+            what = f"route {route}" if route else "every upstream"
+            raise ActionRefused(f"{where}: every weight of {what} would be 0: no traffic")
 
 
 def _weight(where: str, name: str, value: object) -> float | int | None:

@@ -296,6 +296,9 @@ class RouterConfig(_Located):
     list_path: KeyPath
     name_key: KeyPath = "name"
     weight_key: KeyPath = "weight"
+    # What groups entries into routes (one model name each): a route may never lose all its
+    # weight, and weights move only within one. LiteLLM: model_name. Unset: one route.
+    route_key: KeyPath | None = None
     reload_command: ShellCommand
     # The upstreams runbooks may move traffic between, each with where its figures come from.
     upstreams: Annotated[dict[Name, UpstreamFigures], null_means({})] = Field(

@@ -315,9 +315,8 @@ class Run:
     async def _mutate(self, state: StepState, attempt: int) -> bool | None:
         step = state.step
         assert step.action is not None
-        args = self._args(step.action)
         try:
-            plan = await self.registry.plan(step.action.action, args)
+            plan = await self.registry.plan(step.action.action, self._args(step.action))
         except ActionRefused as refusal:
             await self._start(state, f"{step.action.action}: planning")
             await self._end(state, "failed", f"refused before anything changed: {refusal}", {})
@@ -622,6 +621,9 @@ class Run:
         for key, value in call.args.items():
             shell = spec.args[key].kind == "shell" if key in spec.args else False
             args[key] = render_value(value, self.values, shell=shell)
+            if isinstance(value, Mapping) and len(args[key]) < len(value):
+                # {"{{ failing }}": 0, "{{ backup }}": 100} with failing == backup
+                raise ActionRefused(f"{key}: two entries name the same thing: {args[key]}")
         return args
 
     def _undo_of(self, step: Step, plan: Plan, outcome: Outcome) -> _Done | None:

@@ -266,6 +266,22 @@ async def test_facts_read_the_argument_file_and_the_router_weights(
         await read_weights(reg, "gw-9")
 
 
+async def test_weights_never_empty_a_route_nor_move_traffic_between_routes(
+    fleet: DemoFleet, demo: tuple[Config, SshPool, httpx.AsyncClient]
+) -> None:
+    """The whole file keeps weight, yet a route (a model name) would serve nothing, or clients
+    of one model would be sent to another: both refused before anything changes."""
+    reg = registry(demo)
+    before = fleet.router_file()
+    with pytest.raises(ActionRefused, match="every weight of route chat-api would be 0"):
+        await reg.plan(
+            "routing.set_weights", {"weights": {PRIMARY_UPSTREAM: 0, BACKUP_UPSTREAM: 0}}
+        )
+    with pytest.raises(ActionRefused, match="the upstreams are in different routes"):
+        await reg.plan("routing.set_weights", {"weights": {"gpu-a1": 0, BACKUP_UPSTREAM: 100}})
+    assert fleet.router_file() == before
+
+
 async def test_a_removed_flag_is_refused_with_the_version_before_anything_changes(
     fleet: DemoFleet, demo: tuple[Config, SshPool, httpx.AsyncClient]
 ) -> None:
@@ -731,7 +747,9 @@ async def test_set_weights_refusals_say_why(box: Box) -> None:
         ActionRefused, match=r"unknown upstream 'primry' .*\(it has: primary, backup\)"
     ):
         await reg.plan("routing.set_weights", {"weights": {"primry": 0}})
-    with pytest.raises(ActionRefused, match="every weight would be 0: no upstream would get"):
+    with pytest.raises(
+        ActionRefused, match="every weight of every upstream would be 0: no traffic"
+    ):
         await reg.plan("routing.set_weights", {"weights": {"primary": 0, "backup": 0}})
     with pytest.raises(ActionRefused, match="weight of primary is -1, not a number >= 0"):
         await reg.plan("routing.set_weights", {"weights": {"primary": -1}})

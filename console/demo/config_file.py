@@ -170,6 +170,7 @@ def _router(router: RouterEntry) -> dict:
         "list_path": "model_list",
         "name_key": "model_info.id",
         "weight_key": "litellm_params.weight",
+        "route_key": "model_name",
         "reload_command": f"sudo systemctl reload {ROUTER_UNIT.removesuffix('.service')}",
         "endpoint": GATEWAY_ENDPOINT,
         "upstreams": upstreams,
