@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from console.config import Config, NodeConfig
-from console.models import FleetSnapshot
-from console.stats import merge_histograms, quantile
+from console.models import FleetSnapshot, Histogram
+from console.stats import merge_histograms, observations, quantile
 from console.windows import EngineWindow, window_figures
 
 if TYPE_CHECKING:
@@ -169,22 +169,30 @@ class FigureReader:
     def _windows(self, nodes: Sequence[str]) -> list[EngineWindow]:
         return [w for n in nodes if (w := self.hub.readings.engines.get(n)) is not None]
 
-    def _engine_quantile(
-        self, nodes: Sequence[str], name: str, now: float, window_s: float
-    ) -> Figure:
-        family, q = _QUANTILES[name]
+    def _merged(
+        self, nodes: Sequence[str], family: str, now: float, window_s: float
+    ) -> Histogram | None:
         parts = [
             (f"{w.node} {family}", hist)
             for w in self._windows(nodes)
             for hist in w.histogram_increases(family, now, window_s).values()
         ]
-        merged = merge_histograms(parts).histogram
+        return merge_histograms(parts).histogram
+
+    def _engine_quantile(
+        self, nodes: Sequence[str], name: str, now: float, window_s: float
+    ) -> Figure:
+        family, q = _QUANTILES[name]
+        merged = self._merged(nodes, family, now, window_s)
         result = quantile(q, merged)
         if merged is None or result is None:
             return Figure(None, 0, window_s, note="engine: no request in the window")
-        return Figure(
-            result.value, result.n, window_s, note="engine" + (" floor" if result.floor else "")
-        )
+        n = result.n
+        if name == "itl_p95":  # its histogram counts token gaps; n counts requests
+            e2e = self._merged(nodes, _QUANTILES["e2e_p95"][0], now, window_s)
+            n = observations(e2e) if e2e is not None else 0.0
+        note = "engine" + (" floor" if result.floor else "")
+        return Figure(result.value, n, window_s, note=note)
 
     # -- facts
 

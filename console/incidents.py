@@ -13,11 +13,13 @@ import json
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
 
+from console.redact import redact
 from console.store import Store
 
 # How a run ended; None (NULL) while it runs or after its process died.
@@ -79,9 +81,20 @@ class IncidentRecord:
 class IncidentLog:
     """Incidents and runbook runs over the shared store; safe for two consoles on one file."""
 
-    def __init__(self, store: Store, clock: Any = time.time) -> None:
+    def __init__(self, store: Store, clock: Any = time.time, secrets: Sequence[str] = ()) -> None:
         self.store = store
         self.clock = clock
+        # Every text on its way in is redacted here, whoever wrote it (a parameter, a note).
+        self.secrets = tuple(secrets)
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return redact(value, known=self.secrets)
+        if isinstance(value, dict):
+            return {k: self._clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(v) for v in value]
+        return value
 
     # -- writing
 
@@ -93,7 +106,7 @@ class IncidentLog:
             "incidents",
             {
                 "opened_at": now,
-                "title": title,
+                "title": self._clean(title),
                 "state": "open",
                 "severity": severity,
                 "target": target,
@@ -102,7 +115,7 @@ class IncidentLog:
             },
             {
                 "kind": "incident.opened",
-                "message": f"incident opened: {title}",
+                "message": self._clean(f"incident opened: {title}"),
                 "operator": opened_by,
                 "incident_id": "new",
                 "ts": now,
@@ -121,6 +134,7 @@ class IncidentLog:
     ) -> int:
         """Record a run and its ``run.started`` event together."""
         now = self.clock()
+        params = self._clean(params)
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         return self.store.insert_row(
             "runbook_runs",
@@ -163,9 +177,9 @@ class IncidentLog:
         record = run if isinstance(run, RunRecord) else self.run(run)
         self.store.append_event(
             kind,
-            message,
+            self._clean(message),
             source="runbook",
-            data=data,
+            data=self._clean(data),
             operator=operator_name,
             ts=self.clock(),
             incident_id=record.incident_id,
@@ -181,9 +195,9 @@ class IncidentLog:
             {"finished_at": now, "outcome": outcome},
             {
                 "kind": "run.finished",
-                "message": message,
+                "message": self._clean(message),
                 "source": "runbook",
-                "data": {"outcome": outcome, **data},
+                "data": self._clean({"outcome": outcome, **data}),
                 "ts": now,
                 "incident_id": run.incident_id,
                 "run_id": run.id,

@@ -795,7 +795,7 @@ class Run:
 
     def _emit(self, kind: str, step: str | None, text: str) -> None:
         if self.listener is not None:
-            self.listener(RunUpdate(kind, step, text))
+            self.listener(RunUpdate(kind, step, self._mask(text)))
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,7 @@ def make_session(config: Config, hub: Hub, store: Store, *, read_only: bool) -> 
         hub=hub,
         registry=registry,
         figures=FigureReader(hub, FleetWorld(registry)),
-        log=IncidentLog(store),
+        log=IncidentLog(store, secrets=secrets_of(config)),
         runbooks=runbooks,
         operator=operator(),
         read_only=read_only,
