@@ -83,8 +83,10 @@ def llmops(*args: str, config: Path, timeout_s: float = 120) -> subprocess.Compl
 def run_until_killed(config: Path, marker: str) -> str:
     """Start a run, SIGKILL it as soon as ``marker`` is printed; what it printed."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "console.cli", "--config", str(config)]
-        + ["runbook", "run", "kill-drill", "--yes"],
+        [
+            *(sys.executable, "-m", "console.cli", "--config", str(config)),
+            *("runbook", "run", "kill-drill", "--yes"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
