@@ -188,6 +188,19 @@ async def read_weights(registry: Registry, router: str) -> dict[str, float]:
     return {name: weight for name, weight in weights if weight is not None}
 
 
+async def read_routes(registry: Registry, router: str) -> dict[str, str]:
+    """The route each upstream of a router's file serves (its ``route_key``; "" for all when
+    the config names none), read as routing.set_weights reads them; changes nothing."""
+    config = registry._router(router)
+    where = f"routes of {config.name}"
+    host = registry._router_host(config)
+    text = await registry._read_text(where, host, config.file)
+    entries = _router_entries(where, config, _load_router_file(where, config, text))
+    if config.route_key is None:
+        return {name: "" for name, _ in entries}
+    return {name: _route_of(config, entry) for name, entry in entries}
+
+
 async def read_engine_args(registry: Registry, node: str) -> dict[str, object]:
     """A node's engine-argument file as a mapping, keys as the file writes them (for facts
     such as the revision a node runs); changes nothing. Raises ActionRefused when it cannot

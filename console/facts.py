@@ -44,7 +44,7 @@ FACTS: dict[str, str] = {
     "worst_ttft_node": "node",  # the node with the highest TTFT P95 now
     "worst_e2e_node": "node",  # the node with the highest end-to-end P95 now
     "failing_upstream": "upstream",  # the upstream with the highest error rate now
-    "backup_upstream": "upstream",  # an upstream of the same router carrying no traffic
+    "backup_upstream": "upstream",  # an upstream (of the same route as `of`) with no traffic
     "serving_upstream": "upstream",  # the upstream of a router with the most weight
     "idle_upstream": "upstream",  # an upstream of a router with weight 0
     "gateway_endpoint": "endpoint",  # the endpoint whose probes go through a router
@@ -52,7 +52,13 @@ FACTS: dict[str, str] = {
     "pinned_revision": "string",  # of a node: the revision its engine should run (config)
     "running_revision": "string",  # of a node: the revision its argument file names now
 }
-FACTS_OF = frozenset({"pinned_revision", "running_revision"})  # these need `of: PARAM`
+# Facts read for another parameter (`of: PARAM`): the type that parameter must have, and
+# whether the fact needs one.
+FACTS_OF: dict[str, tuple[str, bool]] = {
+    "pinned_revision": ("node", True),
+    "running_revision": ("node", True),
+    "backup_upstream": ("upstream", False),  # with of: on the failing upstream's route
+}
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,7 @@ class FigureReader:
         if name == "failing_upstream":
             return self._failing_upstream()
         if name in ("serving_upstream", "idle_upstream", "backup_upstream"):
-            return await self._upstream_by_weight(name)
+            return await self._upstream_by_weight(name, of)
         if name == "gateway_endpoint":
             routed = [r for r in self.config.routers if r.endpoint is not None]
             if not routed:
@@ -275,13 +281,20 @@ class FigureReader:
         value, name = max(failing)
         return name, f"error rate {value:.1f}% on {name}, the highest of {len(known)} upstreams"
 
-    async def _upstream_by_weight(self, name: str) -> tuple[str | None, str]:
+    async def _upstream_by_weight(self, name: str, of: object = None) -> tuple[str | None, str]:
         if self.world is None or not self.config.routers:
             return None, "no router configured"
         candidates: list[tuple[float, str]] = []
         for router in self.config.routers:
             weights = await self.world.weights(router.name)
-            candidates += [(w, u) for u, w in weights.items() if u in router.upstreams]
+            upstreams = [u for u in weights if u in router.upstreams]
+            if name == "backup_upstream" and of is not None:
+                # A backup serves what the failing upstream serves: its router, its route.
+                if of not in router.upstreams:
+                    continue
+                routes = await self.world.routes(router.name)
+                upstreams = [u for u in upstreams if u != of and routes.get(u) == routes.get(of)]
+            candidates += [(weights[u], u) for u in upstreams]
         if name == "serving_upstream":
             serving = [c for c in candidates if c[0] > 0]
             if not serving:
@@ -290,18 +303,23 @@ class FigureReader:
             return upstream, f"{upstream} has the most weight ({weight:g})"
         idle = [u for w, u in candidates if w == 0]
         if not idle:
+            if name == "backup_upstream" and of is not None:
+                return None, f"no upstream of {of}'s route has weight 0"
             return None, "every upstream has weight"
         if name == "idle_upstream":
             return idle[0], f"{idle[0]} has weight 0"
         # backup: the idle upstream with the fewest errors, where that is known.
         scored = sorted((self.figure("upstream", u, "error_pct").value or 0.0, u) for u in idle)
         pct, upstream = scored[0]
-        return upstream, f"{upstream} has weight 0 and an error rate of {pct:.1f}%"
+        same = f" on {of}'s route" if of is not None else ""
+        return upstream, f"{upstream} has weight 0{same} and an error rate of {pct:.1f}%"
 
 
 class World(Protocol):
     """What facts read from the fleet itself (read-only)."""
 
     async def weights(self, router: str) -> dict[str, float]: ...
+
+    async def routes(self, router: str) -> dict[str, str]: ...
 
     async def engine_args(self, node: str) -> dict[str, object]: ...

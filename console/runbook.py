@@ -145,7 +145,7 @@ class Param:
     required: bool = False
     default: object | None = None  # typed: int, float, bool, str, or seconds for a duration
     fact: str | None = None  # the default is read from this fact (console.facts.FACTS) at run time
-    fact_of: str | None = None  # the node parameter a FACTS_OF fact is read for
+    fact_of: str | None = None  # the parameter a FACTS_OF fact is read for
     minimum: float | None = None  # int, float and duration (seconds)
     maximum: float | None = None
     choices: tuple[str, ...] = ()
@@ -910,8 +910,9 @@ def _fact_problems(kind: str, default: dict[str, Any]) -> tuple[str | None, _Pro
         expected = f"a fact giving {_a(kind)}: {', '.join(same)}" if same else "a value"
         what = f"{fact} gives {_a(FACTS[fact])} (expected {expected})"
         found.append((loc, fact, problem(what)))
-    if fact in FACTS_OF and "of" not in default:
-        what = f"missing required key (expected the node parameter {fact} is read for)"
+    if fact in FACTS_OF and FACTS_OF[fact][1] and "of" not in default:
+        kind_of = FACTS_OF[fact][0]
+        what = f"missing required key (expected the {kind_of} parameter {fact} is read for)"
         found.append((("default", "of"), None, key_problem(what)))
     elif fact not in FACTS_OF and "of" in default:
         what = f"not allowed: {fact} is read for the whole fleet (expected no of:)"
@@ -965,12 +966,13 @@ class _References:
             if not isinstance(default, dict) or "of" not in default:
                 continue
             of = default["of"]
+            kind = FACTS_OF.get(str(default.get("fact")), ("node", True))[0]
             if not isinstance(of, str) or of not in self.raw_params:
-                options = [n for n in self.raw_params if self.type_of(n) == "node"]
+                options = [n for n in self.raw_params if self.type_of(n) == kind]
                 what = f"unknown parameter {show(str(of))} ({suggest(str(of), options)})"
                 self.add((*loc, "default", "of"), of, problem(what))
-            elif self.type_of(of) != "node":
-                what = f"{of} is not a node parameter (expected the node the fact is read for)"
+            elif self.type_of(of) != kind:
+                what = f"{of} is not {_a(kind)} parameter (expected the {kind} it is read for)"
                 self.add((*loc, "default", "of"), of, problem(what))
 
     def step_ids(self) -> None:

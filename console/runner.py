@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from console.actions import ActionRefused, Confirmation, Outcome, Plan, Registry
@@ -193,7 +193,9 @@ class Run:
         # When the fleet last changed under this run: figures never reach back before it,
         # or a gate would pass on what the traffic did before the change.
         self.changed_at: float | None = None
-        self.abort_requested = False  # set by abort(); a running wait stops at its next read
+        # Set by abort(): a running wait stops at its next read, a running action finishes.
+        self.abort_requested = False
+        self.rollback_requested = False  # abort(rollback=True): undo the changes made so far
         self._started = clock()
 
     # -- the run
@@ -202,8 +204,7 @@ class Run:
         """Run the steps from ``start_at``; returns the outcome (also logged)."""
         try:
             for state in self.steps[start_at:]:
-                move = "abort" if self.abort_requested else None
-                move = move or await self.controller.before_step(self, state)
+                move = self._stop_move() or await self.controller.before_step(self, state)
                 if move == "rollback":
                     await self._roll_back_and_finish("aborted", f"rolled back by {self.operator}")
                     return self.outcome or "aborted"
@@ -215,8 +216,11 @@ class Run:
                 if not await self._run_step(state):
                     return self.outcome or "failed"
         except RunAborted:
-            await self._finish("aborted", f"aborted by {self.operator}", rollback=False)
-            return "aborted"
+            if self.rollback_requested:
+                await self._roll_back_and_finish("aborted", f"rolled back by {self.operator}")
+            else:
+                await self._finish("aborted", f"aborted by {self.operator}", rollback=False)
+            return self.outcome or "aborted"
         if self.mode == "dry-run":
             failing = f"; {self.failed_checks} check(s) would fail" if self.failed_checks else ""
             await self._finish("dry-run", f"dry-run: nothing was changed{failing}")
@@ -271,17 +275,26 @@ class Run:
             return await self._confirm_step(state)
         return await self._note(state)
 
-    def abort(self) -> None:
-        """Stop the run: a wait stops at its next read of the figures, an action that is
-        running finishes first (cutting it off could leave half a change)."""
+    def abort(self, *, rollback: bool = False) -> None:
+        """Stop the run (and with ``rollback``, undo what it changed): a wait stops at its next
+        read of the figures, an action that is running finishes first (cutting it off could
+        leave half a change)."""
         self.abort_requested = True
+        self.rollback_requested = self.rollback_requested or rollback
+
+    def _stop_move(self) -> str | None:
+        if self.rollback_requested:
+            return "rollback"
+        return "abort" if self.abort_requested else None
 
     async def preview(self, state: StepState) -> Plan | None:
-        """The plan a mutate step would run now (its dry-run view); logs and changes nothing."""
+        """The plan a mutate step would run now (its dry-run view, redacted as the log is, so
+        for showing only); logs and changes nothing. Raises ActionRefused as planning does."""
         call = state.step.action
         if state.step.kind != "mutate" or call is None:
             return None
-        return await self.registry.plan(call.action, self._args(call))
+        plan = await self.registry.plan(call.action, self._args(call))
+        return replace(plan, summary=self._mask(plan.summary), detail=self._mask(plan.detail))
 
     async def _roll_back_and_finish(self, outcome: str, why: str) -> None:
         if not self.done:
@@ -460,6 +473,10 @@ class Run:
         hold = self._duration(step.hold_s)
         held_since: float | None = None
         while True:
+            if self.abort_requested:
+                why = "rolled back" if self.rollback_requested else "aborted"
+                await self._end(state, "failed", f"{why} by {self.operator} while waiting", {})
+                raise RunAborted
             results = [self._evaluate(c, step.window_s) for c in step.until]
             text = "; ".join(t for _, t in results)
             left = deadline - self.clock()

@@ -8,13 +8,14 @@ log. :func:`prepare` turns a runbook id and the engineer's ``NAME=VALUE`` string
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from console.actions import Registry, read_engine_args, read_weights
+from console.actions import Registry, read_engine_args, read_routes, read_weights
 from console.config import Config
 from console.facts import FigureReader
 from console.hub import Hub
@@ -32,6 +33,7 @@ from console.runner import Controller, Run, RunUpdate, recorded_progress
 from console.store import Store
 
 TARGET_TYPES = ("node", "upstream", "endpoint")
+log = logging.getLogger(__name__)
 
 
 class FleetWorld:
@@ -42,6 +44,9 @@ class FleetWorld:
 
     async def weights(self, router: str) -> dict[str, float]:
         return await read_weights(self.registry, router)
+
+    async def routes(self, router: str) -> dict[str, str]:
+        return await read_routes(self.registry, router)
 
     async def engine_args(self, node: str) -> dict[str, object]:
         return await read_engine_args(self.registry, node)
@@ -121,7 +126,11 @@ class Session:
                 found[param.name] = (None, f"required ({param.description or param.type})")
                 continue
             of = found.get(param.fact_of or "", (None, ""))[0]
-            value, how = await self.figures.fact(param.fact, of)
+            try:
+                value, how = await self.figures.fact(param.fact, of)
+            except Exception as exc:  # one unreadable fact leaves only its own value unknown
+                log.warning("reading fact %s failed: %s", param.fact, exc)
+                value, how = None, f"unreadable ({type(exc).__name__}: {exc})"
             if value is not None:
                 try:
                     value = check_value(param, value)

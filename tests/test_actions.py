@@ -35,7 +35,9 @@ from console.demo import DemoFleet
 from console.demo.config_file import BACKUP_UPSTREAM, PRIMARY_UPSTREAM
 from console.demo.engine_args import EngineArgs
 from console.demo.router_config import ROUTE_API
-from console.hub import ssh_target
+from console.facts import FigureReader
+from console.hub import Hub, ssh_target
+from console.session import FleetWorld
 from tests.conftest import FIXTURES
 from tests.loopback_http import LoopbackServer
 from tests.sshd import Sshd, sshd_available, start_sshd
@@ -264,6 +266,37 @@ async def test_facts_read_the_argument_file_and_the_router_weights(
     }
     with pytest.raises(ActionRefused, match="unknown router 'gw-9'"):
         await read_weights(reg, "gw-9")
+
+
+async def test_the_backup_of_an_upstream_is_an_idle_one_on_its_route(tmp_path: Path) -> None:
+    """gpu-a2 drained and backup-api idle: the backup of gpu-a1 is gpu-a2 (route chat), not
+    backup-api (route chat-api, another model), though both are idle and error-free."""
+    with DemoFleet(tmp_path / "demo", traffic=False, deterministic=True) as fleet:
+        config = load_config(fleet.config_path)
+        pool = SshPool([ssh_target(config, r) for r in config.routers])
+        async with httpx.AsyncClient() as http:
+            try:
+                await _backup_on_its_route(registry((config, pool, http)))
+            finally:
+                await pool.close()
+
+
+async def _backup_on_its_route(reg: Registry) -> None:
+    plan = await reg.plan("routing.set_weights", {"weights": {"gpu-a2": 0, "gpu-a1": 100}})
+    assert (await reg.execute(plan, confirm(plan))).ok
+    figures = FigureReader(Hub(reg.config), FleetWorld(reg))
+    assert await figures.fact("backup_upstream", "gpu-a1") == (
+        "gpu-a2",
+        "gpu-a2 has weight 0 on gpu-a1's route and an error rate of 0.0%",
+    )
+    backup, _ = await figures.fact("backup_upstream", PRIMARY_UPSTREAM)
+    assert backup == BACKUP_UPSTREAM
+    plan = await reg.plan("routing.set_weights", {"weights": {"gpu-a2": 50, "gpu-a1": 50}})
+    assert (await reg.execute(plan, confirm(plan))).ok
+    assert await figures.fact("backup_upstream", "gpu-a1") == (
+        None,
+        "no upstream of gpu-a1's route has weight 0",
+    )
 
 
 async def test_weights_never_empty_a_route_nor_move_traffic_between_routes(

@@ -167,6 +167,101 @@ async def test_an_engine_that_fails_to_start_is_rolled_back(
     assert "never-reached" not in {s for _, s, _ in events}
 
 
+CHANGE_THEN_WAIT = """
+id: change-then-wait
+title: A change, then a wait that never holds
+params:
+  node: {type: node, default: gpu-a1}
+steps:
+  - id: shrink
+    kind: mutate
+    action: engine.set_args
+    with: {node: "{{ node }}", set: {max-num-batched-tokens: 2048}}
+  - id: never
+    kind: wait
+    until: [{figure: requests_per_s, node: "{{ node }}", above: 1000000}]
+    timeout: 120s
+    every: 0.2s
+"""
+
+
+@pytest.mark.parametrize("rollback", [False, True], ids=["abort", "abort-and-roll-back"])
+async def test_stopping_a_run_during_a_wait_ends_it_at_once(
+    fleet: DemoFleet, session: Session, tmp_path: Path, rollback: bool
+) -> None:
+    """x (abort) or b (roll back) while a wait runs: the wait ends at its next read, not
+    at its two-minute timeout; rolling back also restores the engine's arguments."""
+    before = fleet.engine_args("gpu-a1")
+    assert before is not None and before.max_num_batched_tokens != 2048
+    path = tmp_path / "change-then-wait.yaml"
+    path.write_text(CHANGE_THEN_WAIT)
+    runbook = load_runbook(path)
+    out = io.StringIO()
+    controller = CliController(
+        yes=True, confirm_targets=(), operator_name=session.operator, interactive=False, out=out
+    )
+    printer = Printer(out)
+
+    def listen(update) -> None:
+        printer(update)
+        if update.kind == "progress" and update.step == "never":
+            run.abort(rollback=rollback)
+
+    values, _ = await session.values(runbook, {})
+    run = session.start(runbook, values, controller, mode="live", listener=listen)
+    printer.run = run
+    started = time.monotonic()
+    outcome = await run.execute()
+    assert time.monotonic() - started < 60, out.getvalue()
+    assert outcome == "aborted", out.getvalue()
+    never = run.steps[1]
+    assert never.status == "failed"
+    events = session.log.events(run_id=run.record.id)
+    ended = [e["message"] for e in events if e["kind"] == "step.finished" and e["step"] == "never"]
+    verb = "rolled back" if rollback else "aborted"
+    assert ended and f"{verb} by {session.operator} while waiting" in ended[0]
+    args = fleet.engine_args("gpu-a1")
+    assert args is not None
+    if rollback:
+        assert args == before
+        assert [e["step"] for e in events if e["kind"] == "rollback.finished"] == ["shrink"]
+    else:
+        assert args.max_num_batched_tokens == 2048  # abort leaves the change, and says so
+        assert not [e for e in events if e["kind"].startswith("rollback.")]
+
+
+ECHO_TOKEN = """
+id: echo-token
+title: A command that carries a token
+params:
+  node: {type: node, default: gpu-a1}
+  word: {type: string}
+steps:
+  - id: send
+    kind: mutate
+    action: node.run
+    with: {node: "{{ node }}", command: "echo Bearer {{ word }}"}
+"""
+
+
+async def test_a_steps_preview_is_redacted_like_the_log(session: Session, tmp_path: Path) -> None:
+    """What the runner shows before a step (its plan) masks a secret, as the log does."""
+    path = tmp_path / "echo-token.yaml"
+    path.write_text(ECHO_TOKEN)
+    runbook = load_runbook(path)
+    token = "sk-proj-" + "a1b2c3d4e5" * 4
+    values, _ = await session.values(runbook, {"word": token})
+    out = io.StringIO()
+    controller = CliController(
+        yes=False, confirm_targets=(), operator_name=session.operator, interactive=False, out=out
+    )
+    run = session.start(runbook, values, controller, mode="live")
+    plan = await run.preview(run.steps[0])
+    assert plan is not None and plan.mutating
+    assert token not in plan.detail and "[redacted]" in plan.detail
+    assert token not in plan.summary
+
+
 async def test_provider_failover_moves_traffic_to_the_backup(
     fleet: DemoFleet, session: Session
 ) -> None:
