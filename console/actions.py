@@ -138,6 +138,11 @@ class ActionRefused(Exception):
     """An action not run, said in one line before anything changed."""
 
 
+class BackupMissing(ActionRefused):
+    """engine.restore_args named a backup that does not exist. For the undo of a step that
+    was interrupted, that says the change was never made: the backup is written first."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """The dry-run rendering of one call, made without changing anything."""
@@ -484,6 +489,8 @@ class Registry:
         engine = self._engine(node)
         path = engine.args_file
         backup = args.get("backup") or await self._newest_backup(node, path)
+        if posixpath.basename(backup) not in await self._names_beside(action, node, backup):
+            raise BackupMissing(f"engine.restore_args on {node}: there is no {backup}")
         current = await self._read_text(action, node, path)
         restored = await self._read_text(action, node, backup)
         if restored == current:
@@ -1494,7 +1501,8 @@ def _budget(default_s: float, deadline: Deadline) -> float:
     late step still gets to say why it failed)."""
     if deadline is None:
         return default_s
-    return max(1.0, min(default_s, deadline - time.monotonic()))
+    # Tenths: said back to the engineer ("healthy in 59.9s"), not 59.9663s.
+    return max(1.0, round(min(default_s, deadline - time.monotonic()), 1))
 
 
 def _is_number(value: object) -> bool:

@@ -31,6 +31,8 @@ from console.cli_runbooks import (
     run_runbook,
     runbook_lint,
     runbook_list,
+    settle_run,
+    unknown_runbook,
 )
 from console.config import (
     Config,
@@ -41,6 +43,7 @@ from console.config import (
     load_config,
 )
 from console.models import FleetSnapshot
+from console.runbook import load_folders, shipped_folder
 from console.store import Store
 from console.yamlconf import parse_duration
 
@@ -360,6 +363,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         has_config = args.files or config_path.exists() or config_path != default_config_path()
         config = _load(config_path) if not args.files and has_config else None
         return runbook_lint(args.files, config)
+    if (
+        args.command == "runbook"
+        and args.runbook_command in ("list", "show")
+        and not demo
+        and not config_path.exists()
+        and config_path == default_config_path()
+    ):
+        # No config yet (a first look on a new bastion): the shipped runbooks.
+        return _runbook_catalogue(args, load_folders([shipped_folder()]))
     if args.command == "incidents" and demo:
         # The demo's incident log outlives the demo: read it without starting a fleet.
         store = Store(default_store_path().with_name("demo.db"))
@@ -388,23 +400,30 @@ def _command(args: argparse.Namespace, config: Config, fleet: DemoFleet | None) 
     return _run_console(config, fleet, read_only)
 
 
+def _runbook_catalogue(args: argparse.Namespace, loaded: tuple[dict, list[str]]) -> int:
+    """runbook list and show, over the runbooks that loaded (the others said on stderr)."""
+    runbooks, problems = loaded
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if args.runbook_command == "list":
+        return runbook_list(runbooks, args.json) or (2 if problems else 0)
+    runbook = runbooks.get(args.id)
+    if runbook is None:
+        raise UsageError(unknown_runbook(args.id, runbooks, problems))
+    print("\n".join(describe(runbook)))
+    return 0
+
+
 def _runbook_command(args: argparse.Namespace, config: Config, read_only: bool) -> int:
     from console.session import load_runbooks
 
     command = args.runbook_command
     if command == "lint":
         return runbook_lint(args.files, config)
-    runbooks, problems = load_runbooks(config)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if command == "list":
-        return runbook_list(runbooks, args.json) or (2 if problems else 0)
-    if command == "show":
-        runbook = runbooks.get(args.id)
-        if runbook is None:
-            raise UsageError(f"unknown runbook {args.id!r} (known: {', '.join(sorted(runbooks))})")
-        print("\n".join(describe(runbook)))
-        return 0
+    if command in ("list", "show"):
+        return _runbook_catalogue(args, load_runbooks(config))
+    if command == "settle":
+        return _with_store(config, lambda store: settle_run(store, args))
     return _with_store(
         config, lambda store: asyncio.run(run_runbook(config, store, args, read_only))
     )

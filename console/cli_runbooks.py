@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from console.config import Config
-from console.incidents import IncidentLog, incident_json, incident_markdown
+from console.incidents import IncidentLog, incident_json, incident_markdown, operator
 from console.runbook import ParamError, Runbook, lint, shipped_folder
 from console.runner import ConfirmRequest, Decision, Run, RunUpdate, StepState
 from console.store import Store
@@ -91,6 +91,15 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
             metavar="NAME",
             help="in a protected environment: the target names confirmed (repeatable)",
         )
+    settle = actions.add_parser(
+        "settle",
+        parents=[common],
+        help="mark a run that needs attention (or was interrupted) as put right by hand",
+    )
+    settle.add_argument("run_id", type=int, metavar="RUN")
+    settle.add_argument(
+        "--note", required=True, help="what was done by hand (kept in the incident log)"
+    )
     incidents = commands.add_parser("incidents", help="the incident log")
     inc = incidents.add_subparsers(dest="incidents_command", metavar="ACTION", required=True)
     inc_list = inc.add_parser("list", parents=[common], help="list incidents")
@@ -104,6 +113,18 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
 
 # --- runbook lint, list, show ------------------------------------------------------------------
+
+
+def unknown_runbook(runbook_id: str, runbooks: dict[str, Runbook], problems: list[str]) -> str:
+    """Why a runbook id is not there: it is unknown, or perhaps one that did not load."""
+    known = ", ".join(sorted(runbooks)) or "none"
+    if problems:
+        files = sorted({p.split(":", 1)[0] for p in problems})
+        return (
+            f"runbook {runbook_id!r} is not loaded: unknown, or in a file that did not load "
+            f"({', '.join(files)}: see `llmops runbook lint`) (loaded: {known})"
+        )
+    return f"unknown runbook {runbook_id!r} (known: {known})"
 
 
 def runbook_lint(files: Sequence[Path], config: Config | None) -> int:
@@ -289,6 +310,8 @@ async def run_runbook(
     from console.session import open_session
 
     async with open_session(config, store, read_only=read_only) as session:
+        for problem in session.problems:  # runbooks that did not load, as lint says them
+            print(problem, file=sys.stderr)
         given = parse_params(args.param) if args.runbook_command == "run" else {}
         controller = CliController(
             yes=args.yes,
@@ -301,8 +324,7 @@ async def run_runbook(
         if args.runbook_command == "run":
             runbook = session.runbooks.get(args.id)
             if runbook is None:
-                known = ", ".join(sorted(session.runbooks)) or "none"
-                raise CliUsageError(f"unknown runbook {args.id!r} (known: {known})")
+                raise CliUsageError(unknown_runbook(args.id, session.runbooks, session.problems))
             await warm_up(session.hub)
             try:
                 values, notes = await session.values(runbook, given)
@@ -338,6 +360,20 @@ async def run_runbook(
         return EXIT_FOR.get(outcome, 1)
 
 
+def settle_run(store: Store, args: argparse.Namespace) -> int:
+    log = IncidentLog(store)
+    if not args.note.strip():
+        raise CliUsageError("--note: say what was done by hand")
+    try:
+        record = log.settle_run(args.run_id, operator(), args.note)
+    except KeyError:
+        raise CliUsageError(f"no run {args.run_id} in {store.path}") from None
+    except ValueError as exc:
+        raise CliUsageError(str(exc)) from None
+    print(f"run {record.id} of {record.runbook}: settled by {operator()}")
+    return 0
+
+
 # --- incidents ----------------------------------------------------------------------------------
 
 
@@ -349,7 +385,8 @@ def _age(ts: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def incidents_command(store: Store, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def incidents_command(store: Store, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout  # read when called: a test (or a redirect) may have replaced it
     log = IncidentLog(store)
     command = args.incidents_command
     if command == "list":
@@ -384,6 +421,11 @@ def incidents_command(store: Store, args: argparse.Namespace, out: TextIO = sys.
             print(
                 f"    resume: llmops runbook resume {run['id']}   "
                 f"undo: llmops runbook rollback {run['id']}",
+                file=out,
+            )
+        if run["state"].startswith("interrupted") or run["state"] == "needs attention":
+            print(
+                f"    put right by hand: llmops runbook settle {run['id']} --note 'WHAT YOU DID'",
                 file=out,
             )
     return 0

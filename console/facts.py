@@ -191,14 +191,21 @@ class FigureReader:
         family, q = _QUANTILES[name]
         merged = self._merged(nodes, family, now, window_s)
         result = quantile(q, merged)
+        covered = self._covered(nodes, now, window_s)
         if merged is None or result is None:
-            return Figure(None, 0, window_s, note="engine: no request in the window")
+            return Figure(None, 0, covered, note="engine: no request in the window")
         n = result.n
         if name == "itl_p95":  # its histogram counts token gaps; n counts requests
             e2e = self._merged(nodes, _QUANTILES["e2e_p95"][0], now, window_s)
             n = observations(e2e) if e2e is not None else 0.0
         note = "engine" + (" floor" if result.floor else "")
-        return Figure(result.value, n, window_s, note=note)
+        return Figure(result.value, n, covered, note=note)
+
+    def _covered(self, nodes: Sequence[str], now: float, window_s: float) -> float | None:
+        """The time the scrapes in the window span (the shortest of the engines'): what a
+        figure asked over ``window_s`` really covers. None with fewer than two scrapes."""
+        spans = [s[1] - s[0] for w in self._windows(nodes) if (s := w.span(now, window_s))]
+        return min(spans) if spans else None
 
     # -- facts
 

@@ -23,7 +23,17 @@ from console.redact import redact
 from console.store import Store
 
 # How a run ended; None (NULL) while it runs or after its process died.
-OUTCOMES = ("verified", "failed", "needs attention", "declined", "aborted", "dry-run", "read-only")
+OUTCOMES = (
+    "verified",
+    "failed",
+    "needs attention",
+    "declined",
+    "aborted",
+    "dry-run",
+    "read-only",
+    "settled",  # needs attention, or interrupted, then put right by hand (`runbook settle`)
+)
+SETTLEABLE = ("needs attention",)  # besides an interrupted run
 
 
 def operator() -> str:
@@ -220,6 +230,37 @@ class IncidentLog:
                 "message": f"run {run.id} {how} by {operator_name} after it was {run.state}",
                 "source": "runbook",
                 "ts": self.clock(),
+                "incident_id": run.incident_id,
+                "run_id": run.id,
+                "operator": operator_name,
+                "step": run.open_step,
+            },
+        )
+        return self.run(run.id)
+
+    def settle_run(self, run_id: int, operator_name: str, note: str) -> RunRecord:
+        """An engineer put a run's target right by hand: a run that needs attention (a
+        rollback failed) or was interrupted ends ``settled``, with who and what they did.
+        Raises KeyError for no such run, ValueError for a run in another state."""
+        run = self.run(run_id)
+        if run.outcome not in SETTLEABLE and not run.interrupted:
+            raise ValueError(
+                f"run {run_id} is {run.state}: only a run that needs attention or was "
+                "interrupted can be settled"
+            )
+        now = self.clock()
+        self.store.update_row(
+            "runbook_runs",
+            run.id,
+            {"finished_at": now, "outcome": "settled"},
+            {
+                "kind": "run.settled",
+                "message": self._clean(
+                    f"settled by {operator_name} after it was {run.state}: {note}"
+                ),
+                "source": "runbook",
+                "data": self._clean({"was": run.state, "note": note}),
+                "ts": now,
                 "incident_id": run.incident_id,
                 "run_id": run.id,
                 "operator": operator_name,

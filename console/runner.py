@@ -22,7 +22,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from console.actions import ActionRefused, Confirmation, Outcome, Plan, Registry
+from console.actions import (
+    ActionRefused,
+    BackupMissing,
+    Confirmation,
+    Outcome,
+    Plan,
+    Registry,
+)
 from console.facts import FIGURES, Figure, FigureReader
 from console.incidents import IncidentLog, RunRecord
 from console.redact import redact
@@ -41,6 +48,11 @@ OUTPUT_LINES_SHOWN = 200  # of a step's output kept for the screen
 FAILURE_LINES_SHOWN = 20  # of a failed action's output shown when it streamed none
 DEFAULT_STEP_TIMEOUT_S = 600.0
 WAIT_LOG_EVERY_S = 30.0  # a wait step logs its progress this often
+# A figure that covers less than this share of its window is not known yet: right after the
+# console starts, "ITL P95 over 30s" would otherwise be the last 4 seconds. Scrapes come every
+# poll interval, so a window covered up to two intervals short of its length counts as covered.
+COVERAGE_NEEDED = 0.5
+COVERAGE_ENOUGH_S = 30.0  # ...or this much of it, whatever the window (a 1-hour one too)
 
 
 class RunAborted(Exception):
@@ -113,6 +125,8 @@ class _Done:
     step: str
     action: str
     args: Mapping[str, object]
+    # The undo planned before a step that was interrupted: the change may not have been made.
+    interrupted: bool = False
 
 
 def figure_text(name: str, figure: Figure) -> str:
@@ -122,7 +136,9 @@ def figure_text(name: str, figure: Figure) -> str:
         return f"N/A ({figure.note})" if figure.note else "N/A"
     unit = FIGURES[name][1]
     if unit == "s":
-        text = f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+        ms = value * 1000
+        # Whole ms from 10 ms up; below, two significant digits (a limit of 0.1 ms is not "0").
+        text = f"{value:.2f} s" if value >= 1 else f"{ms:.0f} ms" if ms >= 10 else f"{ms:.2g} ms"
     elif unit == "pct":
         text = f"{value:.1f}%"
     elif unit == "per_s":
@@ -421,6 +437,8 @@ class Run:
     async def _check(self, state: StepState) -> bool:
         step = state.step
         await self._start(state, step.title or "check")
+        if self.mode == "live":  # a dry run decides nothing: its figures say their span
+            await self._gather(state, step.expect)  # shown figures say what span they cover
         lines: list[str] = []
         for condition in step.show:
             lines.append(self._shown(condition, step.window_s))
@@ -596,6 +614,12 @@ class Run:
             if "already" in str(refusal):  # nothing to undo: the state is already the old one
                 outcome = Outcome(ok=True, summary=f"nothing to undo: {refusal}")
                 plan = None
+            elif done.interrupted and isinstance(refusal, BackupMissing):
+                # The step writes its backup before the file: died before that, it changed
+                # nothing.
+                why = f"the step died before it changed anything ({refusal})"
+                outcome = Outcome(ok=True, summary=f"nothing to undo: {why}")
+                plan = None
             else:
                 outcome = Outcome(ok=False, summary=f"refused: {refusal}")
                 plan = None
@@ -701,13 +725,10 @@ class Run:
 
     def _shown(self, condition: Condition, window_s: float | str | None) -> str:
         subject = render_text(condition.subject, self.values)
-        figure = self.figures.figure(
-            condition.subject_kind,
-            subject,
-            condition.figure,
-            self._window(condition.window_s, window_s),
-        )
-        return f"{condition.figure} of {subject}: {figure_text(condition.figure, figure)}"
+        window = self._window(condition.window_s, window_s)
+        figure = self.figures.figure(condition.subject_kind, subject, condition.figure, window)
+        shown = figure_text(condition.figure, figure) + self._span_text(figure, window)
+        return f"{condition.figure} of {subject}: {shown}"
 
     def _evaluate(
         self, condition: Condition, window_s: float | str | None
@@ -717,12 +738,14 @@ class Run:
         window = self._window(condition.window_s, window_s)
         figure = self.figures.figure(condition.subject_kind, subject, condition.figure, window)
         name = condition.figure
-        shown = f"{name} of {subject} {figure_text(name, figure)}"
+        shown = f"{name} of {subject} {figure_text(name, figure)}{self._span_text(figure, window)}"
         value = figure.value
         if condition.min_requests and (figure.n is None or figure.n < condition.min_requests):
             return None, f"{shown}: fewer than {condition.min_requests} requests yet"
         if value is None:
             return None, f"{shown}: not known"
+        if self._uncovered_s(figure, window) > 0:
+            return None, f"{shown}: not known until {self._needed_s(window):.0f}s are seen"
         if condition.above is not None:
             return (
                 value > condition.above,
@@ -746,6 +769,52 @@ class Run:
             + (f" + {relative.plus:g}" if relative.plus else "")
             + ")"
         )
+
+    def _needed_s(self, window: float) -> float:
+        slack = 2 * self.registry.config.poll.engine_s
+        return max(0.0, min(COVERAGE_NEEDED * window, window - slack, COVERAGE_ENOUGH_S))
+
+    def _uncovered_s(self, figure: Figure, window: float) -> float:
+        """How much longer the figure needs to cover enough of its window (0: enough)."""
+        # Lifetime figures and gauges have no window to cover; probes are samples, which
+        # min_requests counts (one probe per interval covers nothing in between).
+        if figure.window_s is None or not figure.note.startswith("engine"):
+            return 0.0
+        return max(0.0, self._needed_s(window) - figure.window_s)
+
+    @staticmethod
+    def _span_text(figure: Figure, window: float) -> str:
+        """`` over 12s of 30s`` where the figure covers visibly less than it was asked for."""
+        covered = figure.window_s
+        if covered is None or covered >= 0.9 * window:
+            return ""
+        return f" over {covered:.0f}s of {window:g}s"
+
+    async def _gather(self, state: StepState, conditions: Sequence[Condition]) -> None:
+        """Before a check judges: wait (with progress) until its figures cover enough of
+        their windows, or as long as that can take: a console just started has seen only
+        seconds of traffic."""
+        deadline: float | None = None
+        while True:
+            missing = 0.0
+            for condition in conditions:
+                subject = render_text(condition.subject, self.values)
+                window = self._window(condition.window_s, state.step.window_s)
+                figure = self.figures.figure(
+                    condition.subject_kind, subject, condition.figure, window
+                )
+                missing = max(missing, self._uncovered_s(figure, window))
+            if missing <= 0:
+                return
+            now = self.clock()
+            if deadline is None:
+                slack = 2 * self.registry.config.poll.engine_s
+                deadline = now + missing + slack
+            if now >= deadline:
+                return  # judged on what there is: the figures say what they cover
+            state.progress = f"gathering figures: {missing:.0f}s more of the window to see"
+            self._emit("progress", state.step.id, state.progress)
+            await self.sleep(min(1.0, max(deadline - now, 0.01)))
 
     def _conditions_text(self, conditions: Sequence[Condition]) -> str:
         parts = []
@@ -845,7 +914,7 @@ def recorded_progress(log: IncidentLog, record: RunRecord, runbook: Runbook) -> 
     if open_step is not None and open_step in ids:
         start_at = ids.index(open_step)
         if undo := started.get(open_step, {}).get("undo_if_interrupted"):
-            interrupted_undo = _Done(open_step, undo["action"], undo["args"])
+            interrupted_undo = _Done(open_step, undo["action"], undo["args"], interrupted=True)
     else:
         finished = [ids.index(s) for s in statuses if s in ids]
         start_at = max(finished) + 1 if finished else 0

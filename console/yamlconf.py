@@ -331,7 +331,7 @@ class _Reader:
                 continue
             name = key.value
             kpath = _key_path(path, name)
-            if secret_key_name(name):
+            if secret_key_name(name) and not _names_variables(path):
                 self.report.at(key, kpath, self.secret)  # the whole value is the secret
             elif looks_secret(name):
                 self.report.at(key, path, self.secret)  # the key is the secret: not in the path
@@ -769,6 +769,12 @@ def _line(node: Node) -> int:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def _names_variables(path: str) -> bool:
+    """A mapping whose values name environment variables (``header_env: {Authorization:
+    ADMIN_TOKEN}``): a secret-sounding key there holds no secret; its value is still read."""
+    return path == "header_env" or path.endswith(".header_env")
 
 
 def _key_path(path: str, key: str) -> str:

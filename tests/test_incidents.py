@@ -1,9 +1,13 @@
-"""The incident log keeps no secret, whoever hands it one: a parameter, a note, a message."""
+"""The incident log keeps no secret, whoever hands it one: a parameter, a note, a message; and
+a run that needs attention can be settled by hand, with who and what."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from console import cli
 from console.incidents import IncidentLog
 from console.store import Store
 
@@ -32,3 +36,64 @@ def test_secrets_in_parameters_notes_and_messages_never_reach_the_file(tmp_path:
     )
     assert KEY.encode() not in data
     assert b"hunter2-not-shaped-like-a-key" not in data
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"environment: test\nstore: {tmp_path / 'log.db'}\n"
+        "nodes: [{name: gpu-a1, host: 10.0.3.11}]\n"
+    )
+    return path
+
+
+def test_a_run_put_right_by_hand_is_settled_with_who_and_what(tmp_path: Path, capfd) -> None:
+    """A failed rollback leaves a run needing attention; an interrupted run waits for resume
+    or rollback. `llmops runbook settle RUN --note` records what the engineer did by hand and
+    ends either; any other run is refused with its state, exit 2."""
+    config = _config(tmp_path)
+    store = Store(tmp_path / "log.db")
+    log = IncidentLog(store)
+    incident = log.open_incident("latency-spike on gpu-a1", "gpu-a1", "ann@bastion")
+    stuck = log.start_run(incident, "latency-spike", "t", {}, "ann@bastion", "live")
+    log.finish_run(log.run(stuck), "needs attention", "a rollback step failed", {})
+    gone = log.start_run(incident, "latency-spike", "t", {}, "ann@bastion", "live")
+    # The process that ran it is gone: a pid no process has.
+    store.update_row("runbook_runs", gone, {"pid": 2**22 + 17, "pid_started_at": 1.0}, None)
+    fine = log.start_run(incident, "latency-spike", "t", {}, "ann@bastion", "live")
+    log.finish_run(log.run(fine), "verified", "ok", {})
+    assert log.run(gone).state == "interrupted"
+    assert cli.run(["--config", str(config), "incidents", "show", str(incident)]) == 0
+    shown = capfd.readouterr().out
+    for run_id in (stuck, gone):
+        assert f"llmops runbook settle {run_id} --note" in shown
+    assert f"llmops runbook settle {fine} " not in shown
+
+    assert (
+        cli.run(
+            [
+                "--config",
+                str(config),
+                "runbook",
+                "settle",
+                str(stuck),
+                "--note",
+                "restored args.yaml by hand from the backup",
+            ]
+        )
+        == 0
+    )
+    assert "settled by" in capfd.readouterr().out
+    assert cli.run(["--config", str(config), "runbook", "settle", str(gone), "--note", "x"]) == 0
+    assert log.run(stuck).state == "settled" and log.run(gone).state == "settled"
+    [event] = [e for e in log.events(run_id=stuck) if e["kind"] == "run.settled"]
+    assert event["message"].endswith(
+        "after it was needs attention: restored args.yaml by hand from the backup"
+    )
+    assert event["operator"]
+
+    with pytest.raises(cli.UsageError, match=f"run {fine} is verified: only a run that needs"):
+        cli.run(["--config", str(config), "runbook", "settle", str(fine), "--note", "x"])
+    with pytest.raises(cli.UsageError, match="no run 99 in"):
+        cli.run(["--config", str(config), "runbook", "settle", "99", "--note", "x"])
+    store.close()

@@ -17,6 +17,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from console import cli
+from console.facts import Figure
 from console.runbook import (
     PARAM_TYPES,
     ActionCall,
@@ -39,6 +41,7 @@ from console.runbook import (
     shipped_folder,
     template_names,
 )
+from console.runner import figure_text
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).parent / "runbooks"
@@ -230,6 +233,46 @@ def test_a_good_runbook_loads_into_the_records() -> None:
     # node.run has no compensation: nothing undoes it unless the runbook says how.
     assert restart.rollback is None and restart.mutating
     assert remember.text == "Batch tokens lowered to {{ max_batched_tokens }} on {{ node }}"
+
+
+ADMIN_CALL = """\
+    id: drain-admin
+    title: Drain a node through the gateway's admin API
+    steps:
+      - id: drain
+        kind: mutate
+        action: http.request
+        with:
+          method: POST
+          url: http://gateway.internal:4000/admin/drain
+          header_env: {Authorization: GATEWAY_ADMIN_TOKEN, X-Api-Key: GATEWAY_KEY}
+    """
+
+
+def test_header_env_names_variables_for_secret_headers(tmp_path: Path) -> None:
+    """``header_env: {Authorization: VAR}`` names where the secret is: it loads; a literal
+    credential there, or a literal Authorization header, is still refused at its line."""
+    loaded = load_runbook(write(tmp_path, ADMIN_CALL))
+    call = loaded.steps[0].action
+    assert call is not None
+    assert call.args["header_env"] == {
+        "Authorization": "GATEWAY_ADMIN_TOKEN",
+        "X-Api-Key": "GATEWAY_KEY",
+    }
+    secret = "literal secrets are not allowed in the runbook (name an environment variable"
+    literal = ADMIN_CALL.replace("GATEWAY_ADMIN_TOKEN", '"Bearer sk-proj-0123456789abcdefghij"')
+    assert problems(write(tmp_path, literal, "literal.yaml")) == [
+        f"{tmp_path / 'literal.yaml'}:10: steps[0].with.header_env.Authorization: {secret}"
+        " that holds it)"
+    ]
+    header = ADMIN_CALL.replace(
+        "header_env: {Authorization: GATEWAY_ADMIN_TOKEN,",
+        "headers: {Authorization: GATEWAY_ADMIN_TOKEN,",
+    )
+    assert problems(write(tmp_path, header, "header.yaml")) == [
+        f"{tmp_path / 'header.yaml'}:10: steps[0].with.headers.{key}: {secret} that holds it)"
+        for key in ("Authorization", "X-Api-Key")
+    ]
 
 
 def test_the_readme_example_loads(tmp_path: Path) -> None:
@@ -709,3 +752,43 @@ def test_a_good_runbook_changed_anywhere_is_loaded_or_refused_in_lines(
             load_runbook(path)
         except RunbookError as error:
             assert_well_formed(path, error.problems)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.0001, "0.1 ms"), (0.0056, "5.6 ms"), (0.0754, "75 ms"), (0.212, "212 ms"), (4.2, "4.20 s")],
+)
+def test_a_latency_limit_is_shown_as_written(seconds: float, text: str) -> None:
+    """``below: 0.0001`` reads "< 0.1 ms", not "< 0 ms"."""
+    assert figure_text("itl_p95", Figure(seconds)) == text
+
+
+def test_list_and_show_need_no_config(tmp_path: Path, monkeypatch, capfd) -> None:
+    """On a new bastion (no config yet) `runbook list` and `show` read the shipped runbooks."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "nothing-here"))
+    assert cli.run(["runbook", "list"]) == 0
+    listed = capfd.readouterr().out
+    for shipped in shipped_folder().glob("*.yaml"):
+        assert load_runbook(shipped).id in listed
+    assert cli.run(["runbook", "show", "latency-spike"]) == 0
+    assert "lower-batched-tokens" in capfd.readouterr().out
+
+
+def test_a_runbook_that_did_not_load_is_named_as_such(tmp_path: Path, capfd) -> None:
+    """A team runbook with a lint error: asked for by id, the console says it did not load
+    and where to look, not just "unknown runbook"."""
+    folder = tmp_path / "team"
+    folder.mkdir()
+    write(folder, "id: my-fix\ntitle: Mine\nsteps: []\nbogus: 1\n", "my-fix.yaml")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"environment: test\nstore: {tmp_path / 'log.db'}\nrunbooks: [{folder}]\n"
+        "nodes: [{name: gpu-a1, host: 127.0.0.1, port: 9}]\n"
+    )
+    for command in (["show", "my-fix"], ["run", "my-fix", "--dry-run"]):
+        with pytest.raises(cli.UsageError) as caught:
+            cli.run(["--config", str(config), "runbook", *command])
+        message = str(caught.value)
+        assert message.startswith("runbook 'my-fix' is not loaded"), message
+        assert str(folder / "my-fix.yaml") in message and "llmops runbook lint" in message
+        assert f"{folder / 'my-fix.yaml'}:" in capfd.readouterr().err  # the problem itself

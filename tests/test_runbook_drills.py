@@ -230,6 +230,52 @@ async def test_stopping_a_run_during_a_wait_ends_it_at_once(
         assert not [e for e in events if e["kind"].startswith("rollback.")]
 
 
+EVIDENCE = """
+id: evidence-over-20s
+title: A check over a window longer than the console has been watching
+params:
+  node: {type: node, default: gpu-a1}
+steps:
+  - id: evidence
+    kind: check
+    expect: [{figure: e2e_p95, node: "{{ node }}", below: 60s, window: 20s}]
+"""
+
+
+async def test_a_check_waits_until_its_figures_cover_their_window(
+    session: Session, tmp_path: Path
+) -> None:
+    """Just started, the console has seen seconds of traffic: a check "over 20s" gathers
+    until its figures cover at least half of it, instead of judging on the first seconds."""
+    path = tmp_path / "evidence.yaml"
+    path.write_text(EVIDENCE)
+    runbook = load_runbook(path)
+    window = session.figures.figure("node", "gpu-a1", "e2e_p95", 20)
+    assert window.window_s is not None and window.window_s < 10  # warm_up: a few seconds
+    progress: list[str] = []
+
+    def listen(update) -> None:
+        if update.kind == "progress":
+            progress.append(update.text)
+
+    out = io.StringIO()
+    controller = CliController(
+        yes=True, confirm_targets=(), operator_name=session.operator, interactive=False, out=out
+    )
+    values, _ = await session.values(runbook, {})
+    run = session.start(runbook, values, controller, mode="live", listener=listen)
+    assert await run.execute() == "verified"
+    assert progress and progress[0].startswith("gathering figures: ")
+    covered = session.figures.figure("node", "gpu-a1", "e2e_p95", 20).window_s
+    assert covered is not None and covered >= 10
+    [ended] = [
+        e["message"]
+        for e in session.log.events(run_id=run.record.id)
+        if e["kind"] == "step.finished"
+    ]
+    assert "ok   e2e_p95 of gpu-a1" in ended and "over" in ended  # says the span it covers
+
+
 ECHO_TOKEN = """
 id: echo-token
 title: A command that carries a token
@@ -329,6 +375,7 @@ async def test_canary_ramp_reaches_100_percent_on_a_good_revision(
         "stable": "gpu-a1",
         "revision": "c0ffee1",
         "soak": "5s",
+        "window": "5s",
     }
     _run, outcome, out = await drill(session, "canary-ramp", params)
     assert outcome == "verified", out
@@ -348,6 +395,7 @@ async def test_a_bad_canary_fails_its_gate_and_everything_rolls_back(
         "stable": "gpu-a1",
         "revision": "badc0de",
         "soak": "5s",
+        "window": "5s",
     }
     run, outcome, out = await drill(session, "canary-ramp", params)
     assert outcome == "failed", out
@@ -360,7 +408,7 @@ async def test_a_bad_canary_fails_its_gate_and_everything_rolls_back(
 
 async def test_blue_green_switches_everything_to_green(fleet: DemoFleet, session: Session) -> None:
     _run, outcome, out = await drill(
-        session, "blue-green", {"blue": "gpu-a1", "green": "gpu-a2", "soak": "5s"}
+        session, "blue-green", {"blue": "gpu-a1", "green": "gpu-a2", "soak": "5s", "window": "5s"}
     )
     assert outcome == "verified", out
     assert fleet.router_weights("chat") == {"gpu-a1": 0, "gpu-a2": 100}
@@ -374,10 +422,16 @@ async def test_blue_green_switches_everything_to_green(fleet: DemoFleet, session
         ("model-rollback", {"window": "5s"}, ("bad-revision", "gpu-a1")),
         (
             "canary-ramp",
-            {"canary_node": "gpu-a2", "canary": "gpu-a2", "stable": "gpu-a1", "revision": "r2"},
+            {
+                "canary_node": "gpu-a2",
+                "canary": "gpu-a2",
+                "stable": "gpu-a1",
+                "revision": "r2",
+                "window": "5s",
+            },
             None,
         ),
-        ("blue-green", {"blue": "gpu-a1", "green": "gpu-a2"}, None),
+        ("blue-green", {"blue": "gpu-a1", "green": "gpu-a2", "window": "5s"}, None),
     ],
 )
 async def test_read_only_runs_the_checks_and_changes_nothing(

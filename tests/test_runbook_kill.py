@@ -45,7 +45,7 @@ steps:
     hold: 6s
     timeout: 2m
     every: 1s
-    window: 1h
+    window: 10s
   - id: record
     kind: note
     text: watched {{ node }}
@@ -181,3 +181,24 @@ def test_killed_during_a_step_it_resumes_there_after_its_checks(
     ]
     args = fleet.engine_args("gpu-a1")
     assert args is not None and args.max_num_batched_tokens == 4096
+
+
+def test_killed_as_a_change_begins_the_rollback_finds_nothing_to_undo(
+    fleet: DemoFleet, config_path: Path
+) -> None:
+    """Killed right after the change's step started (the backup the plan named may not be
+    written yet): the rollback puts the file back if it changed, and otherwise says there was
+    nothing to undo; either way the run ends failed-and-rolled-back, not needs attention."""
+    before = fleet.engine_args("gpu-a1")
+    run_until_killed(config_path, "[2/4] shrink started")
+    run = only_run(config_path)
+    assert run["state"] == "interrupted at shrink"
+    undone = llmops("runbook", "rollback", str(run["id"]), "--yes", config=config_path)
+    assert undone.returncode == 1, undone.stdout + undone.stderr
+    assert "ROLLBACK FAILED" not in undone.stdout
+    assert "nothing to undo" in undone.stdout or "rolled back" in undone.stdout
+    assert only_run(config_path)["state"] == "failed"
+    deadline = time.monotonic() + 30
+    while fleet.engine_args("gpu-a1") != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert fleet.engine_args("gpu-a1") == before
