@@ -34,6 +34,7 @@ from console.hub import Hub  # noqa: E402
 from console.runbook import load_runbook  # noqa: E402
 from console.session import make_session, open_session  # noqa: E402
 from console.store import Store  # noqa: E402
+from console.yamlconf import parse_duration  # noqa: E402
 
 
 def note_runbook(steps: int) -> str:
@@ -110,36 +111,61 @@ async def overhead(config_path: Path, folder: Path, steps: int) -> None:
 DRILLS: tuple[tuple[str, tuple[str, str] | None, dict[str, str], dict[str, str]], ...] = (
     ("latency-spike", ("long-prompts", "gpu-a1"), {}, {"window": "5s"}),
     ("provider-failover", ("provider-5xx", "primary-api"), {}, {"window": "5s"}),
+    # After a failover, once the primary is healthy again (the fault healed).
+    ("provider-failback", ("provider-429", "primary-api"), {}, {"window": "5s"}),
     ("model-rollback", ("bad-revision", "gpu-a1"), {}, {"window": "5s"}),
     (
         "canary-ramp",
         None,
         {"canary_node": "gpu-a2", "canary": "gpu-a2", "stable": "gpu-a1", "revision": "r2"},
-        {"soak": "5s"},
+        {"soak": "5s", "window": "5s"},
     ),
-    ("blue-green", None, {"blue": "gpu-a1", "green": "gpu-a2"}, {"soak": "5s"}),
+    ("blue-green", None, {"blue": "gpu-a1", "green": "gpu-a2"}, {"soak": "5s", "window": "5s"}),
 )
+FAULT_SHOWS_S = 5.0  # the fault shows in the figures before anyone acts
 
 
-async def drill(folder: Path, runbook: str, fault, params: dict[str, str]) -> tuple[str, float]:
+async def run_to_end(session, runbook: str, params: dict[str, str]) -> str:
+    controller = CliController(
+        yes=True, confirm_targets=(), operator_name=session.operator, interactive=False
+    )
+    values, _ = await session.values(session.runbooks[runbook], params)
+    run = session.start(
+        session.runbooks[runbook], values, controller, mode="live", listener=Printer(io.StringIO())
+    )
+    return await run.execute()
+
+
+async def drill(
+    folder: Path, runbook: str, fault, params: dict[str, str], quick: dict[str, str]
+) -> tuple[str, float]:
     with DemoFleet(folder / runbook, deterministic=True) as fleet:
         config = load_config(fleet.config_path)
         store = Store(folder / f"{runbook}.db")
         async with open_session(config, store, read_only=False) as session:
             await warm_up(session.hub)
-            started = time.perf_counter()
-            if fault is not None:
+            if runbook == "provider-failback":
+                # The state failback starts from: failed over, then the provider recovered.
+                assert fault is not None
                 fleet.inject(*fault)
-                await asyncio.sleep(5)  # the fault shows in the figures before anyone acts
-            out = io.StringIO()
-            controller = CliController(
-                yes=True, confirm_targets=(), operator_name=session.operator, interactive=False
-            )
-            values, _ = await session.values(session.runbooks[runbook], params)
-            run = session.start(
-                session.runbooks[runbook], values, controller, mode="live", listener=Printer(out)
-            )
-            outcome = await run.execute()
+                await asyncio.sleep(FAULT_SHOWS_S)
+                before = await run_to_end(session, "provider-failover", quick)
+                if before != "verified":
+                    return f"failover {before}", 0.0
+                fleet.heal()
+                started = time.perf_counter()
+                # The engineer fails back once the primary answers cleanly again.
+                window = parse_duration(quick.get("window", "30s"))
+                while session.figures.figure(
+                    "upstream", "primary-api", "error_pct", window
+                ).value not in (0.0,):
+                    await asyncio.sleep(0.5)
+            else:
+                started = time.perf_counter()
+                if fault is not None:
+                    fleet.inject(*fault)
+                    await asyncio.sleep(FAULT_SHOWS_S)
+            outcome = await run_to_end(session, runbook, params)
             took = time.perf_counter() - started
         store.close()
     return outcome, took
@@ -161,9 +187,15 @@ async def main() -> None:
         print(f"drills ({'short windows' if args.quick else 'shipped windows'}):")
         for runbook, fault, params, quick in DRILLS:
             outcome, took = await drill(
-                folder, runbook, fault, {**params, **(quick if args.quick else {})}
+                folder,
+                runbook,
+                fault,
+                {**params, **(quick if args.quick else {})},
+                quick if args.quick else {},
             )
             what = f"{fault[0]} on {fault[1]}" if fault else "planned change"
+            if runbook == "provider-failback":
+                what = f"{fault[0]} healed" if fault else what
             print(f"  {runbook:<18} {what:<28} {outcome:<10} {took:6.1f} s from fault to verified")
 
 

@@ -117,11 +117,39 @@ async def test_latency_spike_lowers_batched_tokens_and_itl_recovers(
     assert itl.value is not None and itl.value < 0.075
     # min_requests counts requests, not the token gaps the ITL histogram observes.
     assert itl.n == session.figures.figure("node", "gpu-a1", "e2e_p95", 5).n
+    events = step_events(session.log, run)
     finished_in_order(
-        step_events(session.log, run),
-        ["evidence", "lower-batched-tokens", "itl-recovers", "record"],
+        events,
+        [
+            "evidence",
+            "lower-batched-tokens",
+            "lower-batched-tokens-and-cap",
+            "itl-recovers",
+            "record",
+        ],
     )
-    assert "[2/4] lower-batched-tokens started" in out and "+max-num-batched-tokens: 2048" in out
+    assert ("step.finished", "lower-batched-tokens-and-cap", "skipped") in events
+    assert "[2/5] lower-batched-tokens started" in out and "+max-num-batched-tokens: 2048" in out
+    assert args.max_model_len is None  # no cap asked: the model's own length, as before
+
+
+async def test_latency_spike_can_cap_max_model_len_in_the_same_restart(
+    fleet: DemoFleet, session: Session
+) -> None:
+    """max_model_len=8192: one restart sets both (shown exactly in the dry run)."""
+    before = fleet.engine_args("gpu-a1")
+    run, outcome, out = await drill(
+        session,
+        "latency-spike",
+        {"node": "gpu-a1", "max_model_len": "8192", "window": "5s"},
+        mode="dry-run",
+    )
+    assert outcome == "dry-run", out
+    assert "+max-model-len: 8192" in out and "+max-num-batched-tokens: 2048" in out
+    statuses = {s.step.id: s.status for s in run.steps}
+    assert statuses["lower-batched-tokens"] == "skipped"
+    assert statuses["lower-batched-tokens-and-cap"] == "planned"
+    assert fleet.engine_args("gpu-a1") == before
 
 
 BREAKS_THE_ENGINE = """

@@ -568,16 +568,20 @@ class DemoFleet:
             return self._pin_good_revision(node)
         return self._change_version(node)  # model-version-change
 
-    def _deploy_bad_revision(self, node: DemoNode) -> tuple[Undo, str]:
-        """What a careful deploy tool does, with a bad build: keep the args file beside itself,
-        write the new revision into it (the served name stays) and restart."""
+    def _next_revision(self, node: DemoNode, doing: str) -> tuple[str, EngineArgs, str]:
+        """``node``'s args file as it is, read, and a revision it has not run yet."""
         before = node.args_path.read_text()
         try:
             args = parse_engine_args(before)
         except ValueError as exc:
-            raise ValueError(f"cannot deploy a new revision on {node.name}: {exc}") from exc
+            raise ValueError(f"cannot {doing} on {node.name}: {exc}") from exc
         self._versions += 1
-        revision = _revision(args.model, self._versions)
+        return before, args, _revision(args.model, self._versions)
+
+    def _deploy_bad_revision(self, node: DemoNode) -> tuple[Undo, str]:
+        """What a careful deploy tool does, with a bad build: keep the args file beside itself,
+        write the new revision into it (the served name stays) and restart."""
+        before, _, revision = self._next_revision(node, "deploy a new revision")
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         kept = node.args_path.with_name(f"{node.args_path.name}.{stamp}")
         kept.write_text(before)
@@ -615,13 +619,7 @@ class DemoFleet:
 
     def _change_version(self, node: DemoNode) -> tuple[Undo, str]:
         """Redeploy ``node`` with a new revision, served under a new name (old one kept)."""
-        before = node.args_path.read_text()
-        try:
-            args = parse_engine_args(before)
-        except ValueError as exc:
-            raise ValueError(f"cannot change the model on {node.name}: {exc}") from exc
-        self._versions += 1
-        revision = _revision(args.model, self._versions)
+        before, args, revision = self._next_revision(node, "change the model")
         new_name = f"{args.model}@{revision[:8]}"
         names = (new_name, *(n for n in args.served_model_names if "@" not in n))
         node.args_path.write_text(

@@ -31,7 +31,7 @@ from console.demo.router_config import (
     parse_router_config,
     render_router_config,
 )
-from console.demo.shell import NOT_ACTIVE, CommandResult, Program, Shell, unknown_unit
+from console.demo.shell import NOT_ACTIVE, CommandResult, Program, Shell
 from console.demo.ssh_server import SshServer
 
 GATEWAY = "gw-1"
@@ -122,23 +122,13 @@ class GatewayShell(Shell):
     def _programs(self) -> dict[str, Program]:
         return {**super()._programs(), "systemctl": self._systemctl}
 
-    def _systemctl(self, args: Sequence[str]) -> CommandResult:
-        verbs = [a for a in args if not a.startswith("-")]
-        if len(verbs) != 2 or verbs[0] not in ("reload", "restart", "is-active", "status"):
-            return CommandResult(
-                stderr="systemctl: unsupported command in this demo\n", exit_status=1
-            )
-        verb, unit = verbs
-        if not self.is_unit(unit):
-            return unknown_unit(verb, unit)
+    systemctl_verbs = ("reload", "restart", "is-active", "status")
+
+    def _unit_state(self) -> str:
+        return self._service.state
+
+    def _unit_verb(self, verb: str) -> CommandResult:
         service = self._service
-        if verb == "is-active":
-            active = service.state == "active"
-            return CommandResult(
-                stdout=f"{service.state}\n", exit_status=0 if active else NOT_ACTIVE
-            )
-        if verb == "status":
-            return self._status()
         problem = service.reload() if verb == "reload" else service.restart()
         if problem is None:
             return CommandResult()

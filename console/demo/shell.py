@@ -113,6 +113,37 @@ class Shell:
         """The load average ``uptime`` shows."""
         return 0.0
 
+    # -- systemctl: the verbs a host's unit takes, each host's unit says what they do
+
+    systemctl_verbs: tuple[str, ...] = ("is-active", "status")
+
+    def _systemctl(self, args: Sequence[str]) -> CommandResult:
+        verbs = [a for a in args if not a.startswith("-")]
+        if len(verbs) != 2 or verbs[0] not in self.systemctl_verbs:
+            return CommandResult(
+                stderr="systemctl: unsupported command in this demo\n", exit_status=1
+            )
+        verb, unit = verbs
+        if not self.is_unit(unit):
+            return unknown_unit(verb, unit)
+        if verb == "status":
+            return self._status()
+        if verb == "is-active":
+            state = self._unit_state()
+            status = 0 if state == "active" else NOT_ACTIVE
+            return CommandResult(stdout=f"{state}\n", exit_status=status)
+        return self._unit_verb(verb)
+
+    def _unit_state(self) -> str:
+        raise NotImplementedError
+
+    def _status(self) -> CommandResult:
+        raise NotImplementedError
+
+    def _unit_verb(self, verb: str) -> CommandResult:
+        """``systemctl VERB UNIT`` for a verb other than status and is-active."""
+        raise NotImplementedError
+
     def is_unit(self, unit: str) -> bool:
         return unit in (self._unit, self._unit.removesuffix(".service"))
 
@@ -292,22 +323,13 @@ class NodeShell(Shell):
 
     # -- systemd --------------------------------------------------------------------------------
 
-    def _systemctl(self, args: Sequence[str]) -> CommandResult:
-        verbs = [a for a in args if not a.startswith("-")]
-        if len(verbs) != 2 or verbs[0] not in ("restart", "start", "stop", "is-active", "status"):
-            return CommandResult(
-                stderr="systemctl: unsupported command in this demo\n", exit_status=1
-            )
-        verb, unit = verbs
-        if not self.is_unit(unit):
-            return unknown_unit(verb, unit)
+    systemctl_verbs = ("restart", "start", "stop", "is-active", "status")
+
+    def _unit_state(self) -> str:
+        return self._service.state
+
+    def _unit_verb(self, verb: str) -> CommandResult:
         service = self._service
-        if verb == "status":
-            return self._status()
-        if verb == "is-active":
-            state = service.state
-            status = 0 if state == "active" else NOT_ACTIVE
-            return CommandResult(stdout=f"{state}\n", exit_status=status)
         if verb == "stop":
             service.stop()
         elif verb == "restart" or service.state == "inactive":
