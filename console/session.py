@@ -20,6 +20,7 @@ from console.config import Config
 from console.facts import FigureReader
 from console.hub import Hub
 from console.incidents import IncidentLog, RunRecord, operator
+from console.redact import REDACTED
 from console.runbook import (
     ParamError,
     Runbook,
@@ -207,6 +208,20 @@ class Session:
         runbook = self.runbooks.get(record.runbook)
         if runbook is None:
             raise ParamError(f"run {run_id} ran runbook {record.runbook}, which is not loaded now")
+        if how == "resume":
+            for param in runbook.params:
+                recorded = record.params.get(param.name)
+                if recorded is None:
+                    raise ParamError(
+                        f"run {run_id}: runbook {runbook.id} has a parameter {param.name} the "
+                        "run did not record (the runbook changed since); roll back, or start "
+                        "it again"
+                    )
+                if REDACTED in str(recorded):
+                    raise ParamError(
+                        f"run {run_id}: parameter {param.name} held a secret, which the log "
+                        "does not keep; roll back, or start the runbook again"
+                    )
         values = {
             p.name: parse_param(p, str(record.params[p.name]))
             for p in runbook.params

@@ -22,7 +22,7 @@ from console.config import Config, load_config
 from console.demo import DemoFleet
 from console.facts import FigureReader
 from console.incidents import IncidentLog
-from console.runbook import load_runbook
+from console.runbook import ParamError, load_runbook
 from console.runner import Run
 from console.session import Session, open_session
 from console.store import Store
@@ -334,6 +334,31 @@ async def test_a_steps_preview_is_redacted_like_the_log(session: Session, tmp_pa
     assert plan is not None and plan.mutating
     assert token not in plan.detail and "[redacted]" in plan.detail
     assert token not in plan.summary
+
+
+async def test_a_run_whose_parameter_was_a_secret_is_not_resumed_with_the_mask(
+    session: Session, tmp_path: Path
+) -> None:
+    """The log keeps "[redacted]" for a secret parameter: resuming would send that instead
+    of the secret, so resume is refused with why (rollback needs no parameter)."""
+    path = tmp_path / "echo-token.yaml"
+    path.write_text(ECHO_TOKEN)
+    session.runbooks["echo-token"] = load_runbook(path)
+    incident = session.log.open_incident("t", "gpu-a1", session.operator)
+    token = "sk-proj-" + "a1b2c3d4e5" * 4
+    run_id = session.log.start_run(
+        incident, "echo-token", "t", {"node": "gpu-a1", "word": token}, session.operator, "live"
+    )
+    # Its process is gone: a pid no process has.
+    session.log.store.update_row(
+        "runbook_runs", run_id, {"pid": 2**22 + 17, "pid_started_at": 1.0}, None
+    )
+    controller = CliController(
+        yes=True, confirm_targets=(), operator_name=session.operator, interactive=False
+    )
+    with pytest.raises(ParamError, match="parameter word held a secret"):
+        await session.take_over(run_id, "resume", controller, "live")
+    assert session.log.run(run_id).interrupted  # untouched: still there to roll back
 
 
 async def test_provider_failover_moves_traffic_to_the_backup(
