@@ -1,4 +1,4 @@
-"""vLLM engine state from its HTTP surface: ``/metrics``, ``/health``, ``/v1/models``, ``/version``.
+"""Engine state from its HTTP surface: ``/metrics``, ``/health``, ``/v1/models``, ``/version``.
 
 ``/metrics`` is parsed with prometheus_client's text parser. A malformed line drops that line
 (reported in ``EngineStats.skipped_lines``), not the scrape: one bad exporter line must not
@@ -7,14 +7,22 @@ blank the engine panel. A NaN or infinite sample value is dropped and reported i
 histograms are kept per series (``engine`` rank, ``finished_reason``...). Families are read
 by the vLLM 0.33 names (``engine`` and ``model_name`` labels); older scrapes without the
 ``engine`` label parse the same way.
+
+SGLang (``sglang:`` names) and Hugging Face TGI (``tgi_`` names) are read too: the engine is
+told from the metric names in the text (:func:`detect_engine`), and its families are copied
+under the vLLM names the console reads (the tables below; both engines already count in
+seconds and tokens, so no unit changes), next to their own names. A figure an engine does not
+report (TGI has no TTFT, ITL or preemptions) has no vLLM family and stays unknown, never 0.
 Knows nothing of the UI.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,6 +32,76 @@ from console.models import EngineStats, Histogram, SeriesLabels
 
 # A scrape of 32 MiB is already ~100k series: past that it is an exporter fault, not data.
 MAX_METRICS_BYTES = 32 * 2**20
+
+VLLM, SGLANG, TGI = "vllm", "sglang", "tgi"
+# Metric-name prefix of each engine: how a scrape says which engine exposed it.
+_PREFIXES = ((VLLM, "vllm:"), (SGLANG, "sglang:"), (TGI, "tgi_"))
+_NAME = re.compile(r"\s*([a-zA-Z_:][a-zA-Z0-9_:]*)")
+
+# The vLLM 0.33 families the console reads (console/windows.py, aggregate.py, facts.py).
+E2E = "vllm:e2e_request_latency_seconds"
+TTFT = "vllm:time_to_first_token_seconds"
+ITL = "vllm:inter_token_latency_seconds"
+QUEUE = "vllm:request_queue_time_seconds"
+TPOT = "vllm:request_time_per_output_token_seconds"
+PROMPT_LEN = "vllm:request_prompt_tokens"
+GENERATION_LEN = "vllm:request_generation_tokens"
+SUCCESS = "vllm:request_success_total"
+PREEMPTIONS = "vllm:num_preemptions_total"
+PROMPT_TOKENS = "vllm:prompt_tokens_total"
+GENERATION_TOKENS = "vllm:generation_tokens_total"
+CACHED_TOKENS = "vllm:prompt_tokens_cached_total"
+
+# SGLang 0.5.23 family -> vLLM family (tests/fixtures/sglang/SOURCES.md has the source lines).
+# Same units on both sides: seconds, tokens, requests.
+SGLANG_HISTOGRAMS = {
+    "sglang:e2e_request_latency_seconds": E2E,
+    "sglang:time_to_first_token_seconds": TTFT,
+    # Per token, as vLLM's: each interval is divided by the tokens it brought.
+    "sglang:inter_token_latency_seconds": ITL,
+    "sglang:queue_time_seconds": QUEUE,
+    "sglang:request_time_per_output_token_seconds": TPOT,
+    "sglang:prompt_tokens_histogram": PROMPT_LEN,
+    "sglang:generation_tokens_histogram": GENERATION_LEN,
+}
+SGLANG_COUNTERS = {
+    # Every finished request, aborted ones included, with no finish reason: the request rate
+    # is known, how many failed is not (num_aborted_requests_total overlaps it).
+    "sglang:num_requests_total": SUCCESS,
+    # A retraction is SGLang's preemption: a running request sent back to the queue.
+    "sglang:num_retracted_requests_total": PREEMPTIONS,
+    "sglang:prompt_tokens_total": PROMPT_TOKENS,
+    "sglang:generation_tokens_total": GENERATION_TOKENS,
+    "sglang:cached_tokens_total": CACHED_TOKENS,
+}
+# Labels that tell apart copies of one scheduler's view (TP/PP/EP ranks of one DP group, the
+# multiprocess pid); ``dp_rank`` tells apart schedulers with requests of their own.
+_SGLANG_REPLICA_LABELS = ("tp_rank", "pp_rank", "moe_ep_rank", "pid")
+
+# TGI 3.3.7 family -> vLLM family (tests/fixtures/tgi/SOURCES.md). TGI records durations
+# with ``as_secs_f64()``: seconds, as vLLM's.
+TGI_HISTOGRAMS = {
+    "tgi_request_duration": E2E,
+    "tgi_request_queue_duration": QUEUE,
+    "tgi_request_input_length": PROMPT_LEN,
+    "tgi_request_generated_tokens": GENERATION_LEN,
+}
+# TGI's counters carry no ``_total``; the parser adds it where a ``# TYPE`` line says counter.
+_TGI_COUNTERS = frozenset(
+    {
+        "tgi_request_count",
+        "tgi_request_success",
+        "tgi_request_failure",
+        "tgi_batch_concat",
+        "tgi_batch_inference_count",
+        "tgi_batch_inference_success",
+        "tgi_batch_inference_failure",
+    }
+)
+# tgi_request_failure{err} -> vLLM finished_reason. validation, template and overloaded are
+# refused before the queue, where vLLM counts no request either, so they are left out.
+TGI_FAILURE_REASONS = {"dropped": "abort", "generation": "error", "incomplete": "error"}
+TGI_REFUSED = frozenset({"validation", "template", "overloaded"})
 
 
 class EngineError(Exception):
@@ -150,8 +228,33 @@ def _drop_non_finite(samples: list[Sample]) -> tuple[list[Sample], list[str]]:
     return kept, [_describe(s) for s in bad]
 
 
+def _engine_of(names: Iterable[str]) -> str | None:
+    counts = Counter(
+        engine for name in names for engine, prefix in _PREFIXES if name.startswith(prefix)
+    )
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def detect_engine(text: str) -> str | None:
+    """Which engine exposed this ``/metrics`` text: ``"vllm"``, ``"sglang"``, ``"tgi"`` or None.
+
+    Told by the sample names (``vllm:``, ``sglang:``, ``tgi_``), the most frequent prefix
+    winning; comment lines do not count. None when no sample has one of the prefixes.
+    """
+    names = (
+        match.group(1)
+        for line in text.splitlines()
+        if not line.lstrip().startswith("#") and (match := _NAME.match(line))
+    )
+    return _engine_of(names)
+
+
 def engine_stats_from_text(node: str, text: str) -> EngineStats:
-    """One scrape of ``/metrics`` as an :class:`EngineStats` (counters, histograms per series)."""
+    """One scrape of ``/metrics`` as an :class:`EngineStats` (counters, histograms per series).
+
+    vLLM, SGLang and TGI text alike: the engine is detected from the sample names, and
+    SGLang's and TGI's families are added under the vLLM names as well (module docstring).
+    """
     samples, skipped = parse_samples(text)
     # A bucket whose bound is not a number is as malformed as a bad line: drop and report it.
     bad_buckets = [s for s in samples if s.name.endswith("_bucket") and _bucket_bound(s) is None]
@@ -161,6 +264,18 @@ def engine_stats_from_text(node: str, text: str) -> EngineStats:
     if not samples and text.strip():
         raise EngineError(f"{node}: /metrics has no Prometheus samples")
     samples, non_finite = _drop_non_finite(samples)
+    engine = _engine_of(s.name for s in samples)
+    if engine == TGI:
+        # Without a ``# TYPE`` line the parser leaves a counter's name as TGI wrote it.
+        samples = [
+            s._replace(name=f"{s.name}_total") if s.name in _TGI_COUNTERS else s for s in samples
+        ]
+    counters = _counters(samples)
+    histograms = _histograms(samples)
+    if engine == SGLANG:
+        return _sglang_stats(node, samples, counters, histograms, skipped, non_finite)
+    if engine == TGI:
+        return _tgi_stats(node, samples, counters, histograms, skipped, non_finite)
     model = next(
         (
             s.labels["model_name"]
@@ -177,10 +292,139 @@ def engine_stats_from_text(node: str, text: str) -> EngineStats:
         waiting=_sum(samples, "vllm:num_requests_waiting"),
         # One value per DP rank: the fleet view wants the mean fill, not a sum over 100%.
         kv_cache_usage=sum(kv_values) / len(kv_values) if kv_values else None,
-        counters=_counters(samples),
-        histograms=_histograms(samples),
+        counters=counters,
+        histograms=histograms,
         skipped_lines=tuple(skipped),
         non_finite=tuple(non_finite),
+        engine="vllm",
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _replica_order(labels: SeriesLabels) -> tuple[tuple[int, int | str], ...]:
+    found = dict(labels)
+    return tuple(
+        (0, int(v)) if v.isdigit() else (1, v)
+        for v in (found.get(k, "") for k in _SGLANG_REPLICA_LABELS)
+    )
+
+
+def _one_per_scheduler(series: Mapping[SeriesLabels, _T]) -> dict[SeriesLabels, _T]:
+    """Of series that differ only in TP/PP/EP rank (copies of one scheduler), the lowest rank's.
+
+    SGLang records scheduler metrics on TP rank 0 of each DP group, on every PP stage, and on
+    every TP rank with ``--enable-metrics-for-all-schedulers``: adding those up would count
+    each request once per copy. Series of different ``dp_rank`` are different schedulers.
+    """
+    kept: dict[SeriesLabels, SeriesLabels] = {}
+    for labels in sorted(series, key=_replica_order):
+        key = tuple((k, v) for k, v in labels if k not in _SGLANG_REPLICA_LABELS)
+        kept.setdefault(key, labels)
+    return {labels: series[labels] for labels in kept.values()}
+
+
+def _sglang_gauge(samples: list[Sample], name: str) -> list[float]:
+    """One value per scheduler (DP group) of an SGLang scheduler gauge."""
+    series = {
+        _labels(s): s.value
+        for s in samples
+        # With priority scheduling the total is the priority="" series; the rest break it down.
+        if s.name == name and not s.labels.get("priority")
+    }
+    return list(_one_per_scheduler(series).values())
+
+
+def _sglang_stats(
+    node: str,
+    samples: list[Sample],
+    counters: dict[str, dict[SeriesLabels, float]],
+    histograms: dict[str, dict[SeriesLabels, Histogram]],
+    skipped: list[str],
+    non_finite: list[str],
+) -> EngineStats:
+    for family, vllm_family in SGLANG_COUNTERS.items():
+        if family in counters:
+            counters[vllm_family] = _one_per_scheduler(counters[family])
+    for family, vllm_family in SGLANG_HISTOGRAMS.items():
+        if family in histograms:
+            histograms[vllm_family] = _one_per_scheduler(histograms[family])
+    running = _sglang_gauge(samples, "sglang:num_running_reqs")
+    waiting = _sglang_gauge(samples, "sglang:num_queue_reqs")
+    # Used KV tokens over the pool (evictable prefix cache counts as free, as in vLLM), 0..1.
+    usage = _sglang_gauge(samples, "sglang:token_usage")
+    model = next(
+        (
+            s.labels["model_name"]
+            for s in samples
+            if s.name.startswith("sglang:") and s.labels.get("model_name")
+        ),
+        None,
+    )
+    return EngineStats(
+        node=node,
+        model_name=model,
+        running=sum(running) if running else None,
+        waiting=sum(waiting) if waiting else None,
+        kv_cache_usage=sum(usage) / len(usage) if usage else None,
+        counters=counters,
+        histograms=histograms,
+        skipped_lines=tuple(skipped),
+        non_finite=tuple(non_finite),
+        engine="sglang",
+    )
+
+
+def _tgi_outcomes(counters: dict[str, dict[SeriesLabels, float]]) -> dict[SeriesLabels, float]:
+    """TGI's success and failure counters as vLLM's ``request_success_total`` series."""
+    outcomes: dict[SeriesLabels, float] = {}
+    for labels, value in counters.get("tgi_request_success_total", {}).items():
+        outcomes[tuple(sorted((*labels, ("finished_reason", "success"))))] = value
+    for labels, value in counters.get("tgi_request_failure_total", {}).items():
+        err = dict(labels).get("err", "")
+        if err in TGI_REFUSED:
+            continue
+        reason = TGI_FAILURE_REASONS.get(err, "error")
+        outcomes[tuple(sorted((*labels, ("finished_reason", reason))))] = value
+    return outcomes
+
+
+def _tgi_stats(
+    node: str,
+    samples: list[Sample],
+    counters: dict[str, dict[SeriesLabels, float]],
+    histograms: dict[str, dict[SeriesLabels, Histogram]],
+    skipped: list[str],
+    non_finite: list[str],
+) -> EngineStats:
+    for family, vllm_family in TGI_HISTOGRAMS.items():
+        if family in histograms:
+            histograms[vllm_family] = dict(histograms[family])
+    if "tgi_request_success_total" in counters or "tgi_request_failure_total" in counters:
+        counters[SUCCESS] = _tgi_outcomes(counters)
+    # Tokens per request, summed: TGI has no token counters, its histograms' sums count them.
+    for family, vllm_family in (
+        ("tgi_request_input_length", PROMPT_TOKENS),
+        ("tgi_request_generated_tokens", GENERATION_TOKENS),
+    ):
+        if family in histograms:
+            counters[vllm_family] = {k: h.sum for k, h in histograms[family].items()}
+    # KV blocks held by the running batch over all KV blocks (both in tokens: blocks x block
+    # size); tgi_batch_max_total_tokens is set by the v3 backend after warm-up only.
+    held = _sum(samples, "tgi_batch_current_max_tokens")
+    capacity = _sum(samples, "tgi_batch_max_total_tokens")
+    return EngineStats(
+        node=node,
+        model_name=None,  # TGI's metrics carry no model label (its /info has the model id)
+        running=_sum(samples, "tgi_batch_current_size"),
+        waiting=_sum(samples, "tgi_queue_size"),
+        kv_cache_usage=held / capacity if held is not None and capacity else None,
+        counters=counters,
+        histograms=histograms,
+        skipped_lines=tuple(skipped),
+        non_finite=tuple(non_finite),
+        engine="tgi",
     )
 
 

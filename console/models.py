@@ -53,7 +53,8 @@ SeriesLabels = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True)
 class EngineStats:
-    """One scrape of a vLLM engine's ``/metrics``.
+    """One scrape of an engine's ``/metrics`` (vLLM's, or SGLang's or TGI's read onto the
+    vLLM family names the figures use).
 
     Gauges are summed over the engine's data-parallel ranks (``engine`` label). Counters and
     histograms are kept per series, as Prometheus stores them, so that rates and increases are
@@ -71,6 +72,7 @@ class EngineStats:
     histograms: Mapping[str, Mapping[SeriesLabels, Histogram]] = field(default_factory=dict)
     skipped_lines: tuple[str, ...] = ()  # malformed exposition lines that were dropped
     non_finite: tuple[str, ...] = ()  # samples dropped because their value was NaN or +-Inf
+    engine: str | None = None  # "vllm", "sglang" or "tgi": whose exporter the scrape came from
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,7 @@ def window_figures(
     spans: list[float] = []
     rates: list[float] = []
     errors: list[float] = []
+    errors_known = True
     for window in windows:
         span = window.span(now, range_s)
         if span is None:
@@ -235,11 +236,24 @@ def window_figures(
                 items.append((_series_name(window.node, family, labels), hist))
         if (rate := window.rate(SUCCESS, now, range_s)) is not None:
             rates.append(rate)
-            errors.append(window.rate(SUCCESS, now, range_s, where=_is_error) or 0.0)
+            if _reports_reasons(window.latest()):
+                errors.append(window.rate(SUCCESS, now, range_s, where=_is_error) or 0.0)
+            else:
+                errors_known = False  # SGLang counts requests, not how they ended
     if not spans:
         return None
     return _figures(
-        histograms, min(spans), sum(rates) if rates else None, sum(errors) if rates else None
+        histograms,
+        min(spans),
+        sum(rates) if rates else None,
+        sum(errors) if rates and errors_known else None,
+    )
+
+
+def _reports_reasons(stats: EngineStats | None) -> bool:
+    """Whether an engine's request counter says how requests ended (``finished_reason``)."""
+    return stats is not None and any(
+        "finished_reason" in dict(labels) for labels in stats.counters.get(SUCCESS, {})
     )
 
 

@@ -1,18 +1,41 @@
-"""vLLM /metrics parsing: the vLLM docs' real samples and malformed input."""
+"""Engine /metrics parsing: vLLM's real doc samples, SGLang's and TGI's, and malformed input.
+
+The SGLang and TGI samples are partly real (SGLang's docs example) and partly constructed from
+the engines' source definitions (tests/fixtures/sglang/SOURCES.md, tests/fixtures/tgi/SOURCES.md).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends.engines import EngineError, engine_stats_from_text, fetch_metrics, parse_samples
+from backends.engines import (
+    E2E,
+    GENERATION_TOKENS,
+    ITL,
+    PREEMPTIONS,
+    PROMPT_TOKENS,
+    QUEUE,
+    SGLANG_COUNTERS,
+    SGLANG_HISTOGRAMS,
+    SUCCESS,
+    TGI_HISTOGRAMS,
+    EngineError,
+    detect_engine,
+    engine_stats_from_text,
+    fetch_metrics,
+    parse_samples,
+)
+from console.models import Histogram
 from console.stats import histogram_quantile, quantile
+from console.windows import EngineWindow, window_figures
 from tests.conftest import FIXTURES
 from tests.loopback_http import LoopbackServer
 from tests.sshd import free_port
@@ -189,3 +212,330 @@ async def test_a_metrics_body_over_the_limit_is_an_error_naming_node_and_url() -
                 await fetch_metrics(client, "gpu-a1", server.url, max_bytes=1000)
     finally:
         server.close()
+
+
+# --- SGLang and TGI ------------------------------------------------------------------------
+
+SGLANG_SAMPLE = (FIXTURES / "sglang" / "metrics-sglang-v0.5.23-constructed.txt").read_text()
+SGLANG_DOCS = (
+    FIXTURES / "sglang" / "metrics-sglang-docs-production-metrics-example.txt"
+).read_text()
+TGI_SAMPLE = (FIXTURES / "tgi" / "metrics-tgi-v3.3.7-constructed.txt").read_text()
+EXPOSITIONS = sorted(
+    p for engine in ("vllm", "sglang", "tgi") for p in (FIXTURES / engine).glob("*.txt")
+)
+CATALOGUES = sorted(
+    p for engine in ("vllm", "sglang", "tgi") for p in (FIXTURES / engine).glob("*.tsv")
+)
+CATALOGUES_BY_NAME = {p.name: p for p in CATALOGUES}
+SG = (("engine_type", "unified"), ("model_name", MODEL))  # SGLang tokenizer-side labels
+
+
+def _rank(dp: str) -> tuple[tuple[str, str], ...]:
+    """An SGLang scheduler series' labels in the constructed sample (DP rank ``dp``)."""
+    return (
+        ("dp_rank", dp),
+        ("engine_type", "unified"),
+        ("model_name", MODEL),
+        ("moe_ep_rank", "0"),
+        ("pp_rank", "0"),
+        ("tp_rank", "0"),
+    )
+
+
+def _streaming(value: str) -> tuple[tuple[str, str], ...]:
+    return (("engine_type", "unified"), ("is_streaming", value), ("model_name", MODEL))
+
+
+def _series(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    """A series as prometheus_client writes it (labels sorted, as ours are)."""
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
+
+
+def _bucket(hist: Histogram, bound: float) -> float:
+    return dict(hist.buckets)[bound]
+
+
+def _catalogue(path: Path) -> list[dict[str, str]]:
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    header = lines[0].split("\t")
+    rows = [line.split("\t") for line in lines[1:]]
+    assert all(len(row) == len(header) for row in rows), path.name
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+@pytest.mark.parametrize("path", EXPOSITIONS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_exposition_fixture_parses(path: Path) -> None:
+    text = path.read_text()
+    stats = engine_stats_from_text("n", text)
+    assert detect_engine(text) == path.parent.name
+    assert stats.histograms or stats.counters
+    # Only the vLLM docs' "..." elision lines are not exposition lines.
+    assert set(stats.skipped_lines) <= {"..."}
+    assert stats.non_finite == ()
+
+
+@pytest.mark.parametrize("path", CATALOGUES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_catalogue_fixture_parses(path: Path) -> None:
+    rows = _catalogue(path)
+    prefix = {"vllm": "vllm:", "sglang": "sglang:", "tgi": "tgi_"}[path.parent.name]
+    assert rows and all(row["family"].startswith(prefix) for row in rows)
+
+
+def test_the_mapped_families_have_the_types_their_catalogues_give() -> None:
+    sglang = {
+        r["family"]: r
+        for r in _catalogue(CATALOGUES_BY_NAME["metric-catalogue-v0.5.23-derived.tsv"])
+    }
+    tgi = {
+        r["family"]: r
+        for r in _catalogue(CATALOGUES_BY_NAME["metric-catalogue-v3.3.7-derived.tsv"])
+    }
+    vllm = {
+        r["family"]: r
+        for r in _catalogue(CATALOGUES_BY_NAME["metric-catalogue-v0.33.0-derived.tsv"])
+    }
+    for family, target in SGLANG_HISTOGRAMS.items():
+        assert sglang[family]["type"] == "histogram", family
+        assert vllm[target]["type"] == "histogram", target
+    for family, target in SGLANG_COUNTERS.items():
+        assert sglang[family]["type"] == "counter", family
+        assert f"{family}" in sglang[family]["exposition_names"].split(",")
+        assert vllm[target.removesuffix("_total")]["type"] == "counter", target
+    for family, target in TGI_HISTOGRAMS.items():
+        # A histogram! without a bucket matcher is exposed as a summary: none of those here.
+        assert tgi[family]["exposed_type"] == "histogram", family
+        assert vllm[target]["type"] == "histogram", target
+    assert tgi["tgi_request_skipped_tokens"]["exposed_type"] == "summary"
+    assert {tgi[n]["unit"] for n in ("tgi_request_duration", "tgi_request_queue_duration")} == {
+        "Seconds"
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "engine"),
+    [
+        (DESIGN_EXCERPT, "vllm"),
+        (SGLANG_SAMPLE, "sglang"),
+        (SGLANG_DOCS, "sglang"),
+        (TGI_SAMPLE, "tgi"),
+        ('x_bucket{le="+Inf"} 1\n', None),
+        # Comment lines do not count, only samples.
+        ("# TYPE tgi_queue_size gauge\nvllm:num_requests_running 1\n", "vllm"),
+        # The most frequent prefix wins.
+        ("tgi_queue_size 1\nsglang:num_queue_reqs 1\nsglang:num_running_reqs 2\n", "sglang"),
+    ],
+)
+def test_the_engine_is_detected_from_the_sample_names(text: str, engine: str | None) -> None:
+    assert detect_engine(text) == engine
+
+
+def test_sglang_sample_gives_the_vllm_figures() -> None:
+    stats = engine_stats_from_text("gpu-s1", SGLANG_SAMPLE)
+    assert stats.model_name == MODEL
+    # Two DP schedulers: requests added up, KV use averaged (0.41 and 0.27).
+    assert (stats.running, stats.waiting) == (12, 3)
+    assert stats.kv_cache_usage == pytest.approx(0.34)
+    e2e = stats.histograms[E2E]
+    assert {labels: h.count for labels, h in e2e.items()} == {
+        _streaming("true"): 1684,
+        _streaming("false"): 236,
+    }
+    assert _bucket(e2e[_streaming("true")], 6.0) == 1287
+    assert _bucket(e2e[_streaming("true")], math.inf) == 1684
+    ttft = stats.histograms[TTFT][_streaming("true")]
+    assert (_bucket(ttft, 0.2), _bucket(ttft, 0.4), ttft.count) == (502, 1247, 1684)
+    # ITL counts tokens, not requests: every generated token but each request's first.
+    itl = stats.histograms[ITL][SG]
+    assert (itl.count, _bucket(itl, 0.02)) == (474079, 322603)
+    assert itl.count == sum(stats.counters[GENERATION_TOKENS].values()) - 1920
+    queue = stats.histograms[QUEUE]
+    assert {labels: h.count for labels, h in queue.items()} == {_rank("0"): 980, _rank("1"): 940}
+    assert _bucket(queue[_rank("0")], 0.5) == 725
+    # Finished requests, with no finish reason: SGLang does not say which failed.
+    assert stats.counters[SUCCESS] == {_streaming("true"): 1684, _streaming("false"): 236}
+    assert stats.counters[PREEMPTIONS] == {_rank("0"): 3}
+    assert stats.counters[PROMPT_TOKENS] == {
+        _streaming("true"): 2164392,
+        _streaming("false"): 278417,
+    }
+    # SGLang's own families stay under their names too.
+    assert stats.counters["sglang:num_aborted_requests_total"] == {SG: 9}
+    assert stats.skipped_lines == ()
+
+
+def test_sglang_docs_example_keeps_unknown_what_it_does_not_report() -> None:
+    stats = engine_stats_from_text("gpu-s2", SGLANG_DOCS)
+    assert (stats.model_name, stats.running, stats.waiting) == (MODEL, 162, 2826)
+    assert stats.kv_cache_usage == pytest.approx(0.28)
+    ttft = stats.histograms[TTFT][(("model_name", MODEL),)]
+    assert (ttft.count, _bucket(ttft, 1.0), _bucket(ttft, 30.0)) == (11008, 27, 2513)
+    assert stats.histograms[E2E][(("model_name", MODEL),)].count == 11228
+    # That old release's time_per_output_token was a running TPOT, not the per-token ITL.
+    for family in (ITL, QUEUE):
+        assert family not in stats.histograms
+    for family in (SUCCESS, PREEMPTIONS):
+        assert family not in stats.counters
+
+
+def test_tgi_sample_gives_the_vllm_figures() -> None:
+    stats = engine_stats_from_text("gpu-t1", TGI_SAMPLE)
+    assert stats.model_name is None  # TGI's metrics name no model
+    assert (stats.running, stats.waiting) == (12, 5)
+    # KV blocks held by the batch over all blocks, both in tokens: 24832 / 131072.
+    assert stats.kv_cache_usage == 24832 / 131072
+    e2e = stats.histograms[E2E][()]
+    assert e2e.count == 1261
+    assert len(e2e.buckets) == 36  # 35 geometric bounds from 0.00015 s, and +Inf
+    assert e2e.buckets[0][0] == pytest.approx(0.00015)
+    assert _bucket(e2e, 8.52226929923929) == 865  # seconds, as TGI records them
+    assert e2e.sum == pytest.approx(9503.149684563776)
+    assert _bucket(stats.histograms[QUEUE][()], 0.14778918800354002) == 925
+    assert stats.counters[SUCCESS] == {
+        (("finished_reason", "success"),): 1261,
+        (("err", "dropped"), ("finished_reason", "abort")): 4,
+        (("err", "generation"), ("finished_reason", "error")): 3,
+    }  # the 7 refused at validation never reached the queue: not requests, as in vLLM
+    assert stats.counters[PROMPT_TOKENS] == {(): 1406047}
+    assert stats.counters[GENERATION_TOKENS] == {(): 404235}
+    # TGI reports no TTFT, no per-token ITL and no preemptions: unknown, not 0.
+    assert TTFT not in stats.histograms and ITL not in stats.histograms
+    assert PREEMPTIONS not in stats.counters
+    # The summary (no bucket matcher) is no histogram.
+    assert "tgi_request_skipped_tokens" not in stats.histograms
+
+
+def _edit(text: str, *changes: tuple[str, str]) -> str:
+    """``text`` with each ``old`` (found exactly once) replaced by ``new``."""
+    for old, new in changes:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
+
+
+def test_tgi_request_and_error_rates_as_the_overview_computes_them() -> None:
+    window = EngineWindow(max_age_s=60)
+    window.add(100.0, engine_stats_from_text("n", TGI_SAMPLE))
+    later = _edit(
+        TGI_SAMPLE,
+        ("tgi_request_success 1261", "tgi_request_success 1281"),
+        ('{err="dropped"} 4', '{err="dropped"} 5'),
+        ('{err="validation"} 7', '{err="validation"} 30'),
+    )
+    window.add(110.0, engine_stats_from_text("n", later))
+    figures = window_figures([window], now=110.0, range_s=60)
+    assert figures is not None
+    # 20 successes and 1 client abort in 10 s; the 23 refused requests are not counted.
+    assert figures.requests_per_s == pytest.approx(2.1)
+    assert figures.errors_per_s == pytest.approx(0.1)
+    assert (figures.ttft, figures.itl) == (None, None)
+    assert window.rate(PREEMPTIONS, 110.0, 60) is None
+    assert stats_engine(later) == "tgi"
+
+
+def stats_engine(text: str) -> str | None:
+    return engine_stats_from_text("n", text).engine
+
+
+def test_each_scrape_says_whose_exporter_it_came_from() -> None:
+    assert stats_engine(TGI_SAMPLE) == "tgi"
+    assert stats_engine(SGLANG_SAMPLE) == "sglang"
+    assert stats_engine(USAGE_EXCERPT) == "vllm"
+
+
+def test_sglang_request_and_preemption_rates() -> None:
+    window = EngineWindow(max_age_s=60)
+    window.add(100.0, engine_stats_from_text("n", SGLANG_SAMPLE))
+    finished = _series("sglang:num_requests_total", _streaming("true"))
+    retracted = _series("sglang:num_retracted_requests_total", _rank("0"))
+    later = _edit(
+        SGLANG_SAMPLE,
+        (f"{finished} 1684.0", f"{finished} 1714.0"),
+        (f"{retracted} 3.0", f"{retracted} 5.0"),
+    )
+    window.add(110.0, engine_stats_from_text("n", later))
+    figures = window_figures([window], now=110.0, range_s=60)
+    assert figures is not None
+    assert figures.requests_per_s == pytest.approx(3.0)
+    # SGLang's request counter says nothing of how requests ended: errors unknown, not 0.
+    assert figures.errors_per_s is None
+    assert window.rate(PREEMPTIONS, 110.0, 60) == pytest.approx(0.2)
+
+
+def test_sglang_copies_of_one_scheduler_are_counted_once() -> None:
+    base = 'engine_type="unified",model_name="m",moe_ep_rank="0",pp_rank="0"'
+    text = (
+        "# TYPE sglang:num_running_reqs gauge\n"
+        # --enable-metrics-for-all-schedulers: TP ranks 0 and 1 report the same scheduler.
+        f'sglang:num_running_reqs{{{base},priority="",tp_rank="0"}} 6.0\n'
+        f'sglang:num_running_reqs{{{base},priority="",tp_rank="1"}} 6.0\n'
+        # Priority scheduling: the total is priority="", the rest break it down.
+        f'sglang:num_running_reqs{{{base},priority="1",tp_rank="0"}} 4.0\n'
+        f'sglang:num_running_reqs{{{base},priority="2",tp_rank="0"}} 2.0\n'
+        "# TYPE sglang:num_queue_reqs gauge\n"
+        f'sglang:num_queue_reqs{{dp_rank="0",{base},tp_rank="0"}} 2.0\n'
+        f'sglang:num_queue_reqs{{dp_rank="1",{base},tp_rank="0"}} 3.0\n'
+        "# TYPE sglang:num_retracted_requests_total counter\n"
+        f'sglang:num_retracted_requests_total{{{base},priority="",tp_rank="1"}} 4.0\n'
+        f'sglang:num_retracted_requests_total{{{base},priority="",tp_rank="0"}} 4.0\n'
+    )
+    stats = engine_stats_from_text("n", text)
+    assert stats.running == 6
+    assert stats.waiting == 5  # two DP schedulers, each with its own queue
+    assert list(stats.counters[PREEMPTIONS].values()) == [4]
+    assert dict(next(iter(stats.counters[PREEMPTIONS])))["tp_rank"] == "0"
+    assert stats.kv_cache_usage is None  # no token_usage gauge: unknown, not 0
+
+
+def test_tgi_without_type_lines_and_before_warm_up() -> None:
+    # No # TYPE lines: counters keep TGI's bare names; no max_total_tokens (v2 backend).
+    text = (
+        "tgi_request_success 5\n"
+        'tgi_request_failure{err="overloaded"} 2\n'
+        "tgi_batch_current_max_tokens 800\n"
+    )
+    stats = engine_stats_from_text("n", text)
+    assert stats.counters[SUCCESS] == {(("finished_reason", "success"),): 5}
+    assert stats.kv_cache_usage is None
+    # Gauges appear only once set: a TGI that has run no batch yet reports none.
+    assert (stats.running, stats.waiting) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "figure"),
+    [
+        (
+            "# TYPE tgi_queue_size gauge\ntgi_queue_size 4\ntgi_queue_size{ 9\n"
+            "# TYPE tgi_batch_current_size gauge\ntgi_batch_current_size 2\n",
+            "waiting",
+        ),
+        (
+            '# TYPE sglang:num_queue_reqs gauge\nsglang:num_queue_reqs{model_name="m"} 4\n'
+            'sglang:num_queue_reqs{model_name="m"} four\n'
+            '# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs{model_name="m"} 2\n',
+            "waiting",
+        ),
+    ],
+    ids=["tgi", "sglang"],
+)
+def test_a_malformed_line_drops_that_line_only_for_every_engine(text: str, figure: str) -> None:
+    stats = engine_stats_from_text("n", text)
+    assert (getattr(stats, figure), stats.running) == (4, 2)
+    assert len(stats.skipped_lines) == 1
+
+
+def test_a_malformed_bucket_line_in_a_tgi_histogram_keeps_the_rest() -> None:
+    lines = TGI_SAMPLE.splitlines()
+    at = lines.index('tgi_request_duration_bucket{le="8.52226929923929"} 865')
+    lines[at] = 'tgi_request_duration_bucket{le="8.52226929923929" 865'
+    stats = engine_stats_from_text("n", "\n".join(lines) + "\n")
+    assert stats.skipped_lines == ('tgi_request_duration_bucket{le="8.52226929923929" 865',)
+    e2e = stats.histograms[E2E][()]
+    assert 8.52226929923929 not in dict(e2e.buckets)
+    assert (e2e.count, stats.running) == (1261, 12)
+
+
+def test_a_vllm_scrape_gets_no_families_added() -> None:
+    stats = engine_stats_from_text("n", DESIGN_EXCERPT)
+    assert set(stats.histograms) == {TTFT}
+    assert set(stats.counters) == {"vllm:generation_tokens_total", "vllm:request_success_total"}
