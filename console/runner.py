@@ -267,7 +267,7 @@ class Run:
                 self._emit(
                     "progress", step.id, f"retry {attempt}/{attempts} in {step.retry_delay_s:g}s"
                 )
-                await self.sleep(step.retry_delay_s)
+                await self._pause(step.retry_delay_s)
                 continue
             choice = await self.controller.after_failure(self, state, step.on_failure)
             if choice == "retry":
@@ -291,6 +291,14 @@ class Run:
             return await self._confirm_step(state)
         return await self._note(state)
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep between tries, in steps of at most a second: an abort ends it."""
+        deadline = self.clock() + seconds
+        while not self.abort_requested and (left := deadline - self.clock()) > 0:
+            await self.sleep(min(1.0, left))
+        if self.abort_requested:
+            raise RunAborted
+
     def abort(self, *, rollback: bool = False) -> None:
         """Stop the run (and with ``rollback``, undo what it changed): a wait stops at its next
         read of the figures, an action that is running finishes first (cutting it off could
@@ -302,6 +310,13 @@ class Run:
         if self.rollback_requested:
             return "rollback"
         return "abort" if self.abort_requested else None
+
+    async def skip_reason(self, state: StepState) -> str | None:
+        """Why the step would be skipped if it started now (its ``when`` does not hold)."""
+        step = state.step
+        if step.when is None or await self._when_holds(step):
+            return None
+        return "condition not met: " + self._when_text(step)
 
     async def preview(self, state: StepState) -> Plan | None:
         """The plan a mutate step would run now (its dry-run view, redacted as the log is, so
@@ -796,6 +811,11 @@ class Run:
         seconds of traffic."""
         deadline: float | None = None
         while True:
+            if self.abort_requested:
+                why = "rolled back" if self.rollback_requested else "aborted"
+                text = f"{why} by {self.operator} while gathering figures"
+                await self._end(state, "failed", text, {})
+                raise RunAborted
             missing = 0.0
             for condition in conditions:
                 subject = render_text(condition.subject, self.values)

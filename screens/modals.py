@@ -14,6 +14,7 @@ from textual.suggester import SuggestFromList
 from textual.widgets import Button, DataTable, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from console.redact import redact
 from console.runner import ConfirmRequest, Decision
 
 
@@ -124,11 +125,18 @@ class ConfirmDialog(ModalScreen[Decision]):
     ConfirmDialog Button { margin-left: 2; }
     """
 
-    def __init__(self, request: ConfirmRequest, operator: str, environment: str) -> None:
+    def __init__(
+        self,
+        request: ConfirmRequest,
+        operator: str,
+        environment: str,
+        secrets: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         self.request = request
         self.operator = operator
         self.environment = environment
+        self.secrets = secrets  # masked in what is shown, as the incident log masks them
 
     def compose(self) -> ComposeResult:
         request = self.request
@@ -140,7 +148,7 @@ class ConfirmDialog(ModalScreen[Decision]):
                 lines = [plan.summary, *plan.detail.rstrip("\n").splitlines(), *lines]
                 lines += [f"note: {note}" for note in plan.notes]
             with VerticalScroll(id="plan"):
-                yield Static(Text("\n".join(lines)))
+                yield Static(Text(redact("\n".join(lines), known=self.secrets)))
             if request.protected:
                 yield Label(
                     Text(f"{self.environment} is protected: type {request.target} to confirm")

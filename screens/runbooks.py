@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -29,12 +29,13 @@ from textual.screen import Screen
 from textual.suggester import SuggestFromList
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
+from console.actions import ActionRefused, Plan
 from console.models import FleetSnapshot
+from console.redact import redact
 from console.runbook import (
     ParamError,
     Runbook,
     Step,
-    check_value,
     format_value,
     parse_param,
     render_shell,
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 Render = Callable[[str, Mapping[str, object]], str]
 
 # States that need the engineer's eye, in reverse video (it shows with NO_COLOR too).
+PLAN_CAPTION = "plan if it ran now"  # before a step, in step mode: what it would change
 ALARM_STATES = frozenset({"failed", "declined", "blocked", "undo failed"})
 RUNNER_KEYS = (  # what the help lists besides the footer's keys
     ("j k ↑ ↓", "Move between steps"),
@@ -76,6 +78,17 @@ def _rendered(text: str, values: Mapping[str, object], render: Render) -> str:
 def _param_problem(error: ParamError) -> str:
     """A ParamError as the form shows it: the CLI's ``--param`` prefix means nothing here."""
     return _one_line(str(error)).removeprefix("--param ")
+
+
+def _plan_lines(plan: Plan, secrets: Sequence[str], caption: str = "plan") -> list[str]:
+    """A plan as the screen shows it, redacted: its summary, then the exact command, diff or
+    request, then its notes."""
+    lines = [
+        f"{caption}: {plan.summary}",
+        *plan.detail.rstrip("\n").splitlines(),
+        *(f"note: {note}" for note in plan.notes),
+    ]
+    return redact("\n".join(lines), known=secrets).splitlines()
 
 
 # --- the run, owned by the app ------------------------------------------------------------------
@@ -101,6 +114,8 @@ class Ask:
     default: str = ""  # after a failure: what the runbook's on_failure says
     shown: bool = False  # its confirmation dialog has been opened
     announced: bool = False  # the engineer was told, on another view, that the run waits
+    state: StepState | None = None  # before a step: the run's state of it (for its preview)
+    plan: tuple[str, ...] | None = None  # before a mutate step: its plan now, as shown
 
 
 @dataclass(eq=False)
@@ -108,21 +123,19 @@ class TuiController:
     """runner.Controller for the TUI: every answer is a key of the runner screen.
 
     In step mode the run waits before each step; ``continue`` runs on until the next decision
-    (a confirmation or a failure), then it is step mode again.
+    (a confirmation or a failure), then it is step mode again. An abort asked while a step
+    runs is the run's own (:meth:`Run.abort`): it stops a wait at once.
     """
 
     operator: str
     changed: Callable[[], None]
     pace: str = "step"  # step or continue
     ask: Ask | None = None
-    abort_requested: bool = False  # asked while a step ran: the run stops before the next one
 
     async def before_step(self, run: Run, step: StepState) -> str:
-        if self.abort_requested:
-            return "abort"
         if self.pace == "continue":
             return "run"
-        move = await self._wait(Ask("step", step.step, self._future()))
+        move = await self._wait(Ask("step", step.step, self._future(), state=step))
         assert isinstance(move, str)
         return move
 
@@ -134,7 +147,7 @@ class TuiController:
 
     async def after_failure(self, run: Run, step: StepState, default: str) -> str:
         self.pace = "step"
-        if self.abort_requested:
+        if run.abort_requested:  # asked while the step ran: the run stops (and rolls back)
             return "abort"
         choice = await self._wait(Ask("failure", step.step, self._future(), default=default))
         assert isinstance(choice, str)
@@ -147,11 +160,14 @@ class TuiController:
             ask.future.set_result(value)
         self.changed()
 
-    def request_abort(self) -> None:
+    def stop(self, run: Run, *, rollback: bool = False) -> None:
+        """x (abort) or b (roll back): the answer to what the run waits for, if it waits
+        before a step or after a failure; else the running step is stopped (a wait at its next
+        read of the figures, an action once it finished) and the run ends there."""
         if self.ask is not None and self.ask.kind != "confirm":
-            self.answer("abort")
+            self.answer("rollback" if rollback else "abort")
             return
-        self.abort_requested = True
+        run.abort(rollback=rollback)
         self.changed()
 
     @staticmethod
@@ -218,35 +234,20 @@ class RunDriver:
         self.app.run_worker(self._read_defaults(), group="runbooks", exit_on_error=False)
 
     async def _read_defaults(self) -> None:
-        """Fill the form: defaults first, then facts (a fact "of" a parameter reads its value).
-
-        An unknown fact leaves its field empty, with why: the engineer types a value.
-        """
-        values: dict[str, object] = {}
+        """Fill the form with the session's defaults: a fact that is not known leaves only its
+        own field empty, with why (the engineer types a value)."""
+        try:
+            found = await self.session.defaults(self.runbook)
+        except Exception as exc:  # the form must open anyway: the engineer types the values
+            log.exception("reading the defaults of %s failed", self.runbook.id)
+            why = f"not read ({type(exc).__name__}: {exc})"
+            found = {p.name: (None, why) for p in self.runbook.params}
         for param in self.runbook.params:
-            if param.default is not None:
-                values[param.name] = param.default
-                self._fill(param.name, format_value(param.default, param.type), "default")
-        for param in self.runbook.params:
-            if param.name in values or param.fact is None:
-                continue
-            try:
-                value, how = await self.session.figures.fact(
-                    param.fact, values.get(param.fact_of or "")
-                )
-                if value is None:
-                    self._fill(param.name, "", f"no default: {param.fact} not known ({how})")
-                    continue
-                values[param.name] = check_value(param, value)
-            except ParamError as exc:
-                self._fill(param.name, "", f"no default from {param.fact}: {_param_problem(exc)}")
-                continue
-            except Exception as exc:  # a fact that cannot be read leaves its field to the engineer
-                log.exception("reading fact %s failed", param.fact)
-                self._fill(param.name, "", f"no default: {param.fact} unreadable ({exc})")
-                continue
-            shown = format_value(values[param.name], param.type)
-            self._fill(param.name, shown, f"{param.fact}: {how}")
+            value, how = found[param.name]
+            if value is None:
+                self._fill(param.name, "", f"no default: {how}")
+            else:
+                self._fill(param.name, format_value(value, param.type), how)
         self.defaults_read = True
         self.changed()
 
@@ -288,6 +289,42 @@ class RunDriver:
             self.ended = True
             self.changed()
 
+    def stop(self, *, rollback: bool = False) -> None:
+        """x (abort) or, with ``rollback``, b (abort and undo the changes made so far)."""
+        assert self.run is not None and self.controller is not None
+        self.controller.stop(self.run, rollback=rollback)
+
+    def _plan_ahead(self) -> None:
+        """Before a mutate step in step mode: read the plan it would run now, to show it."""
+        ask, run = self.ask, self.run
+        if ask is None or ask.kind != "step" or ask.state is None or ask.plan is not None:
+            return
+        if ask.step.kind != "mutate" or run is None:
+            return
+        ask.plan = (f"{PLAN_CAPTION}: reading what the step would change…",)
+        self.app.run_worker(self._preview(run, ask), group="runbooks", exit_on_error=False)
+
+    async def _preview(self, run: Run, ask: Ask) -> None:
+        assert ask.state is not None
+        caption = PLAN_CAPTION
+        try:
+            skipped = await run.skip_reason(ask.state)
+            if skipped is not None:
+                ask.plan = (f"it would be skipped now ({skipped}), changing nothing",)
+                self.changed()
+                return
+            plan = await run.preview(ask.state)
+        except ActionRefused as refusal:
+            why = _one_line(redact(str(refusal), known=run.secrets))
+            ask.plan = (f"{caption}: refused ({why}); the step would fail, changing nothing",)
+        except Exception as exc:  # the plan is only shown: the step plans again when it starts
+            log.exception("preview of %s failed", ask.step.id)
+            why = _one_line(redact(f"{type(exc).__name__}: {exc}", known=run.secrets))
+            ask.plan = (f"{caption}: not known ({why})",)
+        else:
+            ask.plan = () if plan is None else tuple(_plan_lines(plan, run.secrets, caption))
+        self.changed()
+
     def note(self, text: str) -> None:
         """The engineer's note, in the incident log of the latest run."""
         assert self.run is not None
@@ -313,6 +350,7 @@ class RunDriver:
                 self._lines(update.step).append(f"» {update.text}")
             elif update.kind == "run.finished":
                 self.events.append(f"run {update.text}")
+        self._plan_ahead()
         if self.screen is not None:
             self.screen.repaint()
 
@@ -584,8 +622,10 @@ class RunnerScreen(Screen[None]):
             ask.shown = True
             controller = driver.controller
             assert controller is not None
+            environment = driver.session.config.environment
+            secrets = driver.run.secrets if driver.run is not None else ()
             self.app.push_screen(
-                ConfirmDialog(ask.request, controller.operator, driver.session.config.environment),
+                ConfirmDialog(ask.request, controller.operator, environment, secrets),
                 self._decided,
             )
 
@@ -635,15 +675,17 @@ class RunnerScreen(Screen[None]):
             return "starting…"
         if ask is not None:
             step = ask.step
+            undo = ", b rolls back" if self._can_roll_back() else ""
             if ask.kind == "step":
+                plan = " (its plan: below)" if ask.plan is not None else ""
                 return (
-                    f"next: {step.id} ({step.kind}). n runs it, s skips it, "
-                    "c runs on to the next decision, x aborts"
+                    f"next: {step.id} ({step.kind}){plan}. n runs it, s skips it, "
+                    f"c runs on to the next decision, x aborts{undo}"
                 )
             if ask.kind == "confirm":
                 return f"{step.id} waits for your decision"
             return (
-                f"{step.id} failed (why: below). r retries, b rolls back, c goes on, "
+                f"{step.id} failed (why: below). r retries{undo}, c goes on, "
                 f"x aborts (the runbook says: {ask.default})"
             )
         if run is not None and driver.ended:
@@ -652,11 +694,17 @@ class RunnerScreen(Screen[None]):
         if run is not None:
             controller = driver.controller
             assert controller is not None
-            if controller.abort_requested:
-                return "abort asked: the run stops before the next step"
+            if run.abort_requested:
+                what = "roll back" if run.rollback_requested else "abort"
+                then = f", then {len(run.done)} change(s) undone" if run.rollback_requested else ""
+                return (
+                    f"{what} asked: a wait stops at its next read, an action that runs "
+                    f"finishes first{then}"
+                )
             current = self._current_step()
             going = " (running on to the next decision)" if controller.pace == "continue" else ""
-            return f"running {current or 'the next step'}{going}"
+            undo = ", b aborts and rolls back" if self._can_roll_back() else ""
+            return f"running {current or 'the next step'}{going}. x aborts{undo}"
         if not driver.defaults_read:
             return "reading the defaults…"
         bad = next(iter(self.errors.items()), None)
@@ -699,9 +747,12 @@ class RunnerScreen(Screen[None]):
         if state is not None and state.progress:
             lines.append(f"waiting: {state.progress}")
         plan = state.plan if state is not None else None
+        ask = driver.ask
         if plan is not None:
-            lines += [f"plan: {plan.summary}", *plan.detail.rstrip("\n").splitlines()]
-            lines += [f"note: {note}" for note in plan.notes]
+            assert run is not None
+            lines += _plan_lines(plan, run.secrets)
+        elif ask is not None and ask.step is step and ask.plan is not None:
+            lines += ask.plan  # step mode, before the step: made again when it starts
         elif step.kind == "mutate":
             lines.append(
                 "plan: made when the step starts, and shown here and in the confirmation "
@@ -789,12 +840,20 @@ class RunnerScreen(Screen[None]):
             # Mutating keys: dimmed in read-only mode (the registry would refuse anyway).
             return (kind == "failure" and not driver.read_only) or None
         if action == "roll_back":
-            assert driver.run is not None
-            return (kind == "failure" and bool(driver.run.done) and not driver.read_only) or None
+            return self._can_roll_back() or None
         if action == "abort":
-            controller = driver.controller
-            return not (controller is not None and controller.abort_requested) or None
+            assert driver.run is not None
+            return (kind != "confirm" and not driver.run.abort_requested) or None
         return True
+
+    def _can_roll_back(self) -> bool:
+        """b: while the run goes (or waits before a step or after a failure) with changes made
+        that it can undo; a mutating key, dimmed in read-only mode."""
+        driver, run = self.driver, self.driver.run
+        if run is None or not driver.running or driver.read_only or run.abort_requested:
+            return False
+        ask = driver.ask
+        return bool(run.done) and (ask is None or ask.kind != "confirm")
 
     def _decided(self, decision: Decision | None) -> None:
         controller = self.driver.controller
@@ -828,11 +887,10 @@ class RunnerScreen(Screen[None]):
         self._answer("retry")
 
     def action_roll_back(self) -> None:
-        self._answer("rollback")
+        self.driver.stop(rollback=True)
 
     def action_abort(self) -> None:
-        assert self.driver.controller is not None
-        self.driver.controller.request_abort()
+        self.driver.stop()
 
     def action_note(self) -> None:
         run = self.driver.run

@@ -2,13 +2,19 @@
 
 The runbooks are written into a temporary folder named by the config (``runbooks:``): a check
 running ``uptime`` on the node, an engine.set_args step on gpu-a1 and a note; a wait step that
-never holds; a change followed by a check that fails; a parameter whose fact is not known (no
-upstream fails).
+never holds; a change followed by a check that fails, or by a wait that never holds; a
+parameter whose fact is not known (no upstream fails).
+
+Then every shipped runbook is drilled through the runner as an engineer would: the fault
+injected, the form filled (short windows), c and the dialogs' Confirm, and the demo fleet's
+state checked (the CLI's drills of the same runbooks are in tests/test_runbook_drills.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +27,9 @@ from console.hub import Hub
 from console.session import make_session
 from console.store import Store
 from screens.modals import ConfirmDialog
-from screens.runbooks import RunDriver, RunnerScreen, StepTable
+from screens.runbooks import ParamInput, RunDriver, RunnerScreen, StepTable
 from tests.test_app_demo import fast_config, wait_for
+from tests.test_runbook_drills import finished_in_order, step_events
 
 SHRINK = """\
 id: shrink-batch
@@ -86,7 +93,25 @@ steps:
   - {id: tell, kind: note, text: "{{ canary }} is failing"}
 """
 
+CHANGE_THEN_WAIT = """\
+id: change-then-wait
+title: A change, then a wait that never holds
+params:
+  node: {type: node, default: gpu-a1}
+steps:
+  - id: shrink
+    kind: mutate
+    action: engine.set_args
+    with: {node: "{{ node }}", set: {max-num-batched-tokens: 2048}}
+  - id: never
+    kind: wait
+    until: [{figure: requests_per_s, node: "{{ node }}", above: 1000000}]
+    timeout: 120s
+    every: 1s
+"""
+
 DEFAULT_TOKENS = 8192  # what the demo's engines start with
+HUB_WINDOW_S = 10.0
 
 
 @pytest.fixture
@@ -108,12 +133,15 @@ def make_app(
     (folder / "hold.yaml").write_text(HOLD)
     (folder / "pick.yaml").write_text(PICK)
     (folder / "undo.yaml").write_text(UNDO)
+    (folder / "wait.yaml").write_text(CHANGE_THEN_WAIT)
     update: dict[str, object] = {"runbooks": (folder,)}
     if environment is not None:
         update["environment"] = environment
     config = fast_config(fleet).model_copy(update=update)
     store = Store(tmp_path / "console.db")
-    hub = Hub(config, store)
+    # A figure with no window of its own covers the console's: a check first waits until it
+    # covers half of it (5s here, not the 30s of a real console's minute).
+    hub = Hub(config, store, window_s=HUB_WINDOW_S)
     session = make_session(config, hub, store, read_only=read_only)
     return LlmopsApp(
         hub,
@@ -132,6 +160,8 @@ def tokens(fleet: DemoFleet, node: str = "gpu-a1") -> int:
 
 
 async def open_runner(pilot, app: LlmopsApp, runbook_id: str) -> RunDriver:
+    if isinstance(app.screen, RunnerScreen):
+        await pilot.press("escape")  # :runbooks would show this runner again
     await pilot.press("colon", *"runbooks", "enter")
     await pilot.pause()
     table = app.screen.query_one("#runbooks")
@@ -195,7 +225,7 @@ async def test_the_list_shows_the_runbooks_and_the_palette_opens_one(fleet, tmp_
         # A fact that is not known leaves its field empty, and says why under it.
         assert app.screen.query_one("#param-canary", Input).value == ""
         hint = str(app.screen.query_one("#hint-canary").render())
-        assert hint == "no default: failing_upstream not known (no upstream has errors now)"
+        assert hint == "no default: failing_upstream: no upstream has errors now"
         assert footer_keys(app)["ctrl+s"] is False  # an empty field: nothing to start
 
 
@@ -220,7 +250,7 @@ async def test_a_bad_value_is_shown_under_its_field_and_start_is_refused(fleet, 
         await pilot.press("ctrl+a", "ctrl+k", *"100")  # below min
         assert "out of range" in str(screen.query_one("#hint-tokens").render())
         await pilot.press("ctrl+a", "ctrl+k", *"2048")
-        assert str(screen.query_one("#hint-tokens").render()) == "default"
+        assert str(screen.query_one("#hint-tokens").render()) == "the runbook's default"
         assert footer_keys(app)["ctrl+s"] is True
         # A name of the right shape that the config does not know: the session refuses it.
         screen.query_one("#param-node", Input).focus()
@@ -248,9 +278,10 @@ async def test_step_by_step_a_declined_change_then_a_confirmed_one(fleet, tmp_pa
         await pilot.press("n")
         await wait_ask(pilot, driver, "step", "shrink")
         assert driver.run is not None and driver.run.steps[0].status == "ok"
-        # The cursor follows the run to the step it waits before; the check's output is kept.
+        # The cursor follows the run to the step it waits before, whose plan is read ahead;
+        # the check's output is kept.
         assert app.screen.query_one(StepTable).selected_id == "shrink"
-        assert "plan: made when the step starts" in detail(app)
+        await wait_for(pilot, lambda: "+max-num-batched-tokens: 4096" in detail(app))
         await pilot.press("k")
         assert "load average" in detail(app)
         await pilot.press("n")
@@ -424,3 +455,353 @@ async def test_without_a_session_the_view_says_why() -> None:
         assert app.screen.query_one("#runbooks").row_count == 0
         await pilot.press("enter")  # nothing to open
         assert app.current_mode == "runbooks" and not app.runs
+
+
+def prompt(app: LlmopsApp) -> str:
+    return str(app.screen.query_one("#prompt").render())
+
+
+def screen_text(app: LlmopsApp) -> str:
+    """What the terminal shows, as text (the composition export_screenshot prints; private
+    API, pinned with the Textual release as the snapshots need anyway)."""
+    update = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    return "\n".join(
+        "".join(segment.text for strip in line for segment in strip)
+        for line in update.strips  # type: ignore[union-attr]
+    )
+
+
+async def test_step_mode_shows_a_changes_plan_before_it_runs(
+    fleet, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before a mutate step, in step mode: the diff it would write now, on an 80x24 screen
+    without colours; or, when planning refuses, why the step would fail."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = make_app(fleet, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.no_color
+        driver = await open_runner(pilot, app, "shrink-batch")
+        await pilot.press("ctrl+s")
+        await wait_ask(pilot, driver, "step", "look")
+        await pilot.press("n")
+        await wait_ask(pilot, driver, "step", "shrink")
+        await wait_for(pilot, lambda: "+max-num-batched-tokens: 4096" in screen_text(app))
+        shown = screen_text(app)
+        assert "plan if it ran now: " in shown
+        assert f"-max-num-batched-tokens: {DEFAULT_TOKENS}" in shown
+        assert "next: shrink (mutate) (its plan: below). n runs it" in shown
+        # Shown, not run: the engine keeps its arguments and the log has no start of the step.
+        assert tokens(fleet) == DEFAULT_TOKENS
+        assert driver.run is not None
+        events = driver.session.log.events(run_id=driver.run.record.id)
+        assert [e["step"] for e in events if e["kind"] == "step.started"] == ["look"]
+        await pilot.press("x")
+        await wait_for(pilot, lambda: driver.ended)
+        assert driver.run.outcome == "aborted"
+        assert [s.status for s in driver.run.steps] == ["ok", "pending", "pending"]
+
+        # The arguments it would set are the engine's already: planning refuses, and says so.
+        await fill(pilot, app, tokens=str(DEFAULT_TOKENS))
+        await pilot.press("ctrl+s")
+        await wait_ask(pilot, driver, "step", "look")
+        await pilot.press("n")
+        await wait_ask(pilot, driver, "step", "shrink")
+        await wait_for(pilot, lambda: "plan if it ran now: refused" in screen_text(app))
+        shown = " ".join(screen_text(app).split())
+        assert "already set" in shown and "the step would fail, changing nothing" in shown
+        await pilot.press("x")
+        await wait_for(pilot, lambda: driver.ended)
+
+
+@pytest.mark.parametrize("key", ["x", "b"], ids=["abort", "roll-back"])
+async def test_x_or_b_during_a_wait_stops_the_run_at_once(fleet, tmp_path, key: str) -> None:
+    """A wait of two minutes that never holds, after a change: x ends the run at the wait's
+    next read and leaves the change; b ends it as soon and undoes the change."""
+    app = make_app(fleet, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        driver = await open_runner(pilot, app, "change-then-wait")
+        await pilot.press("ctrl+s")
+        await wait_ask(pilot, driver, "step", "shrink")
+        assert footer_keys(app)["b"] is False  # nothing changed yet: nothing to roll back
+        await pilot.press("c")
+        await confirm(pilot, app)
+        await wait_ask(pilot, driver, "step", "never", 60)
+        assert tokens(fleet) == 2048
+        assert footer_keys(app)["b"] is True  # before the next step: the change can be undone
+        await pilot.press("n")
+        run = driver.run
+        assert run is not None
+        await wait_for(pilot, lambda: run.steps[1].progress != "")
+        await pilot.pause()
+        keys = footer_keys(app)
+        assert keys["x"] and keys["b"]
+        assert not (keys["n"] or keys["s"] or keys["c"] or keys["r"])  # no step to answer
+        assert prompt(app) == "running never. x aborts, b aborts and rolls back"
+        pressed = time.time()
+        await pilot.press(key)
+        await pilot.pause()
+        keys = footer_keys(app)  # dimmed, or gone with the run: asked once, not twice
+        assert not keys.get("x", False) and not keys.get("b", False)
+        await wait_for(pilot, lambda: driver.ended, 60)
+        never = run.steps[1]
+        assert never.finished_at is not None
+        assert never.finished_at - pressed < 15, "the wait went on"  # its timeout is 120s
+        assert run.outcome == "aborted"
+        assert never.status == "failed"
+        verb = "rolled back" if key == "b" else "aborted"
+        assert f"{verb} by {driver.session.operator} while waiting" in never.summary
+        await pilot.pause()
+        assert prompt(app).startswith(f"run {run.record.id} aborted: {verb} by ")
+        if key == "b":
+            assert tokens(fleet) == DEFAULT_TOKENS
+            assert run.steps[0].status == "rolled back"
+            assert "rolled back 1 change(s)" in prompt(app)
+        else:
+            assert tokens(fleet) == 2048  # the change stays
+            assert run.steps[0].status == "ok"
+
+
+# --- drills of the shipped runbooks, through the runner -----------------------------------------
+
+
+async def shows(
+    app: LlmopsApp,
+    kind: str,
+    subject: str,
+    figure: str,
+    test: Callable[[float], bool],
+    window_s: float = 5,
+    *,
+    covering: bool = True,
+) -> None:
+    """Wait until a figure over the drill's window passes ``test`` (the fault shows, or it is
+    gone); ``covering``: over enough of the window that a check judges it at once."""
+    assert app.session is not None
+    deadline = time.monotonic() + 60
+    while True:
+        got = app.session.figures.figure(kind, subject, figure, window_s)
+        covered = not covering or got.window_s is None or got.window_s >= window_s / 2
+        if got.value is not None and test(got.value) and covered:
+            return
+        assert time.monotonic() < deadline, f"{figure} of {subject} never passed: {got}"
+        await asyncio.sleep(0.5)
+
+
+async def fill(pilot, app: LlmopsApp, **texts: str) -> None:
+    """Type into the form's fields as the engineer does, the old text cleared first."""
+    for name, text in texts.items():
+        app.screen.query_one(f"#param-{name}", Input).focus()
+        await pilot.press("ctrl+a", "ctrl+k", *text)
+    await pilot.pause()
+    assert footer_keys(app)["ctrl+s"] is True, prompt(app)
+
+
+async def confirm(pilot, app: LlmopsApp) -> str:
+    """Confirm in the dialog (it opens with Cancel focused); returns its question."""
+    await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog), 60)
+    dialog = app.screen
+    question = str(dialog.query_one("#question").render())
+    await wait_for(pilot, lambda: isinstance(app.focused, Button))  # set once it is mounted
+    assert isinstance(app.focused, Button) and app.focused.id == "cancel"
+    await pilot.press("tab")
+    assert isinstance(app.focused, Button) and app.focused.id == "confirm"
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: app.screen is not dialog)
+    return question
+
+
+async def run_through(
+    pilot, app: LlmopsApp, driver: RunDriver, timeout_s: float = 240
+) -> list[str]:
+    """ctrl+s, then what the engineer does in a run that goes well: c before each step (it
+    runs on to the next decision) and Confirm in each dialog. Until the run ends, or waits for
+    the choice after a failure; returns the questions confirmed."""
+    await pilot.press("ctrl+s")
+    questions: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while not driver.ended:
+        assert time.monotonic() < deadline, f"the run did not end: {prompt(app)}"
+        ask = driver.ask
+        if isinstance(app.screen, ConfirmDialog):
+            questions.append(await confirm(pilot, app))
+        elif ask is not None and ask.kind == "step":
+            await pilot.press("c")
+            await wait_for(pilot, lambda asked=ask: driver.ask is not asked)
+        elif ask is not None and ask.kind == "failure":
+            break
+        else:
+            await pilot.pause(0.2)
+    await pilot.pause()
+    return questions
+
+
+def field_values(app: LlmopsApp) -> dict[str, str]:
+    return {f.param_name: f.value for f in app.screen.query(ParamInput)}
+
+
+def ran_in_order(driver: RunDriver, steps: list[str] | None = None) -> None:
+    """The incident log holds every step (or those given), each started before it finished."""
+    assert driver.run is not None
+    steps = steps if steps is not None else [s.id for s in driver.runbook.steps]
+    finished_in_order(step_events(driver.session.log, driver.run), steps)
+
+
+def verified(app: LlmopsApp, driver: RunDriver) -> None:
+    """The run ended verified, and the runner says so."""
+    run = driver.run
+    assert run is not None and driver.ended, f"{prompt(app)}\n{detail(app)}"
+    assert run.outcome == "verified", f"{prompt(app)}\n{detail(app)}"
+    assert prompt(app).startswith(f"run {run.record.id} verified: finished and verified")
+    assert {s.status for s in run.steps} <= {"ok", "skipped"}  # skipped: its `when` is false
+
+
+async def test_latency_spike_drill_through_the_runner(fleet, tmp_path) -> None:
+    app = make_app(fleet, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        fleet.inject("long-prompts", "gpu-a1")
+        await shows(app, "node", "gpu-a1", "itl_p95", lambda v: v > 0.075)
+        driver = await open_runner(pilot, app, "latency-spike")
+        # The node with the worst ITL, from the facts, and the hint says so.
+        assert field_values(app)["node"] == "gpu-a1"
+        assert str(app.screen.query_one("#hint-node").render()).startswith("worst_itl_node: ")
+        await fill(pilot, app, window="5s")
+        questions = await run_through(pilot, app, driver)
+        verified(app, driver)
+        assert questions == [
+            "Restart vLLM on gpu-a1 with max-num-batched-tokens=2048? Requests in flight on "
+            "it are cut off."
+        ]
+        assert tokens(fleet) == 2048
+        assert driver.run.steps[2].status == "skipped"  # the max-model-len cap: none asked
+        ran_in_order(driver)
+
+
+async def test_provider_failover_then_failback_through_the_runner(fleet, tmp_path) -> None:
+    app = make_app(fleet, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        # A provider's figures span its answered probes: the console watches it answer for a
+        # few seconds first, as a console that was running when the fault came has.
+        await shows(app, "upstream", "primary-api", "error_pct", lambda v: v == 0)
+        fleet.inject("provider-5xx", "primary-api")
+        # Failing probes back off: the gateway's figure covers little of the window.
+        await shows(app, "endpoint", "gateway", "error_pct", lambda v: v > 20, covering=False)
+        await shows(app, "upstream", "primary-api", "error_pct", lambda v: v > 5)
+        driver = await open_runner(pilot, app, "provider-failover")
+        assert field_values(app) == {
+            "failing": "primary-api",
+            "backup": "backup-api",
+            "gateway": "gateway",
+            "window": "30s",
+        }
+        await fill(pilot, app, window="5s")
+        questions = await run_through(pilot, app, driver)
+        verified(app, driver)
+        assert questions == ["Move all traffic from primary-api to backup-api?"]
+        weights = fleet.router_weights("chat-api")
+        assert weights["primary-api"] == 0 and weights["backup-api"] == 100
+        ran_in_order(driver)
+
+        fleet.heal()
+        await shows(app, "upstream", "primary-api", "error_pct", lambda v: v == 0)
+        back = await open_runner(pilot, app, "provider-failback")
+        # After the failover, the facts name the idle primary and the serving backup.
+        values = field_values(app)
+        assert (values["primary"], values["backup"]) == ("primary-api", "backup-api")
+        await fill(pilot, app, window="5s")
+        questions = await run_through(pilot, app, back)
+        verified(app, back)
+        assert len(questions) == 2  # each move of the weights, confirmed
+        weights = fleet.router_weights("chat-api")
+        assert weights["primary-api"] == 100 and weights["backup-api"] == 0
+        ran_in_order(back)
+
+
+async def test_model_rollback_drill_through_the_runner(fleet, tmp_path) -> None:
+    app = make_app(fleet, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        pinned = app.session.config.node("gpu-a1").engine.pinned_revision
+        fleet.inject("bad-revision", "gpu-a1")
+        await shows(app, "node", "gpu-a1", "error_pct", lambda v: v > 3)
+        assert fleet.served_revision("gpu-a1") != pinned
+        driver = await open_runner(pilot, app, "model-rollback")
+        values = field_values(app)
+        assert (values["node"], values["revision"]) == ("gpu-a1", pinned)
+        await fill(pilot, app, window="5s")
+        questions = await run_through(pilot, app, driver)
+        verified(app, driver)
+        assert questions == [
+            f"Restart vLLM on gpu-a1 with revision {pinned} (served name unchanged)?"
+        ]
+        assert fleet.served_revision("gpu-a1") == pinned
+        args = fleet.engine_args("gpu-a1")
+        assert args is not None and args.served_model_name == "meta-llama/Llama-3.1-8B-Instruct"
+        ran_in_order(driver)
+
+
+# The shortest soak; a check window of 3s (a 1s one may hold no request at all).
+CANARY = {
+    "canary_node": "gpu-a2",
+    "canary": "gpu-a2",
+    "stable": "gpu-a1",
+    "soak": "1s",
+    "window": "3s",
+}
+
+
+async def test_canary_ramp_drill_through_the_runner(fleet, tmp_path) -> None:
+    app = make_app(fleet, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        driver = await open_runner(pilot, app, "canary-ramp")
+        await fill(pilot, app, **CANARY, revision="c0ffee1")
+        questions = await run_through(pilot, app, driver)
+        verified(app, driver)
+        assert len(questions) == 5  # drain, deploy, then 5%, 25% and 100%
+        assert fleet.served_revision("gpu-a2") == "c0ffee1"
+        assert fleet.router_weights("chat") == {"gpu-a1": 0, "gpu-a2": 100}
+        ran_in_order(driver)
+
+
+async def test_a_bad_canary_fails_its_gate_and_b_rolls_everything_back(fleet, tmp_path) -> None:
+    """The gate fails on the canary's figures; the runner says what the runbook does after a
+    failure (roll back), b does it: the weights and the revision are back as they were."""
+    app = make_app(fleet, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        weights = fleet.router_weights("chat")
+        revision = fleet.served_revision("gpu-a2")
+        fleet.inject("bad-canary", "gpu-a2")
+        driver = await open_runner(pilot, app, "canary-ramp")
+        await fill(pilot, app, **CANARY, revision="badc0de")
+        await run_through(pilot, app, driver)
+        ask = driver.ask
+        assert ask is not None and ask.kind == "failure", prompt(app)
+        gate = ask.step.id
+        assert gate in ("gate-5", "gate-25")
+        assert prompt(app).startswith(f"{gate} failed (why: below). r retries, b rolls back")
+        assert prompt(app).endswith("(the runbook says: rollback)")
+        assert "FAIL " in detail(app)  # the gate's figures, on the failed step
+        assert fleet.router_weights("chat") != weights  # the canary has its share now
+        assert footer_keys(app)["b"] is True
+        await pilot.press("b")
+        await wait_for(pilot, lambda: driver.ended, 120)
+        run = driver.run
+        assert run is not None and run.outcome == "failed"
+        assert fleet.router_weights("chat") == weights
+        assert fleet.served_revision("gpu-a2") == revision
+        ids = [s.id for s in driver.runbook.steps]
+        ran_in_order(driver, ids[: ids.index(gate) + 1])
+        undone = [s for k, s, _ in step_events(driver.session.log, run) if k == "rollback.finished"]
+        changed = [s.step.id for s in run.steps if s.step.kind == "mutate" and s.started_at]
+        assert undone == changed[::-1]  # newest first, down to the drain
+        assert {s.status for s in run.steps if s.step.id in changed} == {"rolled back"}
+
+
+async def test_blue_green_drill_through_the_runner(fleet, tmp_path) -> None:
+    app = make_app(fleet, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        driver = await open_runner(pilot, app, "blue-green")
+        await fill(pilot, app, blue="gpu-a1", green="gpu-a2", soak="1s", window="3s")
+        questions = await run_through(pilot, app, driver)
+        verified(app, driver)
+        assert questions == ["Switch all traffic from gpu-a1 to gpu-a2?"]
+        assert fleet.router_weights("chat") == {"gpu-a1": 0, "gpu-a2": 100}
+        ran_in_order(driver)
