@@ -4,8 +4,9 @@ The records below are both the schema of config.yaml (keys, types, defaults, wha
 expects) and what the rest of the console reads. console/yamlconf.py turns every problem in a
 file into one line, ``FILE:LINE: key.path: what is wrong (expected ...)``; no traceback reaches
 the user. Secrets are never read from the file: only the names of environment variables that
-hold them. It must not read anything but the config file (and the first bytes of the store, to
-refuse a file that is not SQLite), nor any environment variable but the XDG folders.
+hold them. It must not read anything but the config file (the first bytes of the store, to
+refuse a file that is not SQLite, and whether an ssh_config it names exists), nor any
+environment variable but the XDG folders.
 """
 
 from __future__ import annotations
@@ -95,6 +96,24 @@ def _store_path() -> Check:
     return Check(expect, read)
 
 
+def _ssh_config_path() -> Check:
+    """An OpenSSH client config file that exists; ``none`` (or null): none is read."""
+    expect = "an OpenSSH client config file, or none"
+    as_path = file_path(expect).read
+
+    def read(value: Any, info: ValidationInfo) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+            return None
+        path = as_path(value, info)
+        # Named on purpose, it must be there: a typo would silently drop every Host alias.
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "not found"
+            raise problem(f"{show(str(value))} {what} (expected {expect})")
+        return path
+
+    return Check(expect, read)
+
+
 def _is_foreign_file(path: Path) -> bool:
     """A file that exists, has content and does not start as every SQLite database does."""
     try:
@@ -137,8 +156,18 @@ class _Record(BaseModel):
 
 
 class SshConfig(_Record):
+    """How the console reaches nodes. ``config`` is an OpenSSH client config: a node's host
+    may be one of its Host aliases, and what it says for a host (HostName, User, Port,
+    IdentityFile, ProxyJump, UserKnownHostsFile, ...) is used where a key below is not set
+    in the file; a key set here wins (``model_fields_set`` tells which are set)."""
+
     model_config = ConfigDict(title="ssh settings")
 
+    # The default is used only when it exists; a file named here must exist.
+    config: Annotated[Path | None, _ssh_config_path()] = Field(
+        default_factory=lambda: Path("~/.ssh/config").expanduser()
+    )
+    # Remote user on every node (when neither set here nor by ssh_config: llmops).
     user: UserName = "llmops"
     # A factory, so that ~ is expanded when a config is made rather than at import.
     known_hosts: FilePath = Field(default_factory=lambda: Path("~/.ssh/known_hosts").expanduser())
@@ -191,7 +220,9 @@ class NodeConfig(_Located):
     model_config = ConfigDict(title="node")
 
     name: Name
+    # An address or a Host alias of ssh.config.
     host: HostName
+    # When not set: ssh_config's Port for the host, else 22.
     port: Port = 22
     # Expected GPU count; fewer readings are flagged.
     gpus: Annotated[int | None, integer(1, MAX_GPUS_PER_NODE, nullable=True)] = None

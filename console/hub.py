@@ -198,14 +198,21 @@ class Hub:
 
 
 def ssh_target(config: Config, node: NodeConfig | RouterConfig) -> SshTarget:
-    """The SSH target of a node, or of a router's host (the pool names it by the router)."""
+    """The SSH target of a node, or of a router's host (the pool names it by the router).
+
+    A value the llmops config sets explicitly wins over the OpenSSH client config
+    (``ssh.config``); one it leaves out is left to ssh_config, then to the defaults.
+    """
+    ssh = config.ssh
+    explicit = ssh.model_fields_set
     return SshTarget(
         node=node.name,
         host=node.host,
-        port=node.port,
-        user=config.ssh.user,
-        known_hosts=config.ssh.known_hosts,
-        identity_files=config.ssh.identity_files,
-        connect_timeout_s=config.ssh.connect_timeout_s,
-        keepalive_s=config.ssh.keepalive_s,
+        port=node.port if "port" in node.model_fields_set else None,
+        user=ssh.user if "user" in explicit else None,
+        known_hosts=ssh.known_hosts if "known_hosts" in explicit else None,
+        identity_files=ssh.identity_files if "identity_files" in explicit else None,
+        connect_timeout_s=ssh.connect_timeout_s if "connect_timeout_s" in explicit else None,
+        keepalive_s=ssh.keepalive_s if "keepalive_s" in explicit else None,
+        ssh_config=ssh.config,
     )

@@ -81,6 +81,8 @@ def write_config(
         "environment": "demo",
         "store": str(store),
         "ssh": {
+            # The engineer's ~/.ssh/config (a Host * ProxyJump, say) is not the demo's.
+            "config": "none",
             "user": USER,
             "known_hosts": str(known_hosts),
             "identity_files": [str(identity_file)],
