@@ -738,10 +738,17 @@ class Run:
             chosen = min(chosen, max(self.figures.hub.clock() - self.changed_at, 0.001))
         return chosen
 
-    def _shown(self, condition: Condition, window_s: float | str | None) -> str:
+    def _read(
+        self, condition: Condition, window_s: float | str | None
+    ) -> tuple[str, float, Figure]:
+        """A condition's subject, the window it is read over, and its figure now."""
         subject = render_text(condition.subject, self.values)
         window = self._window(condition.window_s, window_s)
         figure = self.figures.figure(condition.subject_kind, subject, condition.figure, window)
+        return subject, window, figure
+
+    def _shown(self, condition: Condition, window_s: float | str | None) -> str:
+        subject, window, figure = self._read(condition, window_s)
         shown = figure_text(condition.figure, figure) + self._span_text(figure, window)
         return f"{condition.figure} of {subject}: {shown}"
 
@@ -749,9 +756,7 @@ class Run:
         self, condition: Condition, window_s: float | str | None
     ) -> tuple[bool | None, str]:
         """Whether a condition holds now (None: not known yet), and the figures behind it."""
-        subject = render_text(condition.subject, self.values)
-        window = self._window(condition.window_s, window_s)
-        figure = self.figures.figure(condition.subject_kind, subject, condition.figure, window)
+        subject, window, figure = self._read(condition, window_s)
         name = condition.figure
         shown = f"{name} of {subject} {figure_text(name, figure)}{self._span_text(figure, window)}"
         value = figure.value
@@ -818,11 +823,7 @@ class Run:
                 raise RunAborted
             missing = 0.0
             for condition in conditions:
-                subject = render_text(condition.subject, self.values)
-                window = self._window(condition.window_s, state.step.window_s)
-                figure = self.figures.figure(
-                    condition.subject_kind, subject, condition.figure, window
-                )
+                _, window, figure = self._read(condition, state.step.window_s)
                 missing = max(missing, self._uncovered_s(figure, window))
             if missing <= 0:
                 return

@@ -29,7 +29,7 @@ from console.store import Store
 from screens.modals import ConfirmDialog
 from screens.runbooks import ParamInput, RunDriver, RunnerScreen, StepTable
 from tests.test_app_demo import fast_config, wait_for
-from tests.test_runbook_drills import finished_in_order, step_events
+from tests.test_runbook_drills import CHANGE_THEN_WAIT, finished_in_order, step_events
 
 SHRINK = """\
 id: shrink-batch
@@ -93,22 +93,6 @@ steps:
   - {id: tell, kind: note, text: "{{ canary }} is failing"}
 """
 
-CHANGE_THEN_WAIT = """\
-id: change-then-wait
-title: A change, then a wait that never holds
-params:
-  node: {type: node, default: gpu-a1}
-steps:
-  - id: shrink
-    kind: mutate
-    action: engine.set_args
-    with: {node: "{{ node }}", set: {max-num-batched-tokens: 2048}}
-  - id: never
-    kind: wait
-    until: [{figure: requests_per_s, node: "{{ node }}", above: 1000000}]
-    timeout: 120s
-    every: 1s
-"""
 
 DEFAULT_TOKENS = 8192  # what the demo's engines start with
 HUB_WINDOW_S = 10.0
