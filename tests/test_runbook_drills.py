@@ -407,6 +407,9 @@ async def test_provider_failover_moves_traffic_to_the_backup(
 ) -> None:
     fleet.inject("provider-5xx", "primary-api")
     await until(session.figures, "endpoint", "gateway", "error_pct", lambda v: v > 20, 5)
+    # What failing_upstream reads: the primary's own probes, which may not have run since
+    # the fault while the gateway's already failed.
+    await until(session.figures, "upstream", "primary-api", "error_pct", lambda v: v > 0, 5)
     run, outcome, out = await drill(session, "provider-failover", {"window": "5s"})
     assert outcome == "verified", out
     assert run.values["failing"] == "primary-api" and run.values["backup"] == "backup-api"
@@ -423,6 +426,9 @@ async def test_provider_failback_returns_traffic_in_steps(
 ) -> None:
     fleet.inject("provider-429", "primary-api")
     await until(session.figures, "endpoint", "gateway", "error_pct", lambda v: v > 20, 5)
+    # What failing_upstream reads: the primary's own probes, which may not have run since
+    # the fault while the gateway's already failed.
+    await until(session.figures, "upstream", "primary-api", "error_pct", lambda v: v > 0, 5)
     _, outcome, out = await drill(session, "provider-failover", {"window": "5s"})
     assert outcome == "verified", out
     fleet.heal()
