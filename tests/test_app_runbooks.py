@@ -29,7 +29,12 @@ from console.store import Store
 from screens.modals import ConfirmDialog
 from screens.runbooks import ParamInput, RunDriver, RunnerScreen, StepTable
 from tests.test_app_demo import fast_config, wait_for
-from tests.test_runbook_drills import CHANGE_THEN_WAIT, finished_in_order, step_events
+from tests.test_runbook_drills import (
+    CHANGE_THEN_WAIT,
+    PROVIDER_WINDOW,
+    finished_in_order,
+    step_events,
+)
 
 SHRINK = """\
 id: shrink-batch
@@ -677,7 +682,7 @@ async def test_provider_failover_then_failback_through_the_runner(fleet, tmp_pat
             "gateway": "gateway",
             "window": "30s",
         }
-        await fill(pilot, app, window="5s")
+        await fill(pilot, app, window=PROVIDER_WINDOW)
         questions = await run_through(pilot, app, driver)
         verified(app, driver)
         assert questions == ["Move all traffic from primary-api to backup-api?"]
@@ -691,7 +696,7 @@ async def test_provider_failover_then_failback_through_the_runner(fleet, tmp_pat
         # After the failover, the facts name the idle primary and the serving backup.
         values = field_values(app)
         assert (values["primary"], values["backup"]) == ("primary-api", "backup-api")
-        await fill(pilot, app, window="5s")
+        await fill(pilot, app, window=PROVIDER_WINDOW)
         questions = await run_through(pilot, app, back)
         verified(app, back)
         assert len(questions) == 2  # each move of the weights, confirmed

@@ -30,6 +30,11 @@ from console.store import Store
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
+# The providers' figures are their probes, the backup's one every 5 s (the demo config): a
+# window of two intervals always holds one; a 5 s window can hold none ("not known").
+PROVIDER_WINDOW = "10s"
+
+
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[DemoFleet]:
     with DemoFleet(tmp_path / "demo", deterministic=True) as demo:
@@ -410,7 +415,7 @@ async def test_provider_failover_moves_traffic_to_the_backup(
     # What failing_upstream reads: the primary's own probes, which may not have run since
     # the fault while the gateway's already failed.
     await until(session.figures, "upstream", "primary-api", "error_pct", lambda v: v > 0, 5)
-    run, outcome, out = await drill(session, "provider-failover", {"window": "5s"})
+    run, outcome, out = await drill(session, "provider-failover", {"window": PROVIDER_WINDOW})
     assert outcome == "verified", out
     assert run.values["failing"] == "primary-api" and run.values["backup"] == "backup-api"
     weights = fleet.router_weights("chat-api")
@@ -429,11 +434,11 @@ async def test_provider_failback_returns_traffic_in_steps(
     # What failing_upstream reads: the primary's own probes, which may not have run since
     # the fault while the gateway's already failed.
     await until(session.figures, "upstream", "primary-api", "error_pct", lambda v: v > 0, 5)
-    _, outcome, out = await drill(session, "provider-failover", {"window": "5s"})
+    _, outcome, out = await drill(session, "provider-failover", {"window": PROVIDER_WINDOW})
     assert outcome == "verified", out
     fleet.heal()
     await until(session.figures, "endpoint", "chat-api", "error_pct", lambda v: v == 0, 5)
-    run, outcome, out = await drill(session, "provider-failback", {"window": "5s"})
+    run, outcome, out = await drill(session, "provider-failback", {"window": PROVIDER_WINDOW})
     assert outcome == "verified", out
     weights = fleet.router_weights("chat-api")
     assert weights["primary-api"] == 100 and weights["backup-api"] == 0
@@ -518,7 +523,7 @@ async def test_blue_green_switches_everything_to_green(fleet: DemoFleet, session
     "runbook,params,fault",
     [
         ("latency-spike", {"window": "5s"}, ("long-prompts", "gpu-a1")),
-        ("provider-failover", {"window": "5s"}, ("provider-5xx", "primary-api")),
+        ("provider-failover", {"window": PROVIDER_WINDOW}, ("provider-5xx", "primary-api")),
         ("model-rollback", {"window": "5s"}, ("bad-revision", "gpu-a1")),
         (
             "canary-ramp",
