@@ -41,7 +41,8 @@ case "$command" in
         .venv/bin/ruff check .
         .venv/bin/ruff format --check .
         .venv/bin/mypy  # console/, backends/, screens/ (pyproject.toml [tool.mypy])
-        exec .venv/bin/pytest "$@"
+        # -n logical: one worker per CPU (xdist's "auto" counts physical cores only).
+        exec .venv/bin/pytest -n logical "$@"
         ;;
     *)
         echo "usage: ./dev.sh demo [ARGS] | ./dev.sh test [PYTEST ARGS]" >&2
