@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from console.collectors import FleetReadings
+from console.collectors import HISTORY_LEN, FleetReadings
 from console.config import Config, EndpointConfig, NodeConfig
 from console.models import (
     EndpointRow,
@@ -73,7 +73,13 @@ def fleet_snapshot(
         thresholds=thresholds(config),
         window_s=window_s,
         gpu_cost_per_hour_usd=gpu_cost_per_hour(config.nodes),
+        host=readings.host,
     )
+
+
+def _util_history(readings: FleetReadings, node: str, index: int) -> tuple[float, ...]:
+    history = readings.gpu_history.get((node, index))
+    return history.recent("util_pct", HISTORY_LEN) if history else ()
 
 
 def node_row(
@@ -84,7 +90,7 @@ def node_row(
     window_s: float,
 ) -> NodeRow:
     gpus = tuple(
-        GpuRow(r, tuple(readings.gpu_history.get((node.name, r.index), ())))
+        GpuRow(r, _util_history(readings, node.name, r.index))
         for r in readings.gpus.get(node.name, ())
     )
     window = readings.engines.get(node.name)

@@ -212,13 +212,14 @@ def _open_store(config: Config) -> Store:
 
 
 def _run_console(config: Config, fleet: DemoFleet | None, read_only: bool = False) -> int:
+    from backends.host import HostCollector
     from console.app import LlmopsApp
     from console.hub import Hub
     from console.session import make_session
 
     store = _open_store(config)
     try:
-        hub = Hub(config, store)
+        hub = Hub(config, store, host=HostCollector(config.store))
         session = make_session(config, hub, store, read_only=read_only)
         app = LlmopsApp(
             hub,
@@ -238,9 +239,10 @@ def _run_console(config: Config, fleet: DemoFleet | None, read_only: bool = Fals
 
 
 async def _poll_status(config: Config, store: Store, window_s: float) -> FleetSnapshot:
+    from backends.host import HostCollector
     from console.hub import Hub
 
-    hub = Hub(config, store, window_s=window_s)
+    hub = Hub(config, store, window_s=window_s, host=HostCollector(config.store))
     try:
         # Measured over a stated window, not two scrapes a second apart: rates and
         # percentiles of a moment are noise.

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 import httpx
 
 from backends.engines import engine_stats_from_text, fetch_metrics
-from backends.gpu import GpuReader
+from backends.gpu import GpuCollector, snapshot_warning
+from backends.host import HostCollector
 from backends.providers import ProbeTarget, probe
 from backends.ssh import SshPool
 from console.config import Config, EndpointConfig, NodeConfig
-from console.models import GpuReading, ProbeResult
+from console.gpu_history import GpuHistory
+from console.models import GpuReading, GpuSnapshot, HostHealth, ProbeResult
 from console.store_writer import StoreWriter
 from console.windows import EngineWindow
 
@@ -36,7 +38,9 @@ class FleetReadings:
     window_s: float  # how far back engine scrapes are kept
     probe_window_s: float  # probes are sparse: their percentiles cover a longer span
     gpus: dict[str, tuple[GpuReading, ...]] = field(default_factory=dict)
-    gpu_history: dict[tuple[str, int], deque[float]] = field(default_factory=dict)
+    gpu_snapshots: dict[str, GpuSnapshot] = field(default_factory=dict)  # with how each was read
+    gpu_history: dict[tuple[str, int], GpuHistory] = field(default_factory=dict)
+    host: HostHealth | None = None  # the console's own host
     engines: dict[str, EngineWindow] = field(default_factory=dict)
     probes: dict[str, deque[ProbeResult]] = field(default_factory=dict)
     endpoint_history: dict[str, deque[float]] = field(default_factory=dict)
@@ -67,6 +71,11 @@ class ProbeFailed(Exception):
 
 # Sets (text) or clears (None) the warning shown on a source.
 Warn = Callable[[str, str | None], None]
+# Says how a source is read ("nvml", "nvidia-smi", "psutil") and why not the first choice.
+Via = Callable[[str, str, str | None], None]
+
+DISK_WARN_PCT = 90.0  # the store's disk: past this the incident log may soon stop
+MEMORY_WARN_PCT = 90.0
 
 
 class Collectors:
@@ -79,25 +88,50 @@ class Collectors:
         ssh: SshPool,
         writer: StoreWriter,
         warn: Warn,
+        via: Via,
         clock: Callable[[], float],
+        host: HostCollector | None = None,
     ) -> None:
         self.config = config
         self.readings = readings
         self._http = http
         self._writer = writer
         self._warn = warn
+        self._via = via
         self._clock = clock
-        self._gpu_readers = {n.name: GpuReader(n.name, ssh.runner(n.name)) for n in config.nodes}
+        self._gpu_readers = {n.name: GpuCollector(n.name, ssh.runner(n.name)) for n in config.nodes}
+        self.host_collector = host
 
     async def gpus(self, node: NodeConfig) -> None:
-        readings = tuple(await self._gpu_readers[node.name].read())
-        self.readings.gpus[node.name] = readings
-        for r in readings:
+        snapshot = await self._gpu_readers[node.name].read()
+        self.readings.gpus[node.name] = snapshot.gpus
+        self.readings.gpu_snapshots[node.name] = snapshot
+        now = self._clock()
+        for r in snapshot.gpus:
             key = (node.name, r.index)
-            history = self.readings.gpu_history.setdefault(key, deque(maxlen=HISTORY_LEN))
-            if r.util_pct is not None:
-                history.append(r.util_pct)
-        self._writer.add_gpus(readings)
+            history = self.readings.gpu_history.get(key)
+            if history is None:
+                history = self.readings.gpu_history[key] = GpuHistory(self.config.poll.gpus_s)
+            history.add(now, r)
+        self._writer.add_gpus(snapshot.gpus)
+        self._via(f"gpus:{node.name}", snapshot.method, snapshot.fallback_reason)
+        self._warn(f"gpus:{node.name}", snapshot_warning(snapshot))
+
+    async def host(self) -> None:
+        """The console's own host: CPU, memory, load, the store's disk, and its GPUs."""
+        assert self.host_collector is not None
+        health = await self.host_collector.read()
+        self.readings.host = health
+        name = f"host:{health.host}"
+        self._via(name, "psutil, nvml" if health.gpus else "psutil", health.gpu_note)
+        warnings = [*health.errors]
+        if health.disk_pct is not None and health.disk_pct >= DISK_WARN_PCT:
+            warnings.append(
+                f"disk {health.disk_path} {health.disk_pct:.0f}% full: the incident log needs room"
+            )
+        if health.memory_pct is not None and health.memory_pct >= MEMORY_WARN_PCT:
+            warnings.append(f"memory {health.memory_pct:.0f}% used")
+        self._warn(name, "; ".join(warnings) or None)
 
     async def engine(self, node: NodeConfig) -> None:
         assert node.engine is not None

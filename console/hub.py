@@ -23,6 +23,7 @@ from functools import partial
 
 import httpx
 
+from backends.host import HostCollector
 from backends.ssh import SshPool, SshTarget
 from console.aggregate import endpoint_row, fleet_snapshot
 from console.collectors import Collectors, FleetReadings
@@ -51,7 +52,10 @@ class Hub:
         *,
         clock: Callable[[], float] = time.time,
         window_s: float = WINDOW_S,
+        host: HostCollector | None = None,
     ) -> None:
+        """``host`` reads the console's own host (``host:NAME``); without one it is not a
+        source (a test's figures should not depend on the machine running it)."""
         self.config = config
         self.store = store
         self.clock = clock
@@ -82,7 +86,9 @@ class Hub:
             ssh=self.ssh,
             writer=self.writer,
             warn=lambda name, text: self.scheduler.update(name, warning=text),
+            via=lambda name, via, note: self.scheduler.update(name, via=via, via_note=note),
             clock=clock,
+            host=host,
         )
         self.scheduler = Scheduler(
             self._build_sources(),
@@ -113,6 +119,8 @@ class Hub:
             sources.append(
                 Source(f"probe:{endpoint.name}", endpoint.probe.every_s, partial(c.probe, endpoint))
             )
+        if c.host_collector is not None:
+            sources.append(Source(f"host:{c.host_collector.name}", poll.gpus_s, c.host))
         return sources
 
     # -- running

@@ -12,8 +12,36 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class GpuProcess:
+    """A compute process holding memory on a GPU."""
+
+    pid: int
+    name: str | None  # as NVML (or nvidia-smi's process_name) gives it
+    user: str | None  # the process owner where the node could tell; None when not known
+    memory_used_mib: float | None  # None on MIG-enabled GPUs and where not reported
+    gpu_instance_id: int | None = None  # the MIG instance it runs in; None without MIG
+    compute_instance_id: int | None = None
+
+
+@dataclass(frozen=True)
+class MigDevice:
+    """One MIG instance of a GPU whose MIG mode is enabled."""
+
+    index: int  # its slot under the parent GPU
+    uuid: str | None
+    name: str | None
+    gpu_instance_id: int | None
+    compute_instance_id: int | None
+    memory_total_mib: float | None
+    memory_used_mib: float | None
+
+
+@dataclass(frozen=True)
 class GpuReading:
-    """One GPU as reported by one ``nvidia-smi --query-gpu`` row (or NVML)."""
+    """One GPU as reported by one ``nvidia-smi --query-gpu`` row (or NVML).
+
+    Every figure the GPU (or the source) does not report is None, shown as N/A, never 0.
+    """
 
     node: str
     index: int
@@ -36,6 +64,66 @@ class GpuReading:
     # None when the GPU does not report it.
     clock_events: tuple[str, ...] | None = None
     lost: bool = False  # nvidia-smi printed [GPU is lost] for it: the GPU fell off the bus
+    memory_clock_mhz: float | None = None
+    # NVML's v2 memory info: what the driver sets aside, not counted in memory_used_mib (as in
+    # nvidia-smi). None from NVML v1, whose "used" includes it, and from nvidia-smi.
+    memory_reserved_mib: float | None = None
+    memory_temperature_c: float | None = None  # HBM, where reported
+    ecc_uncorrected_aggregate: int | None = None  # over the GPU's life (kept in its infoROM)
+    ecc_corrected_aggregate: int | None = None
+    # Page retirement (GPUs before Ampere): pages retired for repeated single-bit or for
+    # double-bit errors, and whether a retirement waits for the next driver reload.
+    retired_pages_single_bit: int | None = None
+    retired_pages_double_bit: int | None = None
+    retired_pages_pending: bool | None = None
+    # Row remapping (A100, H100 and later), which replaces page retirement.
+    remapped_rows_corrected: int | None = None
+    remapped_rows_uncorrected: int | None = None
+    remapped_rows_pending: bool | None = None  # a remap waits for a GPU reset
+    remapped_rows_failed: bool | None = None  # a remap failed: the GPU needs service
+    mig_mode: str | None = None  # "Enabled" / "Disabled" now
+    mig_mode_pending: str | None = None  # what it becomes at the next GPU reset
+    mig_devices: tuple[MigDevice, ...] = ()  # () when MIG is off or its devices are not known
+    processes: tuple[GpuProcess, ...] | None = None  # None: not read
+    driver_version: str | None = None
+    # Readings that failed for another reason than "not supported", one line each
+    # ("power draw: NVMLError_Unknown: Unknown Error"); those figures are None.
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuSnapshot:
+    """One poll of one node's GPUs, and which tool answered it."""
+
+    node: str
+    method: str  # "nvml" (the node's python3 and nvidia-ml-py) or "nvidia-smi"
+    gpus: tuple[GpuReading, ...]
+    driver_version: str | None = None
+    fallback_reason: str | None = None  # why NVML is not used on this node, one line
+    warnings: tuple[str, ...] = ()  # what this poll could not read (the process list, ...)
+
+
+@dataclass(frozen=True)
+class HostHealth:
+    """The console's own host (the bastion it runs on), a source like any node."""
+
+    host: str
+    taken_at: float
+    cpu_pct: float | None  # all cores, since the previous reading
+    cpu_count: int | None
+    memory_used_mib: float | None  # in use: total less what is available
+    memory_total_mib: float | None
+    memory_pct: float | None
+    disk_path: str  # the store's folder (or its nearest existing parent)
+    disk_used_gib: float | None
+    disk_total_gib: float | None
+    disk_pct: float | None
+    load_1m: float | None
+    load_5m: float | None
+    load_15m: float | None
+    gpus: tuple[GpuReading, ...] = ()
+    gpu_note: str | None = None  # why there are no GPU readings ("no NVIDIA driver (...)")
+    errors: tuple[str, ...] = ()  # figures that could not be read, one line each
 
 
 @dataclass(frozen=True)
@@ -104,6 +192,8 @@ class SourceStatus:
     consecutive_failures: int = 0
     stale: bool = False  # no good answer for longer than the configured number of intervals
     warning: str | None = None  # answered, but with something dropped (malformed lines)
+    via: str | None = None  # how it is read: "nvml", "nvidia-smi", "psutil"
+    via_note: str | None = None  # why not the first choice ("python3: command not found")
 
 
 @dataclass(frozen=True)
@@ -192,6 +282,7 @@ class FleetSnapshot:
     window_s: float = 60.0  # the span the figures are asked over
     # Every node once, even when two endpoints share it; None when a node has no cost set.
     gpu_cost_per_hour_usd: float | None = None
+    host: HostHealth | None = None  # the console's own host, when it is watched
 
     @property
     def failed_sources(self) -> tuple[SourceStatus, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-from console.models import SourceStatus
+from console.models import HostHealth, SourceStatus
 
 NA = "N/A"  # not known; NaN and infinities are shown so too: they are never figures
 
@@ -115,3 +115,27 @@ def worst(*statuses: SourceStatus | None) -> SourceStatus | None:
         if status.consecutive_failures:
             return status
     return present[0] if present else None
+
+
+def host_summary(health: HostHealth) -> str:
+    """The console's own host on one line; N/A for what psutil could not read."""
+
+    def pct(value: float | None) -> str:
+        return "N/A" if value is None or not math.isfinite(value) else f"{value:.0f}%"
+
+    def amount(used: float | None, total: float | None, scale: float) -> str:
+        if used is None or total is None:
+            return "N/A"
+        return f"{used / scale:.1f}/{total / scale:.1f} GiB"
+
+    loads = (health.load_1m, health.load_5m, health.load_15m)
+    load = " ".join("N/A" if v is None else f"{v:.2f}" for v in loads)
+    cores = f" of {health.cpu_count} cores" if health.cpu_count else ""
+    gpus = f"{len(health.gpus)} GPU(s)" if health.gpus else (health.gpu_note or "no GPUs")
+    return (
+        f"cpu {pct(health.cpu_pct)}{cores} · memory "
+        f"{amount(health.memory_used_mib, health.memory_total_mib, 1024)} "
+        f"({pct(health.memory_pct)}) · disk {health.disk_path} "
+        f"{amount(health.disk_used_gib, health.disk_total_gib, 1)} ({pct(health.disk_pct)}) · "
+        f"load {load} · {gpus}"
+    )

@@ -177,6 +177,7 @@ class SourceTable(LiveTable):
         ("every", "Every", 5),
         ("ok", "Last OK", 8),
         ("fails", "Fails", 5),
+        ("via", "Via", 10),
         ("error", "Last error / warning", 80),
     )
 
@@ -193,6 +194,7 @@ class SourceTable(LiveTable):
                         f"{s.interval_s:g}s",
                         fmt.clock(s.last_ok_at) if s.last_ok_at else "never",
                         str(s.consecutive_failures),
+                        s.via or "",
                         s.last_error or s.warning or "",
                     ),
                 )

@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
 from console.models import FleetSnapshot
 from screens.cells import endpoint_detail
-from screens.formatting import clock
+from screens.formatting import clock, host_summary
 from screens.tables import EndpointTable, LiveTable, NodeTable, RowFilter, SourceTable
 
 
@@ -208,15 +208,23 @@ class SourcesScreen(DetailView):
         yield Static(id="detail", classes="detail")
 
     def detail(self, key: str | None, snapshot: FleetSnapshot) -> str:
-        """The whole last error of the selected source: the table cuts it at its width."""
+        """The whole last error of the selected source (the table cuts it at its width), how
+        it is read, and for the console's own host its figures."""
         status = next((s for s in snapshot.sources if f"source:{s.name}" == key), None)
-        if status is None or not (status.last_error or status.warning):
+        if status is None:
             return ""
-        when = f" at {clock(status.last_error_at)}" if status.last_error_at else ""
-        text = f"{status.name}{when}: {status.last_error}" if status.last_error else ""
+        lines = []
+        if status.last_error:
+            when = f" at {clock(status.last_error_at)}" if status.last_error_at else ""
+            lines.append(f"{status.name}{when}: {status.last_error}")
         if status.warning:
-            text = f"{text}\n{status.name}: {status.warning}".strip()
-        return text
+            lines.append(f"{status.name}: {status.warning}")
+        if status.via:
+            why = f" ({status.via_note})" if status.via_note else ""
+            lines.append(f"{status.name}: read with {status.via}{why}")
+        if snapshot.host is not None and status.name == f"host:{snapshot.host.host}":
+            lines.append(host_summary(snapshot.host))
+        return "\n".join(lines)
 
 
 VIEWS: dict[str, type[FleetView]] = {
