@@ -28,6 +28,7 @@ from backends.ssh import SshPool, SshTarget
 from console.aggregate import endpoint_row, fleet_snapshot
 from console.collectors import Collectors, FleetReadings
 from console.config import Config, NodeConfig, RouterConfig
+from console.gpu_history import GpuSeries
 from console.models import FleetSnapshot, SourceStatus
 from console.scheduler import Scheduler, Source
 from console.store import Store
@@ -203,6 +204,14 @@ class Hub:
             self.clock(),
             self.window_s if window_s is None else window_s,
         )
+
+    def gpu_series(self, node: str, index: int, metric: str, window_s: float) -> GpuSeries:
+        """One GPU's history of one metric (``console.gpu_history.METRICS``) over a window,
+        for the GPU screen's graphs; empty before the first reading."""
+        history = self.readings.gpu_history.get((node, index))
+        if history is None:
+            return GpuSeries(metric, window_s, (), self.config.poll.gpus_s)
+        return history.series(metric, window_s, self.clock())
 
 
 def ssh_target(config: Config, node: NodeConfig | RouterConfig) -> SshTarget:

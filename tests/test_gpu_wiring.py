@@ -168,3 +168,20 @@ def test_an_hour_of_history_for_a_big_fleet_stays_small() -> None:
     # 256 nodes x 8 GPUs at under 20 KB each: under 40 MB for the whole fleet.
     assert stored < 20_000
     assert len(history.series("util_pct", 3600.0, 4000.0).points) == 240
+
+
+async def test_the_hub_serves_each_gpus_history_for_the_graphs(fleet) -> None:
+    hub = Hub(load_config(fleet.config_path))
+    try:
+        assert hub.gpu_series("gpu-a1", 0, "util_pct", 60.0).points == ()
+        for _ in range(3):
+            await hub.poll_once("gpus:gpu-a1")
+        series = hub.gpu_series("gpu-a1", 0, "memory_pct", 60.0)
+        assert len(series.points) == 3
+        reading = hub.snapshot().nodes[0].gpus[0].reading
+        assert reading.memory_used_mib is not None and reading.memory_total_mib
+        assert series.points[-1] == pytest.approx(
+            100 * reading.memory_used_mib / reading.memory_total_mib
+        )
+    finally:
+        await hub.stop()
