@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from console.cli_hosts import HostsUsageError, hosts_command
+from console.cli_hosts import add_commands as add_hosts_commands
 from console.cli_runbooks import (
     CliUsageError,
     add_commands,
@@ -132,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", nargs="?", type=Path, help="config file to check")
     add_commands(commands, common)
+    add_hosts_commands(commands, common)
     return parser
 
 
@@ -399,6 +402,11 @@ def _command(args: argparse.Namespace, config: Config, fleet: DemoFleet | None) 
         return _with_store(config, lambda store: incidents_command(store, args))
     if args.command == "runbook":
         return _runbook_command(args, config, read_only)
+    if args.command == "hosts":
+        try:
+            return hosts_command(config, args)
+        except HostsUsageError as exc:
+            raise UsageError(str(exc)) from None
     return _run_console(config, fleet, read_only)
 
 

@@ -19,6 +19,7 @@ import pytest
 from console.store import Store
 from tests.conftest import FIXTURES
 from tests.loopback_http import LoopbackServer
+from tests.sshd import free_port
 
 ROOT = Path(__file__).parent.parent
 
@@ -308,3 +309,38 @@ def _drain(fd: int) -> None:  # a terminal that is read, as a real one is
     with contextlib.suppress(OSError):
         while os.read(fd, 65536):
             pass
+
+
+def test_hosts_scan_prints_the_known_hosts_lines_the_console_would_accept(tmp_path: Path) -> None:
+    from console.demo import DemoFleet
+
+    with DemoFleet(tmp_path / "demo") as fleet:
+        fleet.start()
+        trusted = set(fleet.known_hosts_path.read_text().splitlines())
+        result = llmops("hosts", "scan", "gpu-a2", "gw-1", "--config", str(fleet.config_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # Each line is one the demo's known_hosts already trusts: the same key, the same name.
+    assert len(lines) == 2 and set(lines) <= trusted
+    fingerprints = result.stderr.splitlines()
+    assert [f.split(":")[0] for f in fingerprints] == ["# gpu-a2", "# gw-1"]
+    assert all(" ssh-ed25519 SHA256:" in f for f in fingerprints)
+
+
+def test_hosts_scan_of_an_unknown_name_or_a_dead_node_says_which(tmp_path: Path) -> None:
+    (tmp_path / "known_hosts").write_text("")
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "environment: test\nssh: {known_hosts: known_hosts, connect_timeout: 1s}\n"
+        f"nodes: [{{name: gpu-x1, host: 127.0.0.1, port: {free_port()}}}]\n"
+    )
+    unknown = llmops("hosts", "scan", "gpu-x9", "--config", str(path))
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == (
+        f"llmops: hosts scan: gpu-x9: not a node or router in {path} (known: gpu-x1)"
+    )
+    dead = llmops("hosts", "scan", "gpu-x1", "--config", str(path))
+    assert dead.returncode == 1 and dead.stdout == ""
+    (line,) = dead.stderr.strip().splitlines()
+    assert line.startswith("llmops: gpu-x1 (llmops@127.0.0.1:")
+    assert line.endswith("cannot scan host keys: connection refused")
