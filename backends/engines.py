@@ -18,10 +18,11 @@ Knows nothing of the UI.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import httpx
@@ -98,6 +99,50 @@ _TGI_COUNTERS = frozenset(
         "tgi_batch_inference_failure",
     }
 )
+
+
+# The vLLM families read besides the histograms and counters above.
+KV_CACHE = "vllm:kv_cache_usage_perc"
+KV_CACHE_BEFORE_0_10 = "vllm:gpu_cache_usage_perc"  # its name until vLLM 0.10 removed it
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+PREFIX_HITS = "vllm:prefix_cache_hits_total"
+_HISTOGRAM_PARTS = ("_bucket", "_sum", "_count")
+# Not TPOT nor the prompt and generation lengths: no figure reads them yet.
+_READ_HISTOGRAMS = (E2E, TTFT, ITL, QUEUE)
+
+
+def _histogram_samples(families: Iterable[str]) -> tuple[str, ...]:
+    return tuple(f"{family}{part}" for family in families for part in _HISTOGRAM_PARTS)
+
+
+# The sample names the console reads, by engine: a scrape asks for only these (``name[]``),
+# which prometheus_client's exposition honours. vLLM and SGLang serve theirs with it; TGI's
+# Rust exporter ignores the parameter and sends everything, so it is not asked.
+SAMPLE_NAMES: dict[str, tuple[str, ...]] = {
+    VLLM: (
+        *_histogram_samples(_READ_HISTOGRAMS),
+        SUCCESS,
+        PREEMPTIONS,
+        PROMPT_TOKENS,
+        GENERATION_TOKENS,
+        CACHED_TOKENS,
+        PREFIX_QUERIES,
+        PREFIX_HITS,
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        KV_CACHE,
+        KV_CACHE_BEFORE_0_10,
+    ),
+    SGLANG: (
+        *_histogram_samples(
+            k for k, v in SGLANG_HISTOGRAMS.items() if v in (E2E, TTFT, ITL, QUEUE)
+        ),
+        *SGLANG_COUNTERS,
+        "sglang:num_running_reqs",
+        "sglang:num_queue_reqs",
+        "sglang:token_usage",
+    ),
+}
 # tgi_request_failure{err} -> vLLM finished_reason. validation, template and overloaded are
 # refused before the queue, where vLLM counts no request either, so they are left out.
 TGI_FAILURE_REASONS = {"dropped": "abort", "generation": "error", "incomplete": "error"}
@@ -284,7 +329,9 @@ def engine_stats_from_text(node: str, text: str) -> EngineStats:
         ),
         None,
     )
-    kv_values = [s.value for s in samples if s.name == "vllm:kv_cache_usage_perc"]
+    kv_values = [s.value for s in samples if s.name == KV_CACHE] or [
+        s.value for s in samples if s.name == KV_CACHE_BEFORE_0_10
+    ]
     return EngineStats(
         node=node,
         model_name=model,
@@ -429,16 +476,23 @@ def _tgi_stats(
 
 
 async def fetch_metrics(
-    client: httpx.AsyncClient, node: str, base_url: str, *, max_bytes: int = MAX_METRICS_BYTES
+    client: httpx.AsyncClient,
+    node: str,
+    base_url: str,
+    *,
+    names: Sequence[str] = (),
+    max_bytes: int = MAX_METRICS_BYTES,
 ) -> str:
     """GET ``{base_url}/metrics``; the text is parsed by :func:`engine_stats_from_text`.
 
+    With ``names``, only those samples are asked for (``?name[]=...``, see SAMPLE_NAMES).
     The body is read only up to ``max_bytes``: a runaway exporter (label explosion) must not
     take the console's memory with it.
     """
     url = f"{base_url.rstrip('/')}/metrics"
+    params = httpx.QueryParams({"name[]": list(names)}) if names else None
     try:
-        async with client.stream("GET", url) as response:
+        async with client.stream("GET", url, params=params) as response:
             if response.status_code != 200:
                 raise EngineError(f"{node}: GET {url}: HTTP {response.status_code}")
             body = bytearray()
@@ -451,6 +505,31 @@ async def fetch_metrics(
         raise EngineError(f"{node}: GET {url}: {describe_http_error(exc)}") from exc
     except httpx.InvalidURL as exc:  # not an HTTPError: raised before any connection
         raise EngineError(f"{node}: GET {url}: invalid URL: {exc}") from exc
+
+
+class MetricsScraper:
+    """Scrapes one engine's ``/metrics``: the first scrape asks for everything and tells which
+    engine it is; later ones ask for only the samples the console reads of that engine (about
+    a quarter of vLLM's text, and of the parsing). A scrape that fails to parse asks for
+    everything again next time: another engine may answer at that address now."""
+
+    def __init__(self, client: httpx.AsyncClient, node: str, base_url: str) -> None:
+        self._client = client
+        self.node = node
+        self.base_url = base_url
+        self.engine: str | None = None
+
+    async def scrape(self) -> EngineStats:
+        names = SAMPLE_NAMES.get(self.engine or "", ())
+        text = await fetch_metrics(self._client, self.node, self.base_url, names=names)
+        try:
+            # Parsing a large scrape is CPU work: keep it off the event loop the UI runs on.
+            stats = await asyncio.to_thread(engine_stats_from_text, self.node, text)
+        except EngineError:
+            self.engine = None
+            raise
+        self.engine = stats.engine
+        return stats
 
 
 def describe_http_error(exc: httpx.HTTPError) -> str:

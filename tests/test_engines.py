@@ -10,29 +10,40 @@ import contextlib
 import math
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from backends.engines import (
+    CACHED_TOKENS,
     E2E,
     GENERATION_TOKENS,
     ITL,
     PREEMPTIONS,
+    PREFIX_HITS,
+    PREFIX_QUERIES,
     PROMPT_TOKENS,
     QUEUE,
+    SAMPLE_NAMES,
     SGLANG_COUNTERS,
     SGLANG_HISTOGRAMS,
     SUCCESS,
     TGI_HISTOGRAMS,
+    TTFT,
     EngineError,
+    MetricsScraper,
     detect_engine,
     engine_stats_from_text,
     fetch_metrics,
     parse_samples,
 )
+from console.demo.engine_metrics import EngineMetrics, FinishedRequest
 from console.models import Histogram
 from console.stats import histogram_quantile, quantile
 from console.windows import EngineWindow, window_figures
@@ -45,7 +56,6 @@ USAGE_EXCERPT = (FIXTURES / "vllm" / "metrics-vllm-docs-usage-excerpt.txt").read
 
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-TTFT = "vllm:time_to_first_token_seconds"
 
 
 def test_docs_excerpt_parses_and_reports_the_elisions() -> None:
@@ -539,3 +549,119 @@ def test_a_vllm_scrape_gets_no_families_added() -> None:
     stats = engine_stats_from_text("n", DESIGN_EXCERPT)
     assert set(stats.histograms) == {TTFT}
     assert set(stats.counters) == {"vllm:generation_tokens_total", "vllm:request_success_total"}
+
+
+# -- asking for only the samples the console reads (?name[]=...) ---------------------------
+
+
+class _Parsed(Collector):
+    """A registry collector serving the families parsed from a text exposition."""
+
+    def __init__(self, text: str) -> None:
+        # An excerpt's "..." lines: the console skips them, a real server never sends them.
+        _, skipped = parse_samples(text)
+        kept = "\n".join(line for line in text.splitlines() if line.strip() not in skipped)
+        self.families = list(text_string_to_metric_families(kept + "\n"))
+
+    def collect(self) -> list:
+        return self.families
+
+
+def _as_served(text: str, names: tuple[str, ...]) -> str:
+    """What prometheus_client's exposition (vLLM's, SGLang's) serves for ``?name[]=...``."""
+    registry = CollectorRegistry(auto_describe=True)  # names from collect(), as vLLM registers
+    registry.register(_Parsed(text))
+    return generate_latest(registry.restricted_registry(names)).decode()
+
+
+def _demo_engine_text() -> str:
+    """A demo engine's real prometheus_client registry after a few requests."""
+    metrics = EngineMetrics("m", 8192, {"block_size": "16"})
+    metrics.set_scheduler_state(3, 2, 0.4)
+    for i in range(5):
+        metrics.admitted(1000 + i, 200)
+        metrics.first_token(1000 + i, 0.05 * i)
+        metrics.finished(
+            FinishedRequest(
+                "stop" if i else "abort",
+                1000 + i,
+                50,
+                64,
+                800,
+                1.0 + i,
+                0.01 * i,
+                0.05 * i,
+                0.9,
+                i % 2,
+            )
+        )
+    return metrics.render().decode()
+
+
+# What the console reads of a scrape, under vLLM's names (SGLang's are mapped onto them).
+READ_COUNTERS = {SUCCESS, PREEMPTIONS, PROMPT_TOKENS, GENERATION_TOKENS, CACHED_TOKENS}
+READ_COUNTERS |= {PREFIX_QUERIES, PREFIX_HITS}
+READ_HISTOGRAMS = {E2E, TTFT, ITL, QUEUE}
+
+
+def _holds_what_the_console_reads(text: str) -> bool:
+    stats = engine_stats_from_text("n", text)
+    return bool(READ_COUNTERS & stats.counters.keys() or READ_HISTOGRAMS & stats.histograms.keys())
+
+
+@pytest.mark.parametrize(
+    "text",
+    # (The usage-docs excerpt holds one family only, iteration_tokens_total: nothing to read.)
+    [pytest.param(p.read_text(), id=p.name) for p in EXPOSITIONS]
+    + [pytest.param(_demo_engine_text(), id="demo-engine-registry")],
+)
+def test_asking_for_the_consoles_samples_reads_the_same_figures(text: str) -> None:
+    full = engine_stats_from_text("n", text)
+    names = SAMPLE_NAMES.get(full.engine)
+    if names is None:  # TGI's exporter ignores name[]: it is never asked
+        assert full.engine == "tgi"
+        return
+    served = _as_served(text, names)
+    if not _holds_what_the_console_reads(text):
+        assert "_bucket" not in served and "_total" not in served  # nothing else comes back
+        return
+    asked = engine_stats_from_text("n", served)
+    assert len(served) < len(text)
+    for field in ("engine", "model_name", "running", "waiting", "kv_cache_usage"):
+        assert getattr(asked, field) == getattr(full, field), field
+    # Every family the console reads holds the same series; what came back is a part of the
+    # full scrape, unchanged.
+    for family in READ_COUNTERS & full.counters.keys():
+        assert asked.counters[family] == full.counters[family], family
+    for family in READ_HISTOGRAMS & full.histograms.keys():
+        assert asked.histograms[family] == full.histograms[family], family
+    assert all(full.counters[f] == v for f, v in asked.counters.items())
+    assert all(full.histograms[f] == v for f, v in asked.histograms.items())
+
+
+def test_the_demo_engine_is_asked_for_under_a_third_of_its_text() -> None:
+    text = _demo_engine_text()
+    assert len(_as_served(text, SAMPLE_NAMES["vllm"])) < len(text) / 3
+
+
+async def test_the_scraper_asks_for_everything_first_then_only_what_it_reads() -> None:
+    server = LoopbackServer()
+    server.metrics_text = DESIGN_EXCERPT
+    try:
+        async with httpx.AsyncClient() as client:
+            scraper = MetricsScraper(client, "gpu-a1", server.url)
+            await scraper.scrape()
+            await scraper.scrape()
+            server.metrics_text = "garbage that is no exposition {\n"
+            with pytest.raises(EngineError):
+                await scraper.scrape()
+            server.metrics_text = DESIGN_EXCERPT
+            await scraper.scrape()
+    finally:
+        server.close()
+    paths = [path for _, path in server.requests]
+    assert paths[0] == "/metrics"  # which engine is it? everything
+    query = parse_qs(urlsplit(paths[1]).query)
+    assert query == {"name[]": list(SAMPLE_NAMES["vllm"])}
+    assert paths[2].startswith("/metrics?")
+    assert paths[3] == "/metrics"  # a reply that did not parse: ask for everything again
