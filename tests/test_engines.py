@@ -665,3 +665,16 @@ async def test_the_scraper_asks_for_everything_first_then_only_what_it_reads() -
     assert query == {"name[]": list(SAMPLE_NAMES["vllm"])}
     assert paths[2].startswith("/metrics?")
     assert paths[3] == "/metrics"  # a reply that did not parse: ask for everything again
+
+
+def test_the_kv_cache_gauge_of_vllm_before_0_10_is_read_under_its_old_name() -> None:
+    old = (
+        "# TYPE vllm:gpu_cache_usage_perc gauge\n"
+        'vllm:gpu_cache_usage_perc{engine="0",model_name="m"} 0.37\n'
+    )
+    assert engine_stats_from_text("n", old).kv_cache_usage == pytest.approx(0.37)
+    both = old + (
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.5\n'
+    )
+    assert engine_stats_from_text("n", both).kv_cache_usage == pytest.approx(0.5)  # new wins
