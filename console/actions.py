@@ -93,8 +93,6 @@ _JOURNALCTL_WITH_VALUE = frozenset(
     {
         "-u",
         "--unit",
-        "-n",
-        "--lines",
         "-S",
         "--since",
         "-U",
@@ -103,12 +101,20 @@ _JOURNALCTL_WITH_VALUE = frozenset(
         "--output",
         "-p",
         "--priority",
-        "-b",
-        "--boot",
         "-g",
         "--grep",
     }
 )
+# Options whose value is optional, and what journalctl takes as their value from the next
+# word (src/journal/journalctl.c: a line count or "all"; a boot offset or boot ID[+-offset]).
+_LINES_VALUE = re.compile(r"all|\+?[0-9]+")
+_BOOT_VALUE = re.compile(r"all|[+-]?[0-9]+|(?:[0-9a-fA-F]{32}|[0-9a-fA-F-]{36})(?:[+-][0-9]+)?")
+_JOURNALCTL_OPTIONAL_VALUE = {
+    "-n": _LINES_VALUE,
+    "--lines": _LINES_VALUE,
+    "-b": _BOOT_VALUE,
+    "--boot": _BOOT_VALUE,
+}
 _JOURNALCTL_FLAGS = frozenset(
     {
         "--no-pager",
@@ -1067,16 +1073,24 @@ def read_only_problem(command: str) -> str | None:
     if sudo and program in _FILE_READERS:
         # What it prints is kept in the incident log: root may read keys and shadow files.
         return f"sudo {program}: files are read as the SSH user, not as root"
-    if program in _FILE_READERS and any(_private_path(w) for w in rest):
-        return f"{program}: private keys and password files stay out of the incident log"
+    if program in _FILE_READERS:
+        # The node's shell expands these before the program sees a name: a pattern could
+        # name what the private-path check below would refuse (~/.s?h, /etc/sh*dow).
+        patterns = [w for w in rest if _GLOB_CHARS & set(w)]
+        if patterns:
+            return f"{program} {patterns[0]}: name files exactly, without * ? [ {{ or ~"
+        if any(_private_path(w) for w in rest):
+            return f"{program}: private keys and password files stay out of the incident log"
     return check(rest)
 
 
 _FILE_READERS = frozenset({"cat", "head", "tail", "ls"})
+_GLOB_CHARS = frozenset("*?[{~")
 
 
 def _private_path(word: str) -> bool:
-    return ".ssh" in word or word.startswith(("/etc/shadow", "/etc/gshadow", "/etc/sudoers"))
+    path = posixpath.normpath(word)  # /etc/../etc/shadow is /etc/shadow
+    return ".ssh" in path or path.startswith(("/etc/shadow", "/etc/gshadow", "/etc/sudoers"))
 
 
 def _any_args(args: Sequence[str]) -> str | None:
@@ -1125,13 +1139,20 @@ def _tail(args: Sequence[str]) -> str | None:
 def _journalctl(args: Sequence[str]) -> str | None:
     # Read options only, spelled out: journalctl takes abbreviations of its long options
     # (--rot is --rotate), so a list of what writes cannot be complete.
-    words = iter(args)
-    for word in words:
+    i = 0
+    while i < len(args):
+        word = args[i]
+        i += 1
         attached = not word.startswith("--") and len(word) > 2  # -n15
         name = word[:2] if attached else word.split("=", 1)[0]
-        if name in _JOURNALCTL_WITH_VALUE:
-            if not attached and "=" not in word:
-                next(words, None)
+        separate = not attached and "=" not in word
+        if name in _JOURNALCTL_OPTIONAL_VALUE:
+            # -n and -b take the next word only if it reads as their value (a count, a
+            # boot); else journalctl reads it as an option of its own (-n --vacuum-size=1K).
+            if separate and i < len(args) and _JOURNALCTL_OPTIONAL_VALUE[name].fullmatch(args[i]):
+                i += 1
+        elif name in _JOURNALCTL_WITH_VALUE:
+            i += separate
         elif name not in _JOURNALCTL_FLAGS or attached:
             return f"journalctl {word} is not one of its read options (-u, -n, --since, ...)"
     return None

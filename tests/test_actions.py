@@ -662,6 +662,16 @@ async def test_node_inspect_runs_read_only_commands_unconfirmed(
         ("tail --fol /var/log/syslog", "tail --fol follows the file"),
         ("nvidia-smi -l 1", "nvidia-smi -l is not a query option"),
         ("hostname evil", "hostname evil may set the host name"),
+        # -n and -b take the next word only if it is a count or a boot (journalctl.c): here
+        # journalctl reads it as an option of its own, and these write.
+        ("journalctl -n --vacuum-size=1K", "journalctl --vacuum-size=1K is not one of its read"),
+        ("journalctl -b --rotate", "journalctl --rotate is not one of its read options"),
+        ("sudo journalctl -u vllm -n --vacuum-time=1s", "journalctl --vacuum-time=1s is not"),
+        # The node's shell expands patterns into names the private-path check would refuse.
+        ("cat ~/.s?h/id_ed25519", "cat ~/.s?h/id_ed25519: name files exactly"),
+        ("cat /etc/sh*dow", "cat /etc/sh*dow: name files exactly"),
+        ("head /home/u/.s{s,x}h/id_rsa", "head /home/u/.s{s,x}h/id_rsa: name files exactly"),
+        ("cat /etc/../etc/shadow", "cat: private keys and password files stay out"),
     ],
 )
 def test_node_inspect_refuses_what_is_not_one_read_only_command(command: str, why: str) -> None:
@@ -686,6 +696,9 @@ def test_node_inspect_refuses_what_is_not_one_read_only_command(command: str, wh
         "free -g",
         "hostname -f",
         "ls -la '/etc/vllm'",
+        "journalctl -b -1 -n all --no-pager",
+        "journalctl -u vllm -b",
+        "journalctl --lines 20 --boot 0123456789abcdef0123456789abcdef-1",
     ],
 )
 def test_node_inspect_accepts_read_only_commands(command: str) -> None:
