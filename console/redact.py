@@ -16,9 +16,18 @@ REDACTED = "[redacted]"
 
 # Key names that only ever hold a secret.
 _SECRET_KEYS = frozenset(
-    {"api_key", "apikey", "token", "password", "passwd", "secret", "authorization"}
+    {"api_key", "apikey", "token", "password", "passwd", "secret", "authorization", "master_key"}
 )
-_SECRET_KEY_SUFFIXES = ("_api_key", "_token", "_password", "_secret")
+_SECRET_KEY_SUFFIXES = (
+    "_api_key",
+    "_token",
+    "_password",
+    "_secret",
+    "_secret_key",  # aws_secret_key
+    "_secret_access_key",  # aws_secret_access_key
+    "_master_key",  # a LiteLLM proxy's, under general_settings
+    "_private_key",
+)
 _KEY_PREFIX_RE = re.compile(r"(?:sk-|ghp_|gho_|ghu_|ghs_|github_pat_)[A-Za-z0-9_-]{6,}")
 _HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{16,}")  # hf_ alone is too common (hf_transfer)
 # "Bearer x" as the whole value or a header; elsewhere in text only with a token-like word.
@@ -34,6 +43,16 @@ _RANDOM_RUN_RE = re.compile(r"[A-Za-z0-9]{16,}")
 # A git commit id (SHA-1: 40 lowercase hex digits) is what a model revision is pinned to on the
 # Hugging Face hub: runbooks and argument files must be able to name one.
 _COMMIT_ID_RE = re.compile(r"[0-9a-f]{40}")
+
+# A value given under a secret key name in text (YAML, JSON, key=value): `api_key: x`,
+# `"password": "x"`, `DB_PASSWORD=x`. The value runs to the end of its quotes or word.
+_KEY_VALUE_RE = re.compile(
+    r"""(?P<key>[A-Za-z_][A-Za-z0-9_-]*)(?P<close>["']?)(?P<sep>[ \t]*[:=][ \t]*)"""
+    r"""(?:(?P<quote>["'])(?P<quoted>[^"'\n]*)(?P=quote)|(?P<bare>[^\s"',}\]]+))"""
+)
+# A value that names where the secret is rather than being it: LiteLLM's os.environ/NAME,
+# ${NAME} and $NAME references. Kept: they say which variable to check.
+_REFERENCE_RE = re.compile(r"os\.environ/\w+|\$\{?\w+\}?")
 
 # What redact() replaces in free text: bearer tokens, prefixed keys, passwords in URLs.
 _BEARER_TOKEN_RE = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
@@ -73,6 +92,7 @@ def redact(text: str, known: Iterable[str | None] = ()) -> str:
     for secret in known:
         if secret:
             text = text.replace(secret, REDACTED)
+    text = _KEY_VALUE_RE.sub(_masked_value, text)
     text = _BEARER_TOKEN_RE.sub(lambda m: m.group(1) + REDACTED, text)
     text = _URL_PASSWORD_PART_RE.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
     text = _KEY_PREFIX_RE.sub(REDACTED, text)
@@ -80,6 +100,16 @@ def redact(text: str, known: Iterable[str | None] = ()) -> str:
     return "".join(
         REDACTED if _random_token(part) else part for part in _WORD_SPLIT_RE_KEEP.split(text)
     )
+
+
+def _masked_value(match: re.Match[str]) -> str:
+    value = match["quoted"] if match["quote"] else match["bare"]
+    if not secret_key_name(match["key"]) or not value or value == REDACTED:
+        return match[0]
+    if _REFERENCE_RE.fullmatch(value):
+        return match[0]
+    quote = match["quote"] or ""
+    return f"{match['key']}{match['close']}{match['sep']}{quote}{REDACTED}{quote}"
 
 
 # Splits on separators but keeps them, so that the text is rebuilt as it was.

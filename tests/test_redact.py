@@ -48,3 +48,28 @@ def test_the_config_scanner_and_redaction_agree() -> None:
         assert looks_secret(secret)
         assert "[redacted]" in redact(secret)
     assert not looks_secret("meta-llama/Llama-3.1-8B-Instruct")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A value under a key name that only ever holds a secret, whatever its shape.
+        ("    api_key: Backup-Prod-Key-7781", "    api_key: [redacted]"),
+        ("password: p@ss", "password: [redacted]"),
+        ("  master_key: sk-1234", "  master_key: [redacted]"),
+        ('{"api_key": "two words", "model": "m"}', '{"api_key": "[redacted]", "model": "m"}'),
+        ("DB_PASSWORD=hunter2 rest", "DB_PASSWORD=[redacted] rest"),
+        (
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_secret_access_key = [redacted]",
+        ),
+        ("-    api_key: Backup-Prod-Key-7781", "-    api_key: [redacted]"),  # a diff line
+        # Where the secret is, rather than the secret: kept, it says what to check.
+        ("api_key: os.environ/OPENAI_API_KEY", "api_key: os.environ/OPENAI_API_KEY"),
+        ("token: ${HF_TOKEN}", "token: ${HF_TOKEN}"),
+        # Other keys stay as they are.
+        ("max_tokens: 512, weight: 0.5", "max_tokens: 512, weight: 0.5"),
+    ],
+)
+def test_a_value_under_a_secret_key_name_is_redacted(text: str, expected: str) -> None:
+    assert redact(text) == expected

@@ -561,3 +561,20 @@ async def test_read_only_runs_the_checks_and_changes_nothing(
     assert "blocked" in statuses and set(statuses) <= {"blocked", "skipped"}, statuses
     assert {n: fleet.engine_args(n) for n in args} == args
     assert fleet.router_file() == router
+
+
+async def test_a_literal_key_in_the_router_file_stays_out_of_the_diff_and_the_log(
+    fleet: DemoFleet, session: Session, tmp_path: Path
+) -> None:
+    """A router file holding a key in clear (as a LiteLLM config may): the weights diff shows
+    its context lines, and the key is masked there and in every stored event."""
+    path = fleet._running_gateway().config_path
+    key = "Backup-Prod-Key-7781"
+    path.write_text(path.read_text().replace("os.environ/LLMOPS_DEMO_BACKUP_KEY", key))
+    params = {"failing": "primary-api", "backup": "backup-api", "window": PROVIDER_WINDOW}
+    run, outcome, out = await drill(session, "provider-failover", params, mode="dry-run")
+    assert outcome == "dry-run", out
+    assert "api_key: [redacted]" in out and key not in out
+    stored = [repr(e) for e in session.log.events(run_id=run.record.id)]
+    assert stored and not [e for e in stored if key in e]
+    assert key in path.read_text()  # a dry run: the file itself is as it was
