@@ -110,9 +110,9 @@ async def overhead(config_path: Path, folder: Path, steps: int) -> None:
 # runbook, its fault (name, target) and the parameters of a quick drill.
 DRILLS: tuple[tuple[str, tuple[str, str] | None, dict[str, str], dict[str, str]], ...] = (
     ("latency-spike", ("long-prompts", "gpu-a1"), {}, {"window": "5s"}),
-    ("provider-failover", ("provider-5xx", "primary-api"), {}, {"window": "10s"}),
+    ("provider-failover", ("provider-5xx", "primary-api"), {}, {"window": "15s"}),
     # After a failover, once the primary is healthy again (the fault healed).
-    ("provider-failback", ("provider-429", "primary-api"), {}, {"window": "10s"}),
+    ("provider-failback", ("provider-429", "primary-api"), {}, {"window": "15s"}),
     ("model-rollback", ("bad-revision", "gpu-a1"), {}, {"window": "5s"}),
     (
         "canary-ramp",

@@ -69,6 +69,7 @@ class Figure:
     n: float | None = None  # requests behind a percentile or rate; None where not counted
     window_s: float | None = None  # the time it covers
     note: str = ""  # where it came from, for the log ("engine", "engine lifetime", "probe")
+    wait_s: float | None = None  # not known yet, and about how long until it may be
 
 
 # Histogram families behind the latency figures, and the quantile each figure takes.
@@ -89,6 +90,8 @@ _ENDPOINT_FIELDS = {
     "requests_per_s": "requests_per_s",
 }
 UNKNOWN = Figure(None, note="not known")
+MIN_PROBES = 2  # probes behind an error rate of probes alone
+GAUGES = ("kv_cache_pct", "running", "waiting")  # read off the latest scrape
 
 
 class FigureReader:
@@ -129,6 +132,8 @@ class FigureReader:
         row = next((e for e in snapshot.endpoints if e.name == endpoint), None)
         if row is None:
             return Figure(None, note=f"unknown endpoint {endpoint}")
+        if name == "error_pct" and not row.source.startswith("engine"):  # probes alone
+            return self._probe_errors(endpoint, row.error_pct, snapshot.taken_at, window_s)
         if name in _ENDPOINT_FIELDS:
             stale = " (stale)" if row.figures_stale else ""
             value = getattr(row, _ENDPOINT_FIELDS[name])
@@ -136,6 +141,26 @@ class FigureReader:
         # ITL and queue time exist only where engines report them: merge the endpoint's.
         nodes = self.config.endpoint(endpoint).nodes
         return self._engine_quantile(nodes, name, snapshot.taken_at, window_s)
+
+    def _probe_errors(
+        self, endpoint: str, error_pct: float | None, now: float, window_s: float
+    ) -> Figure:
+        """An error rate of probes alone stands on every probe in the window, failed ones too
+        (the row's n counts the answers that have a latency), and on at least MIN_PROBES: one
+        probe is 0% or 100%, not a rate."""
+        probes = [
+            p for p in self.hub.readings.probes.get(endpoint, ()) if p.started_at >= now - window_s
+        ]
+        if len(probes) < MIN_PROBES:
+            every_s = self.config.endpoint(endpoint).probe.every_s
+            return Figure(
+                None,
+                len(probes),
+                note=f"probe: {len(probes)} probe(s) in the window, {MIN_PROBES} needed",
+                wait_s=every_s * (MIN_PROBES - len(probes)),
+            )
+        covered = now - min(p.started_at for p in probes)
+        return Figure(error_pct, len(probes), covered, note="probe")
 
     def _node_figure(
         self, snapshot: FleetSnapshot, node: str, name: str, window_s: float
@@ -151,10 +176,15 @@ class FigureReader:
             return Figure(None, note="no engine")
         if status.stale or status.last_ok_at is None:
             return Figure(None, note="engine stale" if status.stale else "engine not read yet")
-        if name == "kv_cache_pct":
-            return Figure(row.kv_cache_pct, note="engine")
-        if name in ("running", "waiting"):
-            return Figure(getattr(row, name), note="engine")
+        if name in GAUGES:
+            # The latest scrape counts only inside the window: right after a change the window
+            # starts at the change, and the scrape before it tells of the engine as it was.
+            engine = self.hub.readings.engines.get(node)
+            last = engine.last_ts if engine else None
+            if last is None or last < snapshot.taken_at - window_s:
+                return Figure(None, note=f"engine: no scrape in the last {window_s:.3g}s yet")
+            value = row.kv_cache_pct if name == "kv_cache_pct" else getattr(row, name)
+            return Figure(value, window_s=snapshot.taken_at - last, note="engine")
         if name == "preemptions_per_min":
             rate = row.preemptions_per_s
             return Figure(rate * 60 if rate is not None else None, note="engine")

@@ -797,7 +797,10 @@ class Run:
     def _uncovered_s(self, figure: Figure, window: float) -> float:
         """How much longer the figure needs to cover enough of its window (0: enough)."""
         # Lifetime figures and gauges have no window to cover; probes are samples, which
-        # min_requests counts (one probe per interval covers nothing in between).
+        # min_requests counts (one probe per interval covers nothing in between), unless too
+        # few have been sent yet to make a rate.
+        if figure.wait_s is not None:
+            return figure.wait_s
         if figure.window_s is None or not figure.note.startswith("engine"):
             return 0.0
         return max(0.0, self._needed_s(window) - figure.window_s)
