@@ -300,6 +300,8 @@ class UpstreamFigures(_Record):
 
     node: Annotated[str | None, text(NAME, pattern=_NAME_RE, nullable=True)] = None
     endpoint: Annotated[str | None, text(NAME, pattern=_NAME_RE, nullable=True)] = None
+    # A standby (a second provider): failover moves traffic to it, failback away from it.
+    backup: Annotated[bool, boolean()] = False
 
     @model_validator(mode="after")
     def _one_source(self) -> UpstreamFigures:

@@ -47,6 +47,10 @@ FACTS: dict[str, str] = {
     "backup_upstream": "upstream",  # an upstream (of the same route as `of`) with no traffic
     "serving_upstream": "upstream",  # the upstream of a router with the most weight
     "idle_upstream": "upstream",  # an upstream of a router with weight 0
+    # After a failover: an upstream not marked `backup` at weight 0 while a backup of its
+    # route carries traffic; and that backup (of: the failed-over upstream).
+    "failed_over_upstream": "upstream",
+    "serving_backup": "upstream",
     "gateway_endpoint": "endpoint",  # the endpoint whose probes go through a router
     "unpinned_node": "node",  # a node whose argument file names another revision than pinned
     "pinned_revision": "string",  # of a node: the revision its engine should run (config)
@@ -58,6 +62,7 @@ FACTS_OF: dict[str, tuple[str, bool]] = {
     "pinned_revision": ("node", True),
     "running_revision": ("node", True),
     "backup_upstream": ("upstream", False),  # with of: on the failing upstream's route
+    "serving_backup": ("upstream", False),  # with of: on the failed-over upstream's route
 }
 
 
@@ -250,6 +255,8 @@ class FigureReader:
             return self._failing_upstream()
         if name in ("serving_upstream", "idle_upstream", "backup_upstream"):
             return await self._upstream_by_weight(name, of)
+        if name in ("failed_over_upstream", "serving_backup"):
+            return await self._failover_in_place(name, of)
         if name == "gateway_endpoint":
             routed = [r for r in self.config.routers if r.endpoint is not None]
             if not routed:
@@ -350,6 +357,37 @@ class FigureReader:
         pct, upstream = scored[0]
         same = f" on {of}'s route" if of is not None else ""
         return upstream, f"{upstream} has weight 0{same} and an error rate of {pct:.1f}%"
+
+
+    async def _failover_in_place(self, name: str, of: object = None) -> tuple[str | None, str]:
+        """The primary a failover left at weight 0, or the backup serving in its place: what
+        a failback undoes. None when no failover is in place (a failback must not start)."""
+        if self.world is None or not self.config.routers:
+            return None, "no router configured"
+        for router in self.config.routers:
+            if of is not None and of not in router.upstreams:
+                continue
+            weights = await self.world.weights(router.name)
+            routes = await self.world.routes(router.name)
+            for primary, figures in router.upstreams.items():
+                if figures.backup or weights.get(primary) != 0 or primary not in weights:
+                    continue
+                if of is not None and primary != of:
+                    continue
+                serving = [
+                    (weights[u], u)
+                    for u, f in router.upstreams.items()
+                    if f.backup and weights.get(u, 0) > 0 and routes.get(u) == routes.get(primary)
+                ]
+                if serving:
+                    weight, backup = max(serving)
+                    if name == "failed_over_upstream":
+                        return primary, f"{primary} has weight 0 while backup {backup} serves"
+                    return backup, f"backup {backup} serves {primary}'s route ({weight:g})"
+        marked = [u for r in self.config.routers for u, f in r.upstreams.items() if f.backup]
+        if not marked:
+            return None, "no upstream is marked backup: true in the config"
+        return None, "no failover in place: no primary is at weight 0 while a backup serves"
 
 
 class World(Protocol):

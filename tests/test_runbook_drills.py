@@ -579,3 +579,13 @@ async def test_a_literal_key_in_the_router_file_stays_out_of_the_diff_and_the_lo
     stored = [repr(e) for e in session.log.events(run_id=run.record.id)]
     assert stored and not [e for e in stored if key in e]
     assert key in path.read_text()  # a dry run: the file itself is as it was
+
+
+async def test_failback_does_not_start_where_no_failover_is_in_place(
+    fleet: DemoFleet, session: Session
+) -> None:
+    """On a healthy fleet the idle upstream is the backup: a failback must not 'return'
+    traffic to it. Its defaults exist only while a failover is in place."""
+    with pytest.raises(ParamError, match="no failover in place"):
+        await session.values(session.runbooks["provider-failback"], {"window": PROVIDER_WINDOW})
+    assert fleet.router_weights("chat-api") == {"primary-api": 100, "backup-api": 0}

@@ -159,9 +159,9 @@ def _api(name: str, port: int, key_env: str, every: str) -> dict:
 
 
 def _router(router: RouterEntry) -> dict:
-    upstreams: dict[str, dict[str, str]] = {n: {"node": n} for n in router.nodes}
+    upstreams: dict[str, dict[str, str | bool]] = {n: {"node": n} for n in router.nodes}
     upstreams[PRIMARY_UPSTREAM] = {"endpoint": PRIMARY_ENDPOINT}
-    upstreams[BACKUP_UPSTREAM] = {"endpoint": BACKUP_ENDPOINT}
+    upstreams[BACKUP_UPSTREAM] = {"endpoint": BACKUP_ENDPOINT, "backup": True}
     return {
         "name": router.name,
         "host": HOST,
