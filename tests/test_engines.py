@@ -42,6 +42,7 @@ from backends.engines import (
     engine_stats_from_text,
     fetch_metrics,
     parse_samples,
+    scan_samples,
 )
 from console.demo.engine_metrics import EngineMetrics, FinishedRequest
 from console.models import Histogram
@@ -678,3 +679,102 @@ def test_the_kv_cache_gauge_of_vllm_before_0_10_is_read_under_its_old_name() -> 
         'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.5\n'
     )
     assert engine_stats_from_text("n", both).kv_cache_usage == pytest.approx(0.5)  # new wins
+
+
+# -- the narrow scanner against prometheus_client's parser (differential) -------------------
+
+
+def _library_samples(text: str) -> list | None:
+    """What prometheus_client's parser reads (None where it refuses the text)."""
+    try:
+        return [s for f in text_string_to_metric_families(text) for s in f.samples]
+    except ValueError:
+        return None
+
+
+def _comparable(samples: list) -> list:
+    """NaN equals NaN here; an int value equals its float, as it does in arithmetic."""
+    return [
+        (s.name, s.labels, "nan" if s.value != s.value else float(s.value), s.timestamp)
+        for s in samples
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [pytest.param(p.read_text(), id=p.name) for p in EXPOSITIONS]
+    + [pytest.param(_demo_engine_text(), id="demo-engine-registry")],
+)
+def test_the_scanner_reads_every_fixture_as_the_library_does(text: str) -> None:
+    scanned = scan_samples(text)
+    library = _library_samples(text)
+    if scanned is None:  # left to the library: only text with lines the scanner does not read
+        assert library is None or "..." in text
+        return
+    assert library is not None and _comparable(scanned) == _comparable(library)
+
+
+def test_the_scanner_reads_what_engines_serve() -> None:
+    """The fast path is the usual one: prometheus_client's own output, and the engines'."""
+    for text in (_demo_engine_text(), SGLANG_SAMPLE, TGI_SAMPLE):
+        assert scan_samples(text) is not None
+
+
+_NAMES = st.sampled_from(
+    ["vllm:x", "vllm:x_total", "y_bucket", "y_count", "y_sum", "y", "z_created"]
+)
+_LABEL_VALUES = st.text(alphabet=st.sampled_from(list('ab "\\\n#{},=é\x85\u2028\t')), max_size=6)
+_VALUES = st.one_of(
+    st.integers(-(10**20), 10**20).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["NaN", "+Inf", "-Inf", "1e3", "1_000", "0x10", "", "1.5.2"]),
+)
+
+
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+@st.composite
+def _exposition(draw: st.DrawFn) -> str:
+    lines = []
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(
+            st.sampled_from(["sample", "sample", "sample", "type", "help", "comment", "junk"])
+        )
+        name = draw(_NAMES)
+        if kind == "type":
+            family = draw(st.sampled_from(["vllm:x", "y", "vllm:x_total", "z"]))
+            typ = draw(st.sampled_from(["counter", "gauge", "histogram", "summary", "untyped"]))
+            lines.append(f"# TYPE {family} {typ}")
+        elif kind == "help":
+            lines.append(f'# HELP {draw(_NAMES)} some help "quoted"')
+        elif kind == "comment":
+            lines.append(draw(st.sampled_from(["# a comment", "#HELP x", "# TYPE", "#"])))
+        elif kind == "junk":
+            lines.append(draw(st.sampled_from(["...", "x{a=b} 1", 'x{a="1" 1', "{} 1", " "])))
+        else:
+            labels = draw(
+                st.dictionaries(
+                    st.sampled_from(["le", "a", "model_name"]), _LABEL_VALUES, max_size=3
+                )
+            )
+            inner = ",".join(f'{k}="{_escaped(v)}"' for k, v in labels.items())
+            trailing = draw(st.sampled_from(["", ","])) if labels else ""
+            braces = f"{{{inner}{trailing}}}" if labels or draw(st.booleans()) else ""
+            sep = draw(st.sampled_from([" ", "\t", "  "]))
+            stamp = draw(st.one_of(st.none(), st.integers(0, 2**41).map(str)))
+            tail = f"{sep}{stamp}" if stamp is not None else ""
+            lines.append(f"{name}{braces}{sep}{draw(_VALUES)}{tail}")
+    return "\n".join(lines) + draw(st.sampled_from(["\n", "", "\r\n"]))
+
+
+@given(_exposition())
+def test_the_scanner_agrees_with_the_library_on_generated_text(text: str) -> None:
+    """Whatever the scanner reads, it reads as the library does; what it cannot tell, it
+    leaves to the library (never a sample the library would not give)."""
+    scanned = scan_samples(text)
+    if scanned is not None:
+        library = _library_samples(text)
+        assert library is not None, "the scanner read text the library refuses"
+        assert _comparable(scanned) == _comparable(library)
