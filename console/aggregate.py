@@ -17,12 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from backends.engines import CACHED_TOKENS, GENERATION_TOKENS, PREEMPTIONS, PROMPT_TOKENS
 from console.collectors import HISTORY_LEN, FleetReadings
 from console.config import Config, EndpointConfig, NodeConfig
 from console.models import (
     EndpointRow,
     FleetSnapshot,
     GpuRow,
+    Histogram,
+    NodeEngine,
     NodeRow,
     ProbeResult,
     SourceStatus,
@@ -32,6 +35,9 @@ from console.stats import percentile, quantile
 from console.windows import EngineFigures, EngineWindow, lifetime_figures, window_figures
 
 MIN_WINDOW_REQUESTS = 20  # fewer requests than this in the window: lifetime percentiles
+# vLLM's prefix cache, in tokens: looked up, and found cached (its own "prefix cache hit rate").
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+PREFIX_HITS = "vllm:prefix_cache_hits_total"
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,8 @@ def node_row(
     window = readings.engines.get(node.name)
     latest = window.latest() if window else None
     kv = latest.kv_cache_usage if latest else None
+    engine_status = statuses.get(f"engine:{node.name}") if node.engine else None
+    engine_stale = engine_status is not None and engine_status.stale
     return NodeRow(
         name=node.name,
         host=node.host,
@@ -108,8 +116,54 @@ def node_row(
         ),
         cost_per_hour_usd=node.cost_per_hour_usd,
         gpu_status=statuses.get(f"gpus:{node.name}"),
-        engine_status=statuses.get(f"engine:{node.name}") if node.engine else None,
+        engine_status=engine_status,
         expected_gpus=node.gpus,
+        engine=node_engine(window, engine_stale, now, window_s),
+    )
+
+
+def node_engine(
+    window: EngineWindow | None, stale: bool, now: float, window_s: float
+) -> NodeEngine | None:
+    """The engine panel's figures of one node over ``window_s``; None before a scrape."""
+    if window is None or window.last_ts is None:
+        return None
+    # A stale engine's last window, not an empty one: the panel shows them marked stale.
+    at = window.last_ts if stale else now
+    figures = window_figures((window,), at, window_s)
+
+    def rate(family: str) -> float | None:
+        return window.rate(family, at, window_s)
+
+    def mark(name: str, q: float, hist: Histogram | None) -> float | None:
+        result = quantile(q, hist)
+        if result is None:
+            return None
+        if result.floor:
+            floors.add(name)
+        return result.value
+
+    floors: set[str] = set()
+    ttft = figures.ttft if figures else None
+    itl = figures.itl if figures else None
+    hits, looked_up = rate(PREFIX_HITS), rate(PREFIX_QUERIES)
+    if looked_up is None:  # SGLang has no prefix-cache counters: its cached prompt tokens
+        hits, looked_up = rate(CACHED_TOKENS), rate(PROMPT_TOKENS)
+    latest = window.latest()
+    return NodeEngine(
+        at=at,
+        covered_s=figures.covered_s if figures else None,
+        requests=figures.requests if figures else None,
+        preemptions_per_s=rate(PREEMPTIONS),
+        prompt_tokens_per_s=rate(PROMPT_TOKENS),
+        generation_tokens_per_s=rate(GENERATION_TOKENS),
+        ttft_p50_s=mark("ttft_p50", 0.5, ttft),
+        ttft_p95_s=mark("ttft_p95", 0.95, ttft),
+        itl_p50_s=mark("itl_p50", 0.5, itl),
+        itl_p95_s=mark("itl_p95", 0.95, itl),
+        prefix_hit_pct=100 * hits / looked_up if hits is not None and looked_up else None,
+        floors=frozenset(floors),
+        model_name=latest.model_name if latest else None,
     )
 
 

@@ -25,8 +25,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from console.models import FleetSnapshot, SourceStatus
+from screens.gpus import GpuHistorySource, GpusScreen
 from screens.modals import CommandLine, FaultPicker, HelpScreen
 from screens.runbooks import RUNNER_KEYS, RunbooksScreen, RunDriver, RunnerScreen, RunUpdated
+from screens.tables import GpusRequested
 from screens.views import VIEWS, FleetView
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VIEW_NAMES = (*VIEWS, "runbooks")
+VIEW_NAMES = (*VIEWS, "gpus", "runbooks")
 COMMANDS = (*VIEW_NAMES, "quit")  # what the ``:`` line takes
 FLEET_KEYS = (  # what the help lists besides a fleet view's footer keys
     ("/!text", "Inverse filter"),
@@ -107,6 +109,9 @@ class LlmopsApp(App[None]):
         self.read_only = read_only or (session is not None and session.read_only)
         self.runs: dict[str, RunDriver] = {}  # runbook id -> its latest run in this console
         self.add_mode("runbooks", self._runbooks_screen)
+        # The GPU graphs read the hub's history rings; a source without them gets none.
+        history = source if isinstance(source, GpuHistorySource) else None
+        self.add_mode("gpus", partial(GpusScreen, history))
         self.faults = faults
         self.refresh_s = refresh_s
         self.handle_signals = handle_signals
@@ -213,8 +218,23 @@ class LlmopsApp(App[None]):
             self.refresh_view()
 
     def action_show_view(self, name: str) -> None:
+        if name == "gpus":  # `:gpus` shows every node, as k9s's `:pods` every namespace
+            self.open_gpus(None)
+            return
         self.switch_mode(name)
         self._update_subtitle()
+
+    def open_gpus(self, node: str | None, gpu_index: int | None = None) -> None:
+        """The GPU view on one node (None: all), the cursor on a GPU; esc comes back here."""
+        came_from = self.current_mode
+        self.switch_mode("gpus")
+        self._update_subtitle()
+        screen = self.screen_stack[0]  # the mode's own screen, under any modal
+        assert isinstance(screen, GpusScreen)
+        screen.show(node, gpu_index, came_from)
+
+    def on_gpus_requested(self, message: GpusRequested) -> None:
+        self.open_gpus(message.node, message.gpu_index)
 
     def action_help(self) -> None:
         screen = self.screen
@@ -226,7 +246,7 @@ class LlmopsApp(App[None]):
             and binding.show
             and node.check_action(binding.action, ())
         ]
-        keys += FLEET_KEYS if isinstance(screen, FleetView) else RUNNER_KEYS
+        keys += (*screen.HELP_KEYS, *FLEET_KEYS) if isinstance(screen, FleetView) else RUNNER_KEYS
         self.push_screen(HelpScreen(self.current_mode, keys))
 
     def action_command_line(self) -> None:

@@ -239,6 +239,31 @@ class GpuRow:
 
 
 @dataclass(frozen=True)
+class NodeEngine:
+    """A node's engine over the hub's window: the GPU screen's engine panel.
+
+    Rates and percentiles cover ``covered_s`` of scrapes. A stale engine's are those of the
+    window that ended with its last scrape (``at``): its last figures, which the panel marks
+    stale. None: not known (fewer than two scrapes, no request finished, not exposed).
+    """
+
+    at: float  # the instant the figures end at: now, or the last scrape of a stale engine
+    covered_s: float | None
+    requests: float | None  # requests finished in the window, behind the percentiles
+    preemptions_per_s: float | None
+    prompt_tokens_per_s: float | None
+    generation_tokens_per_s: float | None
+    ttft_p50_s: float | None
+    ttft_p95_s: float | None
+    itl_p50_s: float | None
+    itl_p95_s: float | None
+    prefix_hit_pct: float | None  # prefix-cache hits of the tokens looked up, 0..100
+    # Figures that are floors: the quantile fell in the +Inf bucket ("> 10s").
+    floors: frozenset[str] = frozenset()
+    model_name: str | None = None
+
+
+@dataclass(frozen=True)
 class NodeRow:
     name: str
     host: str
@@ -251,6 +276,7 @@ class NodeRow:
     gpu_status: SourceStatus | None = None
     engine_status: SourceStatus | None = None  # None: no engine configured on this node
     expected_gpus: int | None = None
+    engine: NodeEngine | None = None  # None: no scrape of its engine yet (or no engine)
 
     @property
     def util_pct(self) -> float | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.text import Text
 from textual.binding import Binding
+from textual.message import Message
 from textual.widgets import DataTable
 
 from console.models import FleetSnapshot
@@ -154,8 +155,37 @@ class EndpointTable(LiveTable):
                 yield f"endpoint:{e.name}", endpoint_cells(e, snapshot.thresholds)
 
 
+class GpusRequested(Message):
+    """Enter on a node or GPU row: the app opens the GPU view on that node."""
+
+    def __init__(self, node: str, gpu_index: int | None = None) -> None:
+        super().__init__()
+        self.node = node
+        self.gpu_index = gpu_index  # the GPU to put the cursor on; None: the first
+
+
+def row_target(row_key: str | None) -> tuple[str, int | None] | None:
+    """``(node, gpu index)`` of a ``node:NAME`` or ``gpu:NAME:INDEX`` row (index None for a
+    node row); None for another row."""
+    if row_key is None:
+        return None
+    kind, _, rest = row_key.partition(":")
+    if kind == "node":
+        return rest, None
+    if kind == "gpu":
+        node, _, index = rest.rpartition(":")  # a node's name may hold a colon, an index not
+        return node, int(index)
+    return None
+
+
 class NodeTable(LiveTable):
     COLUMNS = NODE_COLUMNS
+    BINDINGS = [Binding("enter", "open_gpus", "GPUs")]  # noqa: RUF012
+
+    def action_open_gpus(self) -> None:
+        target = row_target(self.selected_key)
+        if target is not None:
+            self.post_message(GpusRequested(*target))
 
     def rows_for(
         self, snapshot: FleetSnapshot, row_filter: RowFilter

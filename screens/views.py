@@ -67,6 +67,8 @@ class FleetView(Screen[None]):
     """
 
     VIEW_NAME = ""
+    # Keys of the view's tables, for its help (the app lists the screen's own bindings).
+    HELP_KEYS: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -143,8 +145,12 @@ class FleetView(Screen[None]):
             await self.app.run_action("show_view('overview')")
 
 
+NODE_HELP = (("enter", "GPUs of the node (or GPU) under the cursor"),)
+
+
 class OverviewScreen(FleetView):
     VIEW_NAME = "overview"
+    HELP_KEYS = NODE_HELP
     DEFAULT_CSS = """
     OverviewScreen #endpoints { height: auto; max-height: 40%; }
     """
@@ -192,6 +198,7 @@ class EndpointsScreen(DetailView):
 
 class NodesScreen(FleetView):
     VIEW_NAME = "nodes"
+    HELP_KEYS = NODE_HELP
 
     def body(self) -> ComposeResult:
         yield NodeTable(id="nodes")

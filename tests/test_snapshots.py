@@ -8,6 +8,7 @@ the diff report before committing.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from textual.widget import Widget
 
 from bench.synthetic_fleet import StaticSource
 from console.app import LlmopsApp
+from console.gpu_history import FINE_SPAN_S, GpuSeries
+from console.models import FleetSnapshot, GpuProcess, HostHealth, NodeEngine
 from screens.tables import NodeTable, SourceTable
 
 
@@ -95,6 +98,93 @@ def test_fault_picker_80x24(snap_compare) -> None:
     """The picker over the overview: its list scrolls, and nothing of either scrollbar but
     the thumb shows (the overview's ``▁▁`` once showed beside the box, a ``▂▂`` inside it)."""
     assert snap_compare(_app(FixedFaults()), terminal_size=(80, 24), press=["f"])
+
+
+class GpuFleetSource(StaticSource):
+    """The synthetic fleet with what the GPU view draws besides: processes, a GPU waiting for
+    a row remap, engine figures, the console's own host and a fixed history per GPU."""
+
+    def snapshot(self) -> FleetSnapshot:
+        snapshot = super().snapshot()
+        nodes = []
+        for node in snapshot.nodes:
+            gpus = []
+            for gpu in node.gpus:
+                r = gpu.reading
+                used = r.memory_used_mib or 0.0
+                processes = (
+                    GpuProcess(4003 + r.index, "python3", "vllm", used - 512),
+                    GpuProcess(7100 + r.index, "nccl-tests", None, 512.0),
+                )
+                pending = node.name == "gpu-a1" and r.index == 3
+                gpus.append(
+                    replace(
+                        gpu, reading=replace(r, processes=processes, remapped_rows_pending=pending)
+                    )
+                )
+            engine = NodeEngine(
+                at=snapshot.taken_at - 60 * (node.name == "gpu-a2"),
+                covered_s=58.0,
+                requests=1200.0,
+                preemptions_per_s=0.0,
+                prompt_tokens_per_s=15000.0,
+                generation_tokens_per_s=900.0,
+                ttft_p50_s=0.04,
+                ttft_p95_s=0.12,
+                itl_p50_s=0.006,
+                itl_p95_s=0.015,
+                prefix_hit_pct=31.0,
+                model_name="meta-llama/Llama-3.1-8B-Instruct",
+            )
+            nodes.append(replace(node, gpus=tuple(gpus), engine=engine))
+        host = HostHealth(
+            host="bastion-1",
+            taken_at=snapshot.taken_at,
+            cpu_pct=12.0,
+            cpu_count=8,
+            memory_used_mib=6144.0,
+            memory_total_mib=32768.0,
+            memory_pct=18.75,
+            disk_path="/var/lib/llmops",
+            disk_used_gib=40.0,
+            disk_total_gib=200.0,
+            disk_pct=20.0,
+            load_1m=0.5,
+            load_5m=0.4,
+            load_15m=0.3,
+            gpu_note="no NVIDIA driver",
+        )
+        return replace(snapshot, nodes=tuple(nodes), host=host)
+
+    def gpu_series(self, node: str, index: int, metric: str, window_s: float) -> GpuSeries:
+        """Two minutes of polls every 2 s, a wave per GPU; the last few unknown (a gap)."""
+        step_s = 2.0 if window_s <= FINE_SPAN_S else 15.0
+        count = min(60, int(window_s / step_s))
+        top = {"util_pct": 100, "memory_pct": 90, "power_w": 690, "temperature_c": 75}[metric]
+        points = [top * (0.3 + 0.07 * abs((index + i) % 20 - 10)) for i in range(count)]
+        return GpuSeries(metric, window_s, (*points[:-3], None, None, points[-1]), step_s)
+
+
+def _gpus_app() -> LlmopsApp:
+    source = GpuFleetSource(stale_nodes=("gpu-a2",))
+    source.tick = 5
+    return LlmopsApp(source, environment="demo", refresh_s=3600)
+
+
+def test_gpus_80x24(snap_compare) -> None:
+    """`:gpus` on every node: bars, the flagged remap, graphs two to a line, processes, the
+    engine panel and the console's host line."""
+    press = ["colon", *"gpus", "enter", "j", "j", "j"]  # onto gpu-a1:3, its remap pending
+    assert snap_compare(_gpus_app(), terminal_size=(80, 24), press=press)
+
+
+def test_gpus_stale_node_no_color_80x24(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enter on a stale node in the overview: its GPUs and engine read STALE, in words."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    # The overview's nodes table, gpu-a2's row; then 5 m graphs: the 1 m window holds
+    # nothing of a node silent for a minute.
+    press = ["tab", *["j"] * 9, "enter", "w"]
+    assert snap_compare(_gpus_app(), terminal_size=(80, 24), press=press)
 
 
 Cell = tuple[str, Style | None]
