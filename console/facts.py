@@ -358,7 +358,6 @@ class FigureReader:
         same = f" on {of}'s route" if of is not None else ""
         return upstream, f"{upstream} has weight 0{same} and an error rate of {pct:.1f}%"
 
-
     async def _failover_in_place(self, name: str, of: object = None) -> tuple[str | None, str]:
         """The primary a failover left at weight 0, or the backup serving in its place: what
         a failback undoes. None when no failover is in place (a failback must not start)."""
