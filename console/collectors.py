@@ -1,10 +1,11 @@
 """Collectors: one poll of one source, turned into readings kept for the snapshots.
 
 A collector asks a backend (GPUs over the shared SSH pool, an engine's ``/metrics``, an
-endpoint's streaming probe), keeps what came back in :class:`FleetReadings` and hands it to
-the store writer. It raises on failure, so that the scheduler records it and backs off; what
-an answer had to drop (malformed or non-finite metric lines) is a warning on the source.
-Collectors do not schedule, aggregate or write to the store themselves.
+endpoint's streaming probe, or the Prometheus server for the nodes set to be read there),
+keeps what came back in :class:`FleetReadings` and hands it to the store writer. It raises on
+failure, so that the scheduler records it and backs off; what an answer had to drop
+(malformed or non-finite metric lines) is a warning on the source. Collectors do not
+schedule, aggregate or write to the store themselves.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import httpx
 from backends.engines import engine_stats_from_text, fetch_metrics
 from backends.gpu import GpuCollector, snapshot_warning
 from backends.host import HostCollector
+from backends.prometheus import PROMETHEUS, PrometheusFleet, Server, exposition_text
 from backends.providers import ProbeTarget, probe
 from backends.ssh import SshPool
-from console.config import Config, EndpointConfig, NodeConfig
+from console.config import Config, EndpointConfig, NodeConfig, PrometheusConfig
 from console.gpu_history import GpuHistory
-from console.models import GpuReading, GpuSnapshot, HostHealth, ProbeResult
+from console.models import EngineStats, GpuReading, GpuSnapshot, HostHealth, ProbeResult
 from console.store_writer import StoreWriter
 from console.windows import EngineWindow
 
@@ -99,11 +101,26 @@ class Collectors:
         self._warn = warn
         self._via = via
         self._clock = clock
-        self._gpu_readers = {n.name: GpuCollector(n.name, ssh.runner(n.name)) for n in config.nodes}
+        self._gpu_readers = {
+            n.name: GpuCollector(n.name, ssh.runner(n.name))
+            for n in config.nodes
+            if n.gpus_from == "ssh"
+        }
         self.host_collector = host
+        self.prometheus = (
+            prometheus_fleet(config, config.prometheus, http) if config.prometheus else None
+        )
+        # Per Prometheus-read engine: the server's time of the scrape last added to its window.
+        self._scraped_at: dict[str, float] = {}
 
     async def gpus(self, node: NodeConfig) -> None:
-        snapshot = await self._gpu_readers[node.name].read()
+        if node.gpus_from == PROMETHEUS:
+            assert self.prometheus is not None  # the config refuses one without the other
+            snapshot = await self.prometheus.gpus(node.name)
+            via_note: str | None = self.prometheus.server.name
+        else:
+            snapshot = await self._gpu_readers[node.name].read()
+            via_note = snapshot.fallback_reason
         self.readings.gpus[node.name] = snapshot.gpus
         self.readings.gpu_snapshots[node.name] = snapshot
         now = self._clock()
@@ -114,7 +131,7 @@ class Collectors:
                 history = self.readings.gpu_history[key] = GpuHistory(self.config.poll.gpus_s)
             history.add(now, r)
         self._writer.add_gpus(snapshot.gpus)
-        self._via(f"gpus:{node.name}", snapshot.method, snapshot.fallback_reason)
+        self._via(f"gpus:{node.name}", snapshot.method, via_note)
         self._warn(f"gpus:{node.name}", snapshot_warning(snapshot))
 
     async def host(self) -> None:
@@ -135,11 +152,32 @@ class Collectors:
 
     async def engine(self, node: NodeConfig) -> None:
         assert node.engine is not None
+        if node.engine.source == PROMETHEUS:
+            await self._engine_from_prometheus(node)
+            return
         text = await fetch_metrics(self._http, node.name, node.engine.url)
         # Parsing a large scrape is CPU work: keep it off the event loop the UI runs on.
         stats = await asyncio.to_thread(engine_stats_from_text, node.name, text)
         self.readings.engine_window(node.name).add(self._clock(), stats)
         self._writer.add_engine(stats)
+        self._warn_dropped(node, stats)
+
+    async def _engine_from_prometheus(self, node: NodeConfig) -> None:
+        """The node's vLLM series from the server, into the same window a scrape feeds."""
+        assert self.prometheus is not None
+        series = await self.prometheus.engine_series(node.name)
+        self._via(f"engine:{node.name}", PROMETHEUS, self.prometheus.server.name)
+        if self._scraped_at.get(node.name) == series.scraped_at:
+            return  # the server has not scraped it since: the window has this one already
+        text = exposition_text(series, self.prometheus.server.node_label)
+        stats = await asyncio.to_thread(engine_stats_from_text, node.name, text)
+        # When the server scraped it, on the console's clock (the two clocks may differ).
+        self.readings.engine_window(node.name).add(self._clock() - series.age_s, stats)
+        self._scraped_at[node.name] = series.scraped_at
+        self._writer.add_engine(stats)
+        self._warn_dropped(node, stats)
+
+    def _warn_dropped(self, node: NodeConfig, stats: EngineStats) -> None:
         dropped = []
         if stats.skipped_lines:
             dropped.append(
@@ -167,6 +205,28 @@ class Collectors:
             # Recorded above for error %, and raised so the source shows the failure and backs
             # off (a 429 asks for exactly that, for as long as its Retry-After says).
             raise ProbeFailed(result.error or "probe failed", result.retry_after_s)
+
+
+def prometheus_fleet(
+    config: Config, prometheus: PrometheusConfig, http: httpx.AsyncClient
+) -> PrometheusFleet:
+    return PrometheusFleet(
+        http,
+        Server(
+            url=prometheus.url,
+            timeout_s=prometheus.timeout_s,
+            node_label=prometheus.node_label,
+            max_age_s=prometheus.max_age_s,
+            bearer_token_env=prometheus.bearer_token_env,
+            header_env=tuple(prometheus.header_env.items()),
+        ),
+        engine_nodes=[
+            n.name for n in config.nodes if n.engine is not None and n.engine.source == PROMETHEUS
+        ],
+        gpu_nodes=[n.name for n in config.nodes if n.gpus_from == PROMETHEUS],
+        engine_every_s=config.poll.engine_s,
+        gpus_every_s=config.poll.gpus_s,
+    )
 
 
 def probe_target(endpoint: EndpointConfig) -> ProbeTarget:

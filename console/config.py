@@ -136,6 +136,25 @@ RemotePath = Annotated[str, text("a path on the node")]
 ShellCommand = Annotated[str, text("a shell command")]
 ModelName = Annotated[str, text("a model name")]
 HostName = Annotated[str, text("a host name or IP address", pattern=_HOST_RE)]
+# A Prometheus label name (the data model's rule): what identifies a node in the series.
+LabelName = Annotated[
+    str, text("a Prometheus label name such as node", pattern=re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*"))
+]
+# An HTTP header name (RFC 9110 token characters).
+HeaderName = Annotated[
+    str,
+    text(
+        "an HTTP header name such as Authorization",
+        pattern=re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"),
+    ),
+]
+VariableName = Annotated[
+    str,
+    text(
+        "an environment variable name such as PROMETHEUS_TOKEN",
+        pattern=re.compile(r"[A-Z_][A-Z0-9_]*"),
+    ),
+]
 KeyPath = Annotated[
     str,
     text(
@@ -179,10 +198,20 @@ class SshConfig(_Record):
     keepalive_s: Duration = Field(default=15.0, validation_alias="keepalive")
 
 
+# Where a node's figures are read: from the node itself, or from the prometheus: server.
+GPUS_FROM = ("ssh", "prometheus")
+ENGINE_FROM = ("direct", "prometheus")
+
+
 class EngineConfig(_Record):
     model_config = ConfigDict(title="engine settings")
 
     kind: Annotated[str, text("an engine kind", choices=("vllm",))] = "vllm"
+    # direct: the console scrapes {url}/metrics; prometheus: the same series, from the
+    # prometheus: server (health, version and runbooks still use url).
+    source: Annotated[str, text("direct or prometheus", choices=ENGINE_FROM)] = Field(
+        default="direct", validation_alias="from"
+    )
     # Base URL of the engine's HTTP server; when not set, built from the node's host and port.
     url: HttpUrl = ""
     port: Port = 8000
@@ -228,6 +257,9 @@ class NodeConfig(_Located):
     gpus: Annotated[int | None, integer(1, MAX_GPUS_PER_NODE, nullable=True)] = None
     # None: not configured, shown as N/A, never as $0.00.
     cost_per_hour_usd: Annotated[float | None, number(0)] = None
+    # ssh: nvidia-smi / NVML over SSH; prometheus: dcgm-exporter's series on the prometheus:
+    # server (no SSH session is opened for them).
+    gpus_from: Annotated[str, text("ssh or prometheus", choices=GPUS_FROM)] = "ssh"
     engine: EngineConfig | None = None
 
     @field_validator("engine")
@@ -239,6 +271,38 @@ class NodeConfig(_Located):
             return engine
         host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         return engine.model_copy(update={"url": f"http://{host}:{engine.port}"})
+
+
+class PrometheusConfig(_Record):
+    """A Prometheus-compatible server (Prometheus, Thanos, Mimir, VictoriaMetrics) that
+    scrapes the nodes' engines and dcgm-exporters; nodes choose to be read from it."""
+
+    model_config = ConfigDict(title="prometheus settings")
+
+    # The server's base URL; /api/v1/query is added (Mimir: include its /prometheus prefix).
+    url: HttpUrl
+    timeout_s: Duration = Field(default=5.0, validation_alias="timeout")
+    # The target label whose value is the node's name (see config.example.yaml).
+    node_label: LabelName = "node"
+    # A node whose latest scrape is older than this fails instead of showing old figures.
+    max_age_s: Duration = Field(default=60.0, validation_alias="max_age")
+    # Sent as `Authorization: Bearer <value of the variable>`.
+    bearer_token_env: EnvVarName = None
+    # Header name -> the environment variable holding its value (never the value itself).
+    header_env: Annotated[dict[HeaderName, VariableName], null_means({})] = Field(
+        default_factory=dict, description="a mapping of header names to environment variable names"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, url: str) -> str:
+        path = urlsplit(url).path.rstrip("/").lower()
+        if path.endswith(("/api/v1/query", "/api/v1", "/graph")):
+            raise problem(
+                f"{show(url)} ends in {path.rsplit('/', 1)[1]!r} (expected the server's base URL, "
+                "e.g. http://prometheus:9090)"
+            )
+        return url
 
 
 class ProbeConfig(_Record):
@@ -365,6 +429,8 @@ class Config(_Record):
     endpoints: Annotated[tuple[EndpointConfig, ...], null_means(())] = ()
     alerts: Annotated[AlertThresholds, null_means({})] = Field(default_factory=AlertThresholds)
     routers: Annotated[tuple[RouterConfig, ...], null_means(())] = ()
+    # Needed by nodes with gpus_from: prometheus or engine: {from: prometheus}.
+    prometheus: PrometheusConfig | None = None
     _path: Path = PrivateAttr(default_factory=Path)
     _store_line: int = PrivateAttr(0)
 
@@ -454,6 +520,8 @@ def _cross_field_problems(data: dict[str, Any], info: ValidationInfo) -> Problem
         found += _unknown_nodes(known, endpoints)
     found += _duplicates(data.get("routers"), "routers", "router", info)
     found += _router_references(data)
+    if data.get("prometheus") is None:
+        found += _prometheus_readers(nodes)
     if "nodes" in data and not nodes and not endpoints:
         what = "no nodes and no endpoints (expected at least one to watch)"
         found.append((("nodes",), nodes, key_problem(what)))
@@ -511,6 +579,24 @@ def _router_references(data: dict[str, Any]) -> Problems:
                 if isinstance(ref, str) and _NAME_RE.fullmatch(ref) and ref not in known[kind]:
                     what = f"unknown {kind} {show(ref)} ({suggest(ref, known[kind])})"
                     found.append((("routers", i, "upstreams", name, kind), ref, problem(what)))
+    return found
+
+
+def _prometheus_readers(nodes: object) -> Problems:
+    """Nodes set to read from Prometheus in a config without a prometheus: section."""
+    found: Problems = []
+    what = (
+        "reads from Prometheus, but the config has no prometheus: section "
+        "(expected prometheus: {url: ...})"
+    )
+    for i, node in enumerate(nodes if isinstance(nodes, list | tuple) else ()):
+        if not isinstance(node, dict):
+            continue
+        if node.get("gpus_from") == "prometheus":
+            found.append((("nodes", i, "gpus_from"), "prometheus", problem(what)))
+        engine = node.get("engine")
+        if isinstance(engine, dict) and engine.get("from") == "prometheus":
+            found.append((("nodes", i, "engine", "from"), "prometheus", problem(what)))
     return found
 
 

@@ -21,6 +21,7 @@ from console.config import (
     PollConfig,
     PriceConfig,
     ProbeConfig,
+    PrometheusConfig,
     SshConfig,
     check_config,
     default_store_path,
@@ -123,6 +124,66 @@ def test_example_loads_into_the_expected_records() -> None:
         "backup": "chat-backup",
     }
     assert config.protected and not config.read_only
+
+
+def test_the_example_documents_the_prometheus_section() -> None:
+    config = load_config(EXAMPLE)
+    assert config.prometheus == PrometheusConfig(url="http://prometheus.internal:9090")
+    # Its nodes keep today's sources: nothing is read from Prometheus unless a node says so.
+    assert {(n.gpus_from, n.engine.source if n.engine else None) for n in config.nodes} == {
+        ("ssh", "direct")
+    }
+
+
+def test_nodes_choose_where_their_figures_come_from(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        environment: dev
+        prometheus:
+          url: https://mimir.example/prometheus
+          timeout: 2s
+          max_age: 45s
+          node_label: instance_name
+          bearer_token_env: PROMETHEUS_TOKEN
+          header_env: {X-Scope-OrgID: MIMIR_TENANT, Authorization: PROM_AUTH}
+        nodes:
+          - {name: a, host: 10.0.3.11, gpus_from: prometheus, engine: {from: prometheus}}
+          - {name: b, host: 10.0.3.12, gpus_from: prometheus, engine: {}}
+          - {name: c, host: 10.0.3.13, engine: {from: direct}}
+        """,
+    )
+    config = load_config(path)
+    assert config.prometheus == PrometheusConfig(
+        url="https://mimir.example/prometheus",
+        timeout_s=2.0,
+        max_age_s=45.0,
+        node_label="instance_name",
+        bearer_token_env="PROMETHEUS_TOKEN",
+        # Names of variables, not values: a secret-sounding header name is fine here.
+        header_env={"X-Scope-OrgID": "MIMIR_TENANT", "Authorization": "PROM_AUTH"},
+    )
+    a, b, c = config.nodes
+    assert (a.gpus_from, a.engine and a.engine.source) == ("prometheus", "prometheus")
+    assert (b.gpus_from, b.engine and b.engine.source) == ("prometheus", "direct")
+    assert (c.gpus_from, c.engine and c.engine.source) == ("ssh", "direct")
+
+
+def test_a_prometheus_header_value_is_never_written_in_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        environment: dev
+        prometheus:
+          url: http://prom:9090
+          header_env: {Authorization: "Bearer eyJhbGciOiJIUzI1NiJ9abcdef0123456789"}
+        nodes: [{name: a, host: 10.0.3.11}]
+        """,
+    )
+    found = problems(path)
+    assert_well_formed(path, found)
+    assert all("eyJhbGci" not in p for p in found)
+    assert any(p.startswith(f"{path}:4: prometheus.header_env.Authorization: ") for p in found)
 
 
 def test_loading_does_not_read_the_api_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,30 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from console.config import Config, load_config
 from console.demo import DemoFleet
 from console.hub import Hub
 from console.models import EndpointRow
-from tests.sshd import free_port
+from tests.prometheus_server import needs_prometheus, running_prometheus
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-HAVE_PROMETHEUS = os.access(PROMETHEUS, os.X_OK)
-if not HAVE_PROMETHEUS and os.environ.get("LLMOPS_REQUIRE_PROMETHEUS") == "1":
-    raise RuntimeError("LLMOPS_REQUIRE_PROMETHEUS=1 but the prometheus binary is not installed")
-pytestmark = pytest.mark.skipif(
-    not HAVE_PROMETHEUS, reason="prometheus is not installed (.ci/run installs it)"
-)
+pytestmark = needs_prometheus
 
 SCRAPE_S = 1
 RUN_S = 68.0  # a full minute in both windows, plus the console's first polls
@@ -76,7 +65,7 @@ def fleet(tmp_path: Path) -> Iterator[DemoFleet]:
         yield demo
 
 
-def _prometheus_config(config: Config, path: Path) -> None:
+def _prometheus_config(config: Config) -> dict:
     static = [
         {
             "targets": [node.engine.url.removeprefix("http://").rstrip("/")],
@@ -85,52 +74,17 @@ def _prometheus_config(config: Config, path: Path) -> None:
         for node in config.nodes
         if node.engine is not None
     ]
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": f"{SCRAPE_S}s", "scrape_timeout": f"{SCRAPE_S}s"},
-                "scrape_configs": [{"job_name": "vllm", "static_configs": static}],
-            }
-        )
-    )
+    return {
+        "global": {"scrape_interval": f"{SCRAPE_S}s", "scrape_timeout": f"{SCRAPE_S}s"},
+        "scrape_configs": [{"job_name": "vllm", "static_configs": static}],
+    }
 
 
 @pytest.fixture
 def prometheus(tmp_path: Path, fleet: DemoFleet) -> Iterator[str]:
     config = load_config(fleet.config_path)
-    config_file = tmp_path / "prometheus.yml"
-    _prometheus_config(config, config_file)
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config_file}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"prometheus did not become ready: {(tmp_path / 'prometheus.log').read_text()}"
-                )
-            time.sleep(0.2)
+    with running_prometheus(_prometheus_config(config), tmp_path) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
 
 
 async def _query(client: httpx.AsyncClient, url: str, query: str, at: float) -> float | None:

@@ -3,7 +3,8 @@
 Follows the schema console/config.py loads (ssh, poll, nodes, endpoints, routers, alerts);
 holds no secret, only the names of the environment variables with the providers' keys. The
 gateway is a router, not a node: it has no GPU and no engine. It writes one file and knows
-nothing of servers.
+nothing of servers. Beside it, :func:`write_prometheus_config` writes a scrape config with
+which a real Prometheus reads the whole demo, labelled by node as the console expects.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class NodeEntry:
     http_port: int
     gpus: int
     revision: str  # what the node started on: the revision a rollback returns to
+    dcgm_port: int  # its dcgm-exporter's /metrics
 
 
 @dataclass(frozen=True)
@@ -177,3 +179,27 @@ def _router(router: RouterEntry) -> dict:
         "endpoint": GATEWAY_ENDPOINT,
         "upstreams": upstreams,
     }
+
+
+PROMETHEUS_SCRAPE = "2s"  # as often as the console polls the demo
+
+
+def write_prometheus_config(path: Path, nodes: Sequence[NodeEntry]) -> None:
+    """``prometheus --config.file=PATH`` scrapes every node's engine (job vllm) and
+    dcgm-exporter (job dcgm), each target labelled ``node: NAME``: the label the console's
+    ``prometheus.node_label`` matches (on a real fleet, a relabel rule sets it)."""
+
+    def targets(port_of: str) -> list[dict]:
+        return [
+            {"targets": [f"{HOST}:{getattr(n, port_of)}"], "labels": {"node": n.name}}
+            for n in nodes
+        ]
+
+    config = {
+        "global": {"scrape_interval": PROMETHEUS_SCRAPE, "scrape_timeout": PROMETHEUS_SCRAPE},
+        "scrape_configs": [
+            {"job_name": "vllm", "static_configs": targets("http_port")},
+            {"job_name": "dcgm", "static_configs": targets("dcgm_port")},
+        ],
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))

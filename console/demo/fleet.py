@@ -37,6 +37,7 @@ from console.demo.config_file import (
     NodeEntry,
     RouterEntry,
     write_config,
+    write_prometheus_config,
 )
 from console.demo.engine_args import (
     EngineArgs,
@@ -161,11 +162,14 @@ class DemoFleet:
         for spec in faults:
             resolve_target(spec.name, spec.target, self.node_names)
         self.config_path = self.workdir / "config.yaml"
+        # A scrape config for a real Prometheus: every engine and dcgm-exporter, by node.
+        self.prometheus_config_path = self.workdir / "prometheus.yml"
         self.known_hosts_path = self.workdir / "known_hosts"
         self.client_key_path = self.workdir / "id_ed25519"
         self.store = store if store is not None else self.workdir / "demo.db"
         self.ssh_ports: dict[str, int] = {}
         self.http_ports: dict[str, int] = {}
+        self.dcgm_ports: dict[str, int] = {}  # each node's dcgm-exporter
         self.gateway_name = GATEWAY
         self.gateway_ssh_port = 0
         self.router_port = 0  # the gateway's router: OpenAI-compatible HTTP
@@ -352,6 +356,7 @@ class DemoFleet:
         self.router_port = self._gateway.http.port
         self.ssh_ports = {n.name: n.ssh.port for n in self._nodes.values()}
         self.http_ports = {n.name: n.http.port for n in self._nodes.values()}
+        self.dcgm_ports = {n.name: n.dcgm.port for n in self._nodes.values()}
         if self._traffic_on:
             # Open in steady state: a demo, or `status --demo`, should not show an idle fleet.
             for _ in range(round(WARM_UP_S / TICK_S)):
@@ -400,9 +405,12 @@ class DemoFleet:
             ],
         )
         entries = {
-            n.name: NodeEntry(n.name, n.ssh.port, n.http.port, self._gpus, n.default_args.revision)
+            n.name: NodeEntry(
+                n.name, n.ssh.port, n.http.port, self._gpus, n.default_args.revision, n.dcgm.port
+            )
             for n in self._nodes.values()
         }
+        write_prometheus_config(self.prometheus_config_path, list(entries.values()))
         routed = next(g for g in self._groups if g.plan.routed)
         write_config(
             self.config_path,

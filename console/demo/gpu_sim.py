@@ -45,6 +45,7 @@ class GpuState:
     compute_mode: str = h100.COMPUTE_MODE
     mig_mode: str = h100.MIG_MODE
     event_reasons: int = REASON_GPU_IDLE
+    energy_mj: float = 0.0  # since the simulation started, as DCGM counts it since boot
 
     @property
     def memory_free_mib(self) -> int:
@@ -100,6 +101,7 @@ class GpuSim:
         power = h100.IDLE_POWER_W + dynamic
         capped = power >= 0.985 * gpu.power_limit_w
         gpu.power_w = min(power, 0.997 * gpu.power_limit_w)
+        gpu.energy_mj += gpu.power_w * dt_s * 1000
         if gpu.util_pct == 0:
             gpu.sm_clock_mhz, gpu.event_reasons = h100.IDLE_SM_MHZ, REASON_GPU_IDLE
         else:

@@ -1,4 +1,5 @@
-"""One simulated GPU node: its SSH server, vLLM HTTP server, engine service and GPUs.
+"""One simulated GPU node: its SSH server, vLLM HTTP server, dcgm-exporter, engine service
+and GPUs.
 
 Files live under ``WORKDIR/nodes/NAME/``: the SSH host key, and ``root/`` (the SFTP chroot,
 holding ``etc/vllm/args.yaml``). A node can go down (both servers close and drop their
@@ -15,6 +16,7 @@ from pathlib import Path
 import asyncssh
 
 from console.demo.completions import id_sequence
+from console.demo.dcgm_exporter import DcgmExporter
 from console.demo.engine_args import ARGS_FILE, EngineArgs, render_engine_args
 from console.demo.engine_service import EngineService
 from console.demo.faults import ActiveFaults
@@ -50,6 +52,8 @@ class DemoNode:
         self.ssh = SshServer(self.host_key, client_key, self.root, self.shell.run)
         api = VllmApi(self.service, self.faults, id_sequence(name))
         self.http = HttpServer(api.handle, server_header="uvicorn")
+        # dcgm-exporter's /metrics, for a Prometheus to scrape (a real one listens on :9400).
+        self.dcgm = HttpServer(DcgmExporter(self.gpus, name).handle, server_header="dcgm-exporter")
         self.default_args = default_args
         self.up = False
 
@@ -65,6 +69,7 @@ class DemoNode:
         self.service.stop()
         await self.ssh.stop()
         await self.http.stop()
+        await self.dcgm.stop()
 
     async def come_up(self) -> None:
         """Listen again on the same ports; the engine boots as after a reboot."""
@@ -85,5 +90,6 @@ class DemoNode:
     async def _listen(self) -> None:
         await self.ssh.start(self.ssh.port)
         await self.http.start(self.http.port)
+        await self.dcgm.start(self.dcgm.port)
         self.shell.booted_at = time.time()
         self.up = True
