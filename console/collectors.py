@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from backends.engines import engine_stats_from_text, fetch_metrics
+from backends.engines import MetricsScraper, engine_stats_from_text
 from backends.gpu import GpuCollector, snapshot_warning
 from backends.host import HostCollector
 from backends.prometheus import PROMETHEUS, PrometheusFleet, Server, exposition_text
@@ -110,6 +110,8 @@ class Collectors:
         self.prometheus = (
             prometheus_fleet(config, config.prometheus, http) if config.prometheus else None
         )
+        # Per directly read engine: it asks only for what the console reads, once it knows it.
+        self._scrapers: dict[str, MetricsScraper] = {}
         # Per Prometheus-read engine: the server's time of the scrape last added to its window.
         self._scraped_at: dict[str, float] = {}
 
@@ -155,9 +157,12 @@ class Collectors:
         if node.engine.source == PROMETHEUS:
             await self._engine_from_prometheus(node)
             return
-        text = await fetch_metrics(self._http, node.name, node.engine.url)
-        # Parsing a large scrape is CPU work: keep it off the event loop the UI runs on.
-        stats = await asyncio.to_thread(engine_stats_from_text, node.name, text)
+        scraper = self._scrapers.get(node.name)
+        if scraper is None:
+            scraper = self._scrapers[node.name] = MetricsScraper(
+                self._http, node.name, node.engine.url
+            )
+        stats = await scraper.scrape()
         self.readings.engine_window(node.name).add(self._clock(), stats)
         self._writer.add_engine(stats)
         self._warn_dropped(node, stats)

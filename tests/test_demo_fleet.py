@@ -566,6 +566,20 @@ def _catalogue() -> list[dict[str, str]]:
     return list(csv.DictReader(lines, delimiter="\t"))
 
 
+async def test_metrics_honour_the_name_filter_as_vllm_does(fleet: DemoFleet) -> None:
+    """?name[]=SAMPLE (prometheus_client's exposition, which vLLM serves): only those
+    samples, with their families' HELP and TYPE lines; what the console asks for."""
+    names = ["vllm:num_requests_running", "vllm:e2e_request_latency_seconds_bucket"]
+    async with httpx.AsyncClient() as client:
+        url = engine_url(fleet, "gpu-a1") + "/metrics"
+        full = (await client.get(url)).text
+        asked = (await client.get(url, params={"name[]": names})).text
+    samples = {s.name for f in text_string_to_metric_families(asked) for s in f.samples}
+    assert samples == set(names)
+    assert "# TYPE vllm:e2e_request_latency_seconds histogram" in asked
+    assert len(asked) < len(full) / 3
+
+
 async def test_metrics_cover_the_vllm_catalogue(fleet: DemoFleet) -> None:
     async with httpx.AsyncClient() as client:
         response = await client.get(engine_url(fleet, "gpu-a1") + "/metrics")

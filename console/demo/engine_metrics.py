@@ -9,6 +9,7 @@ never decides a value.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -248,8 +249,10 @@ class EngineMetrics:
         )
         info.labels(*cache_info.values(), "0").set(1)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, names: Sequence[str] = ()) -> bytes:
+        """The exposition; with ``names``, only those samples (vLLM's ``?name[]=`` filter)."""
+        registry = self.registry.restricted_registry(names) if names else self.registry
+        return generate_latest(registry)
 
     def set_scheduler_state(self, running: int, waiting: int, kv_usage: float) -> None:
         self.running.set(running)

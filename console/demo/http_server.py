@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 _MAX_BODY_BYTES = 1 << 20
 HOST = "127.0.0.1"
@@ -29,7 +29,7 @@ class StreamAborted(Exception):
 class HttpRequest:
     method: str
     path: str
-    query: dict[str, str]
+    query: dict[str, list[str]]  # every value of a repeated key, as parse_qs gives them
     headers: dict[str, str]  # names lower-cased
     body: bytes
 
@@ -116,7 +116,7 @@ class HttpServer:
             return False
         body = await reader.readexactly(int(length))
         url = urlsplit(target)
-        request = HttpRequest(method, url.path, dict(parse_qsl(url.query)), headers, body)
+        request = HttpRequest(method, url.path, parse_qs(url.query), headers, body)
         keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         try:
             response = await self._handler(request)

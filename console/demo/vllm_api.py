@@ -66,7 +66,10 @@ class VllmApi:
                 code=503,
             )
         if request.path == "/metrics":
-            return HttpResponse(200, engine.metrics.render(), {"content-type": CONTENT_TYPE})
+            # ?name[]=...: only those samples, as prometheus_client's exposition serves them.
+            names = request.query.get("name[]", ())
+            body = engine.metrics.render(names)
+            return HttpResponse(200, body, {"content-type": CONTENT_TYPE})
         if request.path == "/v1/models":
             return HttpResponse.json(200, _models(engine))
         return await self._chat(engine, request)
