@@ -560,53 +560,69 @@ def _tgi_stats(
     )
 
 
+def metrics_url(base_url: str, names: Sequence[str] = ()) -> httpx.URL:
+    """``{base_url}/metrics``; with ``names``, asking for only those samples (``?name[]=``)."""
+    params = httpx.QueryParams({"name[]": list(names)}) if names else None
+    return httpx.URL(f"{base_url.rstrip('/')}/metrics", params=params)
+
+
 async def fetch_metrics(
     client: httpx.AsyncClient,
     node: str,
     base_url: str,
     *,
-    names: Sequence[str] = (),
+    url: httpx.URL | None = None,
     max_bytes: int = MAX_METRICS_BYTES,
 ) -> str:
-    """GET ``{base_url}/metrics``; the text is parsed by :func:`engine_stats_from_text`.
+    """GET ``{base_url}/metrics`` (or ``url``, made by :func:`metrics_url`); the text is
+    parsed by :func:`engine_stats_from_text`.
 
-    With ``names``, only those samples are asked for (``?name[]=...``, see SAMPLE_NAMES).
     The body is read only up to ``max_bytes``: a runaway exporter (label explosion) must not
-    take the console's memory with it.
+    take the console's memory with it. Errors name the path, not the query.
     """
-    url = f"{base_url.rstrip('/')}/metrics"
-    params = httpx.QueryParams({"name[]": list(names)}) if names else None
+    shown = f"{base_url.rstrip('/')}/metrics"
     try:
-        async with client.stream("GET", url, params=params) as response:
+        async with client.stream("GET", url or shown) as response:
             if response.status_code != 200:
-                raise EngineError(f"{node}: GET {url}: HTTP {response.status_code}")
+                raise EngineError(f"{node}: GET {shown}: HTTP {response.status_code}")
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk
                 if len(body) > max_bytes:
-                    raise EngineError(f"{node}: GET {url}: body over the {max_bytes}-byte limit")
+                    raise EngineError(f"{node}: GET {shown}: body over the {max_bytes}-byte limit")
             return body.decode(response.encoding or "utf-8", errors="replace")
     except httpx.HTTPError as exc:
-        raise EngineError(f"{node}: GET {url}: {describe_http_error(exc)}") from exc
+        raise EngineError(f"{node}: GET {shown}: {describe_http_error(exc)}") from exc
     except httpx.InvalidURL as exc:  # not an HTTPError: raised before any connection
-        raise EngineError(f"{node}: GET {url}: invalid URL: {exc}") from exc
+        raise EngineError(f"{node}: GET {shown}: invalid URL: {exc}") from exc
 
 
 class MetricsScraper:
     """Scrapes one engine's ``/metrics``: the first scrape asks for everything and tells which
     engine it is; later ones ask for only the samples the console reads of that engine (about
     a quarter of vLLM's text, and of the parsing). A scrape that fails to parse asks for
-    everything again next time: another engine may answer at that address now."""
+    everything again next time: another engine may answer at that address now.
 
-    def __init__(self, client: httpx.AsyncClient, node: str, base_url: str) -> None:
-        self._client = client
+    Each engine has an HTTP client of its own: a pool shared by hundreds of engines checks
+    every idle connection on each request (httpcore), a cost that grows with the square of
+    the fleet.
+    """
+
+    def __init__(self, node: str, base_url: str, timeout: httpx.Timeout) -> None:
+        self._client = httpx.AsyncClient(
+            timeout=timeout, limits=httpx.Limits(max_connections=2, max_keepalive_connections=1)
+        )
         self.node = node
         self.base_url = base_url
         self.engine: str | None = None
+        self._url: httpx.URL | None = None  # made once per engine kind, not per scrape
+        self._url_for: str | None = None
 
     async def scrape(self) -> EngineStats:
-        names = SAMPLE_NAMES.get(self.engine or "", ())
-        text = await fetch_metrics(self._client, self.node, self.base_url, names=names)
+        if self._url is None or self._url_for != self.engine:
+            self._url = metrics_url(self.base_url, SAMPLE_NAMES.get(self.engine or "", ()))
+            self._url_for = self.engine
+        text = await fetch_metrics(self._client, self.node, self.base_url, url=self._url)
         try:
             # Parsing a large scrape is CPU work: keep it off the event loop the UI runs on.
             stats = await asyncio.to_thread(engine_stats_from_text, self.node, text)
@@ -615,6 +631,9 @@ class MetricsScraper:
             raise
         self.engine = stats.engine
         return stats
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 def describe_http_error(exc: httpx.HTTPError) -> str:

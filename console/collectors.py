@@ -160,7 +160,7 @@ class Collectors:
         scraper = self._scrapers.get(node.name)
         if scraper is None:
             scraper = self._scrapers[node.name] = MetricsScraper(
-                self._http, node.name, node.engine.url
+                node.name, node.engine.url, self._http.timeout
             )
         stats = await scraper.scrape()
         self.readings.engine_window(node.name).add(self._clock(), stats)
@@ -195,6 +195,11 @@ class Collectors:
                 f"{stats.non_finite[0][:60]!r}"
             )
         self._warn(f"engine:{node.name}", "; ".join(dropped) or None)
+
+    async def aclose(self) -> None:
+        """Close the engines' own HTTP clients."""
+        scrapers, self._scrapers = list(self._scrapers.values()), {}
+        await asyncio.gather(*(s.aclose() for s in scrapers), return_exceptions=True)
 
     async def probe(self, endpoint: EndpointConfig) -> None:
         result = await probe(self._http, probe_target(endpoint))

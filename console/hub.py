@@ -185,6 +185,7 @@ class Hub:
             ("final store flush", self.writer.flush),
             ("SSH close", partial(self.ssh.close, CLOSE_TIMEOUT_S)),
             ("HTTP close", self.http.aclose),
+            ("engine HTTP close", self.collectors.aclose),
         ):
             try:
                 await asyncio.wait_for(closing(), CLOSE_TIMEOUT_S)

@@ -649,15 +649,15 @@ async def test_the_scraper_asks_for_everything_first_then_only_what_it_reads() -
     server = LoopbackServer()
     server.metrics_text = DESIGN_EXCERPT
     try:
-        async with httpx.AsyncClient() as client:
-            scraper = MetricsScraper(client, "gpu-a1", server.url)
+        scraper = MetricsScraper("gpu-a1", server.url, httpx.Timeout(5.0))
+        await scraper.scrape()
+        await scraper.scrape()
+        server.metrics_text = "garbage that is no exposition {\n"
+        with pytest.raises(EngineError):
             await scraper.scrape()
-            await scraper.scrape()
-            server.metrics_text = "garbage that is no exposition {\n"
-            with pytest.raises(EngineError):
-                await scraper.scrape()
-            server.metrics_text = DESIGN_EXCERPT
-            await scraper.scrape()
+        server.metrics_text = DESIGN_EXCERPT
+        await scraper.scrape()
+        await scraper.aclose()
     finally:
         server.close()
     paths = [path for _, path in server.requests]
