@@ -179,6 +179,7 @@ class Hop:
     keepalive_s: float
     host_key_alias: str | None
     config: Path | None  # the ssh_config the hop was read from (asyncssh reads the rest)
+    ciphers_set: bool = False  # ssh_config names its Ciphers: those, in its order
 
     @property
     def address(self) -> str:
@@ -318,10 +319,23 @@ def _hop(
         keepalive_s=float(keepalive),
         host_key_alias=option("HostKeyAlias"),
         config=config,
+        ciphers_set=option("Ciphers") is not None,
     )
 
 
 # --- opening one connection ---------------------------------------------------------------------
+
+# asyncssh's own order, AES-GCM first: AES runs in hardware (AES-NI) where asyncssh's
+# chacha20-poly1305 makes eight cipher objects per packet, the better part of a GPU poll's
+# CPU over SSH (bench/poll_fleet.py). Every cipher OpenSSH offers by default stays on the list.
+PREFERRED_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
 
 
 class _RecordingClient(asyncssh.SSHClient):
@@ -462,6 +476,7 @@ async def _connect(
             request_pty=False,  # a pty would mix stderr into stdout
             connect_timeout=hop.connect_timeout_s,
             keepalive_interval=hop.keepalive_s,
+            **({} if hop.ciphers_set else {"encryption_algs": PREFERRED_CIPHERS}),
         )
     except (asyncssh.HostKeyNotVerifiable, asyncssh.KeyExchangeFailed) as exc:
         if isinstance(exc, asyncssh.KeyExchangeFailed) and "host key" not in str(exc):

@@ -708,3 +708,26 @@ async def test_scan_reads_a_nodes_keys_through_its_jump_host_and_trusts_nothing(
 
 def _openssh(key: asyncssh.SSHKey) -> str:
     return " ".join(key.export_public_key("openssh").decode().split()[:2])
+
+
+async def test_aes_gcm_is_preferred_unless_ssh_config_names_its_ciphers(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    """AES-GCM (in hardware) costs far less CPU per packet than asyncssh's chacha20; a
+    Ciphers line in ssh_config is the engineer's choice and is kept."""
+    conn = NodeConnection(_target(sshd))
+    await conn.run("true")
+    assert conn._conn is not None
+    assert conn._conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
+    await conn.close()
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host gpu-a1\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"  IdentityFile {sshd.client_key}\n  UserKnownHostsFile {sshd.known_hosts}\n"
+        "  Ciphers chacha20-poly1305@openssh.com\n"
+    )
+    conn = NodeConnection(SshTarget("gpu-a1", "gpu-a1", ssh_config=config))
+    await conn.run("true")
+    assert conn._conn is not None
+    assert conn._conn.get_extra_info("send_cipher") == "chacha20-poly1305@openssh.com"
+    await conn.close()
