@@ -615,13 +615,14 @@ class MetricsScraper:
         self.node = node
         self.base_url = base_url
         self.engine: str | None = None
-        self._url: httpx.URL | None = None  # made once per engine kind, not per scrape
-        self._url_for: str | None = None
+        # Made once per engine kind and address (a forward's port changes on reconnect).
+        self._url: httpx.URL | None = None
+        self._url_for: tuple[str | None, str] | None = None
 
     async def scrape(self) -> EngineStats:
-        if self._url is None or self._url_for != self.engine:
+        if self._url is None or self._url_for != (self.engine, self.base_url):
             self._url = metrics_url(self.base_url, SAMPLE_NAMES.get(self.engine or "", ()))
-            self._url_for = self.engine
+            self._url_for = (self.engine, self.base_url)
         text = await fetch_metrics(self._client, self.node, self.base_url, url=self._url)
         try:
             # Parsing a large scrape is CPU work: keep it off the event loop the UI runs on.

@@ -55,6 +55,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncssh
 from asyncssh.config import SSHClientConfig
@@ -827,6 +828,11 @@ class NodeConnection:
         self._lock = asyncio.Lock()
         self._backoff = _Backoff()
         self._sessions = _Sessions(max_sessions)
+        # Local port forwards: (host, port) on the node's side -> the connection they run
+        # over and their listener on 127.0.0.1 here.
+        self._forwards: dict[
+            tuple[str, int], tuple[asyncssh.SSHClientConnection, asyncssh.SSHListener]
+        ] = {}
 
     @property
     def retry_in_s(self) -> float:
@@ -1128,6 +1134,38 @@ class NodeConnection:
 
         return await self._on_connection(f"sftp list {folder}", timeout_s, use)
 
+    async def forward(self, host: str, port: int, timeout_s: float = 10.0) -> int:
+        """A port on 127.0.0.1 here that reaches ``host:port`` as the node sees it (an engine
+        bound to the node's localhost), over this node's connection; made again after the
+        connection is replaced. The first use is tried at once, so that a node refusing
+        forwarding (AllowTcpForwarding no) says so in one line rather than as a closed socket.
+        """
+        key = (host, port)
+        held = self._forwards.get(key)
+        if held is not None and held[0] is self._conn and not held[0].is_closed():
+            return int(held[1].get_port())
+        node = self.target.node
+        conn, _ = await self._connected()
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, writer = await conn.open_connection(host, port)
+                writer.close()
+                listener = await conn.forward_local_port("127.0.0.1", 0, host, port)
+        except TimeoutError:
+            raise SshError(f"{node}: forward to {host}:{port} timed out") from None
+        except asyncssh.ChannelOpenError as exc:
+            raise SshError(
+                f"{node}: forward to {host}:{port} refused by the node: {_reason(exc)} "
+                "(is AllowTcpForwarding on in its sshd, and the engine listening?)"
+            ) from exc
+        except (OSError, asyncssh.Error) as exc:
+            self._drop(conn)
+            raise SshError(f"{node}: forward to {host}:{port}: {_reason(exc)}") from exc
+        if held is not None:
+            held[1].close()
+        self._forwards[key] = (conn, listener)
+        return int(listener.get_port())
+
     def _drop(self, conn: asyncssh.SSHClientConnection) -> None:
         """Close a connection that failed (its socket and keepalive timer go with it)."""
         conn.close()
@@ -1138,6 +1176,9 @@ class NodeConnection:
         """Close the connection; a peer that never answers the close is cut off after
         ``timeout_s`` so that shutdown never hangs on one dead node."""
         conn, self._conn = self._conn, None
+        for _, listener in self._forwards.values():
+            listener.close()
+        self._forwards.clear()
         await _close(conn, timeout_s)
         if self._owns_jumps:
             await self._jumps.close(timeout_s)
@@ -1191,6 +1232,16 @@ class SshPool:
     def runner(self, node: str) -> Callable[[str], Awaitable[str]]:
         """``run`` bound to one node, for readers that take a command runner."""
         return self.connection(node).run
+
+    async def forwarded_url(self, node: str, url: str) -> str:
+        """``url`` (as the node sees it: http://127.0.0.1:8000) with its host and port
+        replaced by a local forward over the node's connection."""
+        parts = urlsplit(url)
+        if parts.hostname is None:
+            raise SshError(f"{node}: cannot forward {url}: no host in it")
+        default = 443 if parts.scheme == "https" else 80
+        local = await self.connection(node).forward(parts.hostname, parts.port or default)
+        return urlunsplit(parts._replace(netloc=f"127.0.0.1:{local}"))
 
     async def read_file(self, node: str, path: str, timeout_s: float = 30.0) -> bytes:
         return await self.connection(node).read_file(path, timeout_s)

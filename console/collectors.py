@@ -101,6 +101,7 @@ class Collectors:
         self._warn = warn
         self._via = via
         self._clock = clock
+        self._ssh = ssh
         self._gpu_readers = {
             n.name: GpuCollector(n.name, ssh.runner(n.name))
             for n in config.nodes
@@ -162,6 +163,7 @@ class Collectors:
             scraper = self._scrapers[node.name] = MetricsScraper(
                 node.name, node.engine.url, self._http.timeout
             )
+        scraper.base_url = await engine_base_url(self._ssh, node)
         stats = await scraper.scrape()
         self.readings.engine_window(node.name).add(self._clock(), stats)
         self._writer.add_engine(stats)
@@ -215,6 +217,15 @@ class Collectors:
             # Recorded above for error %, and raised so the source shows the failure and backs
             # off (a 429 asks for exactly that, for as long as its Retry-After says).
             raise ProbeFailed(result.error or "probe failed", result.retry_after_s)
+
+
+async def engine_base_url(ssh: SshPool, node: NodeConfig) -> str:
+    """Where the console reaches the node's engine: its url, or for an engine bound to the
+    node's localhost (``via_ssh``), a local forward over the node's connection."""
+    assert node.engine is not None
+    if not node.engine.via_ssh:
+        return node.engine.url
+    return await ssh.forwarded_url(node.name, node.engine.url)
 
 
 def prometheus_fleet(

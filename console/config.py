@@ -218,6 +218,9 @@ class EngineConfig(_Record):
     service: UnitName = "vllm.service"
     args_file: RemotePath = "/etc/vllm/args.yaml"
     restart_command: ShellCommand = "sudo systemctl restart vllm.service"
+    # The engine listens on the node's own localhost: the console reaches url (as the node
+    # sees it) through a local port forward over the node's SSH connection.
+    via_ssh: Annotated[bool, boolean()] = False
     # The model revision this node should run: what a model rollback puts back.
     pinned_revision: Annotated[str | None, text("a model revision", nullable=True)] = None
 
@@ -269,6 +272,8 @@ class NodeConfig(_Located):
         host = info.data.get("host")  # absent when the host itself is wrong
         if engine is None or engine.url or host is None:
             return engine
+        if engine.via_ssh:  # the node's own localhost, reached through the forward
+            return engine.model_copy(update={"url": f"http://127.0.0.1:{engine.port}"})
         host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         return engine.model_copy(update={"url": f"http://{host}:{engine.port}"})
 
