@@ -80,7 +80,8 @@ async def test_gpus_view_shows_every_gpu_of_every_node_with_bars(fleet, tmp_path
         assert panel(app, "gpu-caption").startswith("all 4 nodes · 32 GPUs")
         detail = panel(app, "gpu-detail")
         assert "GPU 0 NVIDIA H100 80GB HBM3" in detail and "MIG Disabled" in detail
-        assert re.search(r"^ +\d+ N/A +\d+\.\dGiB python3$", detail, re.M), detail  # a process
+        # A process, with its owner: gpu-a1 is read with NVML (nvidia-smi cannot tell the user).
+        assert re.search(r"^ +\d+ vllm +\d+\.\dGiB python3$", detail, re.M), detail
         assert re.search(r"^util .* \d+% │ mem ", detail, re.M)  # graphs, two to a line
         # The engine panel of the GPU's node fills in once two scrapes hold requests.
         await wait_for(pilot, lambda: "TTFT P50 N/A" not in panel(app, "engine"))

@@ -4,6 +4,7 @@ host as a source, and the per-GPU history the GPU screen graphs."""
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +12,21 @@ from pathlib import Path
 import psutil
 import pytest
 
+from backends.gpu import (
+    NVML_SCRIPT,
+    QUERY_FIELDS,
+    apps_command,
+    parse_apps_csv,
+    parse_nvml_json,
+    parse_query_csv,
+)
 from backends.host import HostCollector
 from console.app import LlmopsApp
 from console.config import Config, load_config
 from console.demo import DemoFleet
+from console.demo.gpu_sim import GpuSim
+from console.demo.nvidia_smi import ComputeApp, nvidia_smi, query_gpus
+from console.demo.nvml_sim import SimNvml, SimProcess, run_script
 from console.gpu_history import COARSE_STEP_S, GpuHistory
 from console.hub import Hub
 from console.models import GpuReading, HostHealth
@@ -28,28 +40,75 @@ def fleet(tmp_path: Path) -> Iterator[DemoFleet]:
         yield demo
 
 
-async def test_each_node_says_it_is_read_with_nvidia_smi_and_why_not_nvml(fleet) -> None:
-    # The demo's nodes have no python3, as a minimal node image may not: NVML is tried once,
-    # then the node stays on nvidia-smi, and the sources view says so with the reason.
+async def test_each_node_says_whether_it_is_read_with_nvml_or_nvidia_smi(fleet) -> None:
+    # Every other demo node has python3 and nvidia-ml-py; the others, like a minimal node
+    # image, have not: NVML is tried once there, then the node stays on nvidia-smi, and the
+    # sources view says so with the reason.
     hub = Hub(load_config(fleet.config_path))
     try:
         await hub.poll_once("gpus:")
         await hub.poll_once("gpus:")
         statuses = {s.name: s for s in hub.snapshot().sources}
-        gpu_sources = [s for name, s in statuses.items() if name.startswith("gpus:")]
-        assert gpu_sources
-        for status in gpu_sources:
-            assert (status.via, status.via_note) == (
-                "nvidia-smi",
-                "bash: python3: command not found",
-            )
-            assert status.consecutive_failures == 0
-        node = hub.snapshot().nodes[0]
-        # The process list comes with the figures: vLLM's workers and their memory.
-        processes = [p for g in node.gpus for p in g.reading.processes or ()]
-        assert processes and all(p.memory_used_mib for p in processes)
+        read_with = {
+            name: (s.via, s.via_note) for name, s in statuses.items() if name.startswith("gpus:")
+        }
+        smi = ("nvidia-smi", "bash: python3: command not found")
+        assert read_with == {
+            "gpus:gpu-a1": ("nvml", None),
+            "gpus:gpu-a2": smi,
+            "gpus:gpu-a3": ("nvml", None),
+            "gpus:gpu-a4": smi,
+        }
+        assert all(statuses[name].consecutive_failures == 0 for name in read_with)
+        for node in hub.snapshot().nodes:
+            # The process list comes with the figures either way: vLLM's workers and memory.
+            processes = [p for g in node.gpus for p in g.reading.processes or ()]
+            assert processes and all(p.memory_used_mib for p in processes), node.name
     finally:
         await hub.stop()
+
+
+def test_nvml_and_nvidia_smi_read_a_demo_gpu_alike() -> None:
+    """The console's NVML script run against a demo node's GPUs, and that node's nvidia-smi,
+    read by the console's two parsers, give the same figures for the same state (NVML adds
+    the driver's reservation and the processes' owner)."""
+    gpus = GpuSim("gpu-a1", 2, seed=3, rng=None)
+    busy = gpus.gpus[1]
+    busy.util_pct, busy.memory_used_mib, busy.temperature_c = 73, 61_234, 66.4
+    busy.power_w, busy.event_reasons = 512.345, 0x4
+    apps = [ComputeApp(4003, "python3", busy, 61_234)]
+    stdout, status = run_script(
+        NVML_SCRIPT, SimNvml(gpus.gpus, [SimProcess(4003, "python3", "vllm", 1, 61_234)])
+    )
+    assert status == 0
+    nvml = parse_nvml_json("gpu-a1", stdout)
+    smi = parse_query_csv("gpu-a1", query_gpus(",".join(QUERY_FIELDS), "csv,nounits", gpus.gpus))
+    argv = shlex.split(apps_command())
+    apps_csv = nvidia_smi(argv[argv.index("nvidia-smi") + 1 :], gpus.gpus, apps)
+    processes = parse_apps_csv("gpu-a1", apps_csv)
+    assert nvml.method == "nvml" and len(nvml.gpus) == len(smi) == 2
+    for a, b in zip(nvml.gpus, smi, strict=True):
+        for field in (
+            "uuid",
+            "util_pct",
+            "memory_used_mib",
+            "memory_total_mib",
+            "power_limit_w",
+            "sm_clock_mhz",
+            "memory_clock_mhz",
+            "pstate",
+            "clock_events",
+            "ecc_uncorrected",
+            "mig_mode",
+        ):
+            assert getattr(a, field) == getattr(b, field), (a.index, field)
+        assert a.power_w == pytest.approx(b.power_w, abs=0.01)  # nvidia-smi prints 2 decimals
+        assert a.temperature_c == round(b.temperature_c)  # NVML reads whole degrees
+        assert a.memory_reserved_mib == 480.0 and b.memory_reserved_mib is None
+    assert nvml.gpus[1].clock_events == ("power cap",)
+    (process,) = nvml.gpus[1].processes or ()
+    assert (process.pid, process.user, process.memory_used_mib) == (4003, "vllm", 61_234)
+    assert [(p.pid, p.memory_used_mib) for p in processes[busy.uuid]] == [(4003, 61_234)]
 
 
 def one_node_config(tmp_path: Path) -> Config:
@@ -117,9 +176,13 @@ async def test_the_sources_view_shows_how_the_selected_source_is_read(fleet, tmp
             return str(detail.render())
 
         await wait_for(pilot, lambda: "read with" in shown())
-        # The first row is the first node's GPUs.
-        assert "gpus:gpu-a1: read with nvidia-smi (bash: python3: command not found)" in shown()
+        # The first row is the first node's GPUs, read with NVML.
+        assert "gpus:gpu-a1: read with nvml" in shown()
         table = app.screen.query_one("#sources")
+        table.move_cursor(row=table.get_row_index("source:gpus:gpu-a2"))
+        await wait_for(
+            pilot, lambda: "gpus:gpu-a2: read with nvidia-smi (bash: python3:" in shown()
+        )
         table.move_cursor(row=table.get_row_index("source:host:bastion-1"))
         await wait_for(pilot, lambda: "host:bastion-1: read with psutil" in shown())
         assert "cpu " in shown() and f"disk {tmp_path}" in shown()

@@ -325,6 +325,9 @@ class DemoFleet:
                     boot_s=boot_s,
                     client_key=client_key,
                     default_args=args,
+                    # Every other node has python3 and nvidia-ml-py (GPUs read with NVML); the
+                    # rest have nvidia-smi only: the demo shows both, as a mixed fleet does.
+                    nvml=self.node_names.index(name) % 2 == 0,
                 )
                 await node.start()
                 self._nodes[name] = node

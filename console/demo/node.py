@@ -40,6 +40,7 @@ class DemoNode:
         boot_s: float,
         client_key: asyncssh.SSHKey,
         default_args: EngineArgs,
+        nvml: bool = False,
     ) -> None:
         self.name = name
         self.root = node_dir / "root"
@@ -48,7 +49,7 @@ class DemoNode:
         self.service = EngineService(name, self.args_path, self.faults, boot_s)
         self.gpus = GpuSim(name, gpus, seed, rng)
         self.host_key = ensure_key(node_dir / "ssh_host_ed25519_key", f"root@{name}")
-        self.shell = NodeShell(name, self.root, self.service, self.gpus)
+        self.shell = NodeShell(name, self.root, self.service, self.gpus, nvml=nvml)
         self.ssh = SshServer(self.host_key, client_key, self.root, self.shell.run)
         api = VllmApi(self.service, self.faults, id_sequence(name))
         self.http = HttpServer(api.handle, server_header="uvicorn")

@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from backends.gpu import NVML_SCRIPT
 from console.demo.engine_args import ARGS_FILE
 from console.demo.engine_service import UNIT, EngineService
 from console.demo.gpu_sim import GpuSim
 from console.demo.journal import Journal, JournalEntry
 from console.demo.nvidia_smi import ComputeApp, NvidiaSmiError, nvidia_smi
+from console.demo.nvml_sim import SimNvml, SimProcess, run_script
 
 UNIT_NOT_FOUND = 5  # systemctl's exit status for an unknown unit (start, stop, restart)
 NOT_ACTIVE = 3  # systemctl is-active / status: the unit is not active
@@ -282,19 +284,39 @@ def unknown_unit(verb: str, unit: str) -> CommandResult:
 class NodeShell(Shell):
     """A GPU node: nvidia-smi, ``vllm.service``, and what an engineer types first."""
 
-    def __init__(self, name: str, root: Path, service: EngineService, gpus: GpuSim) -> None:
+    def __init__(
+        self, name: str, root: Path, service: EngineService, gpus: GpuSim, *, nvml: bool = False
+    ) -> None:
         super().__init__(name, root, UNIT, service.journal)
         self._service = service
         self._gpus = gpus
+        self._nvml = nvml  # python3 with nvidia-ml-py: the console's NVML script runs here
 
     def _programs(self) -> dict[str, Program]:
-        return {
+        programs = {
             **super()._programs(),
             "nvidia-smi": self._nvidia_smi,
             "systemctl": self._systemctl,
             "free": self._free,
             "df": self._df,
         }
+        if self._nvml:
+            programs["python3"] = self._python3
+        return programs
+
+    def _python3(self, args: Sequence[str]) -> CommandResult:
+        """Only the console's NVML snapshot script: a demo node runs no other code."""
+        if list(args) != ["-c", NVML_SCRIPT]:
+            return CommandResult(
+                stderr="python3: this demo node runs only the console's NVML snapshot script\n",
+                exit_status=2,
+            )
+        processes = [
+            SimProcess(app.pid, app.name, "vllm", app.gpu.index, app.used_mib)
+            for app in self._apps()
+        ]
+        stdout, status = run_script(NVML_SCRIPT, SimNvml(self._gpus.gpus, processes))
+        return CommandResult(stdout=stdout, exit_status=status)
 
     def _load(self) -> float:
         engine = self._service.engine
