@@ -144,6 +144,12 @@ class ActionRefused(Exception):
     """An action not run, said in one line before anything changed."""
 
 
+class AlreadyDone(ActionRefused):
+    """The state the call would make is the state already in place: there is nothing to do.
+    Undoing, that says the change is not there (never made, or undone already); resuming a
+    step that died mid-change, that its change landed."""
+
+
 class BackupMissing(ActionRefused):
     """engine.restore_args named a backup that does not exist. For the undo of a step that
     was interrupted, that says the change was never made: the backup is written first."""
@@ -460,7 +466,7 @@ class Registry:
         )
         if not changes:
             said = ", ".join([*(f"{k}={_show(v)}" for k, v in resolved.set.items()), *unset_notes])
-            raise ActionRefused(f"engine.set_args on {node}: already set ({said}); nothing to do")
+            raise AlreadyDone(f"engine.set_args on {node}: already set ({said}); nothing to do")
         touched = {normal_key(k) for k in (*resolved.set, *resolved.unset)}
         rest = {k: v for k, v in after_data.items() if normal_key(str(k)) not in touched}
         kept = [
@@ -500,7 +506,7 @@ class Registry:
         current = await self._read_text(action, node, path)
         restored = await self._read_text(action, node, backup)
         if restored == current:
-            raise ActionRefused(
+            raise AlreadyDone(
                 f"engine.restore_args on {node}: {path} already matches {backup}; nothing to do"
             )
         notes: list[str] = [f"restores {backup}"]
@@ -715,7 +721,7 @@ class Registry:
         ]
         if not changes:
             said = ", ".join(f"{n}={_show(w)}" for n, w in weights.items())
-            raise ActionRefused(f"{where}: already set ({said}); nothing to do")
+            raise AlreadyDone(f"{where}: already set ({said}); nothing to do")
         after = _dump_router_file(router, new_doc)
         backup = await self._free_backup_name(action, host, router.file)
         notes = [

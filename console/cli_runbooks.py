@@ -2,9 +2,12 @@
 
 ``runbook run`` prints one line per step as it starts and as it ends, flushed at once so a
 pipe or a log sees progress, and exits 0 when the run finished and verified, 1 when it failed
-(after its rollback), 2 for a usage or lint error, 3 when it was declined or aborted. A
-mutating step runs only with ``--yes`` when nobody is at a terminal, and in a protected
-environment only with ``--confirm-target NAME`` for each target as well.
+(after its rollback) or needs attention, 2 for a usage or lint error, 3 when it was declined
+or aborted. ``runbook rollback`` exits 0 once the interrupted run's changes are undone, 1 when
+it needs attention (an undo failed), 3 when an undo was declined (the run stays interrupted).
+A mutating step, and the undo of a run taken over, runs only with ``--yes`` when nobody is at
+a terminal, and in a protected environment only with ``--confirm-target NAME`` for each
+target as well.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ EXIT_FOR = {
     "declined": 3,
     "aborted": 3,
 }
+# A rolled-back run ends failed: for `runbook rollback`, that is what was asked.
+ROLLBACK_EXIT_FOR = {**EXIT_FOR, "failed": 0}
 WARM_UP_S = 10.0  # at most, for every source to answer and engines to have two scrapes
 PROGRESS_EVERY_S = 5.0  # a wait step's progress line, in a pipe
 
@@ -72,7 +77,10 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
         (
             "rollback",
             actions.add_parser(
-                "rollback", parents=[common], help="undo the changes of an interrupted run"
+                "rollback",
+                parents=[common],
+                help="undo the changes of an interrupted run (exit 0 once undone, 1 when it "
+                "needs attention, 3 when an undo is declined)",
             ),
         ),
     ):
@@ -305,9 +313,11 @@ async def run_runbook(
     store: Store,
     args: argparse.Namespace,
     read_only: bool,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     from console.session import open_session
+
+    out = out or sys.stdout  # read when called: a test (or a redirect) may have replaced it
 
     async with open_session(config, store, read_only=read_only) as session:
         for problem in session.problems:  # runbooks that did not load, as lint says them
@@ -330,14 +340,17 @@ async def run_runbook(
                 values, notes = await session.values(runbook, given)
             except ParamError as exc:
                 raise CliUsageError(str(exc)) from None
-            run = session.start(
-                runbook,
-                values,
-                controller,
-                mode=mode,
-                incident_id=args.incident,
-                listener=printer,
-            )
+            try:
+                run = session.start(
+                    runbook,
+                    values,
+                    controller,
+                    mode=mode,
+                    incident_id=args.incident,
+                    listener=printer,
+                )
+            except ParamError as exc:
+                raise CliUsageError(str(exc)) from None
             printer.run = run
             shown = " ".join(f"{k}={v}" for k, v in run.record.params.items())
             print(
@@ -357,6 +370,11 @@ async def run_runbook(
                 )
             except ParamError as exc:
                 raise CliUsageError(str(exc)) from None
+            if mode == "dry-run":
+                state = session.log.run(args.run_id).state
+                print(f"run {args.run_id} is still {state}", file=out, flush=True)
+            if args.runbook_command == "rollback":
+                return ROLLBACK_EXIT_FOR.get(outcome, 1)
         return EXIT_FOR.get(outcome, 1)
 
 
@@ -417,7 +435,9 @@ def incidents_command(store: Store, args: argparse.Namespace, out: TextIO | None
         for event in run["events"]:
             stamp = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
             print(f"    {stamp} {event['message']}", file=out)
-        if run["state"].startswith("interrupted"):
+        if run["state"].startswith("interrupted during rollback"):
+            print(f"    finish the undo: llmops runbook rollback {run['id']}", file=out)
+        elif run["state"].startswith("interrupted"):
             print(
                 f"    resume: llmops runbook resume {run['id']}   "
                 f"undo: llmops runbook rollback {run['id']}",

@@ -2,8 +2,10 @@
 
 Every write is committed before it returns (the store's transactions), so a console killed
 with SIGKILL leaves a trail that ends where it died. A run whose process is gone without a
-``run.finished`` event reads as ``interrupted at STEP``. Exports (Markdown and JSON) are
-built from the log alone, so they show what was recorded, not what a process remembers.
+``run.finished`` event reads as ``interrupted at STEP``, or ``interrupted during rollback at
+STEP`` once its rollback had begun (such a run can only be rolled back). Exports (Markdown
+and JSON) are built from the log alone, so they show what was recorded, not what a process
+remembers.
 """
 
 from __future__ import annotations
@@ -65,13 +67,19 @@ class RunRecord:
     # Derived from the events: the step that started last and has not finished.
     open_step: str | None = None
     interrupted: bool = False  # no outcome, and the process that ran it is gone
+    # The step whose undo began last, once the run's rollback has begun.
+    rollback_step: str | None = None
 
     @property
     def state(self) -> str:
         if self.outcome is not None:
             return self.outcome
         if self.interrupted:
+            if self.rollback_step is not None:
+                return f"interrupted during rollback at {self.rollback_step}"
             return f"interrupted at {self.open_step}" if self.open_step else "interrupted"
+        if self.rollback_step is not None:
+            return f"rolling back {self.rollback_step}"
         return f"running {self.open_step}" if self.open_step else "running"
 
 
@@ -238,6 +246,24 @@ class IncidentLog:
         )
         return self.run(run.id)
 
+    def release(self, run: RunRecord, message: str) -> None:
+        """This process stops running ``run`` without an outcome (a rollback declined part
+        way): it reads interrupted again, for another take-over to finish."""
+        self.store.update_row(
+            "runbook_runs",
+            run.id,
+            {"pid": 0, "pid_started_at": None},
+            {
+                "kind": "run.released",
+                "message": self._clean(message),
+                "source": "runbook",
+                "ts": self.clock(),
+                "incident_id": run.incident_id,
+                "run_id": run.id,
+                "operator": run.operator,
+            },
+        )
+
     def settle_run(self, run_id: int, operator_name: str, note: str) -> RunRecord:
         """An engineer put a run's target right by hand: a run that needs attention (a
         rollback failed) or was interrupted ends ``settled``, with who and what they did.
@@ -304,6 +330,7 @@ class IncidentLog:
             pid=row["pid"],
             open_step=open_step,
             interrupted=interrupted,
+            rollback_step=self._rollback_step(row["id"]),
         )
 
     def _open_step(self, run_id: int) -> str | None:
@@ -315,9 +342,19 @@ class IncidentLog:
         )
         return rows[0]["step"] if rows and rows[0]["kind"] == "step.started" else None
 
+    def _rollback_step(self, run_id: int) -> str | None:
+        rows = self.store.query(
+            "SELECT step FROM events WHERE run_id = ? AND kind = 'rollback.started' "
+            "ORDER BY id DESC LIMIT 1",
+            [run_id],
+        )
+        return rows[0]["step"] if rows else None
+
     @staticmethod
     def _alive(row: dict[str, Any]) -> bool:
         """Whether the process recorded for a run still runs (another host: assumed so)."""
+        if not row["pid"]:  # released: no process runs it
+            return False
         if row["host"] != socket.gethostname():
             return True
         started = _process_started_at(row["pid"])
@@ -396,7 +433,12 @@ def incident_markdown(log: IncidentLog, incident_id: int) -> str:
             lines.append(f"Parameters: {shown}.")
         for event in log.events(run_id=run.id):
             data = event["data"]
-            if event["kind"] not in ("step.finished", "step.planned", "rollback.finished"):
+            if event["kind"] not in (
+                "step.finished",
+                "step.planned",
+                "rollback.finished",
+                "rollback.planned",
+            ):
                 continue
             lines += ["", f"### {event['step']}: {event['message']}", ""]
             if data.get("detail"):

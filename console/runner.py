@@ -7,7 +7,8 @@ it, so the incident log never claims less than what happened. Mutating steps are
 registry, which alone enforces read-only mode and confirmation. A failed step triggers the
 compensations of the completed mutating steps in reverse order (``on_failure: rollback``);
 a compensation that fails leaves the run ``needs attention``. A run interrupted by a crash
-is resumed or rolled back from what the log holds.
+is resumed or rolled back from what the log holds (once its rollback had begun, only rolled
+back); undoing changes another process made is confirmed like any mutating step.
 
 It knows nothing of terminals: the CLI and the TUI drive it through a Controller and listen
 to its :class:`RunUpdate` stream.
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 
 from console.actions import (
     ActionRefused,
+    AlreadyDone,
     BackupMissing,
     Confirmation,
     Outcome,
@@ -127,6 +129,9 @@ class _Done:
     args: Mapping[str, object]
     # The undo planned before a step that was interrupted: the change may not have been made.
     interrupted: bool = False
+    # Made and confirmed by this process, undoing it too; a change read back from the log
+    # (another process made it) is undone only when the one taking the run over confirms.
+    confirmed_here: bool = False
 
 
 def figure_text(name: str, figure: Figure) -> str:
@@ -212,6 +217,8 @@ class Run:
         # Set by abort(): a running wait stops at its next read, a running action finishes.
         self.abort_requested = False
         self.rollback_requested = False  # abort(rollback=True): undo the changes made so far
+        # On resume, the mutating step the run died in: its change may have landed.
+        self._interrupted_step: str | None = None
         self._started = clock()
 
     # -- the run
@@ -328,16 +335,33 @@ class Run:
         return replace(plan, summary=self._mask(plan.summary), detail=self._mask(plan.detail))
 
     async def _roll_back_and_finish(self, outcome: str, why: str) -> None:
+        if self.mode == "dry-run":  # the undo of changes a run interrupted had made, shown
+            await self.roll_back()
+            await self._finish(
+                "dry-run",
+                f"dry-run: {why}; would roll back {len(self.done)} change(s); nothing was changed",
+            )
+            return
         if not self.done:
             await self._finish(outcome, f"{why}; nothing had been changed", rollback=False)
-        elif await self.roll_back():
+            return
+        result = await self.roll_back()
+        if result == "ok":
             await self._finish(outcome, f"{why}; rolled back {len(self.done)} change(s)")
+        elif result == "declined":
+            await self._release(f"{why}; an undo was declined, the changes not undone stay")
         else:
             await self._finish("needs attention", f"{why}; a rollback step failed")
 
     async def resume(self, progress: Progress) -> str:
         """Go on from the step that was interrupted, after re-running the checks before it."""
         self.done = list(progress.done)
+        if progress.interrupted_undo is not None:
+            # The run died inside a mutating step, whose change may have landed: it is undone
+            # with the others should the run fail or be rolled back, and the step, planned
+            # again, finds it in place rather than refusing to make it twice.
+            self.done.append(progress.interrupted_undo)
+            self._interrupted_step = progress.interrupted_undo.step
         for state in self.steps[: progress.start_at]:
             state.status = progress.statuses.get(state.step.id, "ok")
         self._emit("progress", None, f"resuming at step {progress.start_at + 1}")
@@ -363,6 +387,11 @@ class Run:
             plan = await self.registry.plan(step.action.action, self._args(step.action))
         except ActionRefused as refusal:
             await self._start(state, f"{step.action.action}: planning")
+            if isinstance(refusal, AlreadyDone) and step.id == self._interrupted_step:
+                # The attempt the run died in had made the change; its undo is in self.done.
+                text = f"in place already (made before the run was interrupted): {refusal}"
+                await self._end(state, "ok", text, {})
+                return True
             await self._end(state, "failed", f"refused before anything changed: {refusal}", {})
             return False
         state.plan = plan
@@ -553,6 +582,10 @@ class Run:
     async def _note(self, state: StepState) -> bool:
         text = render_text(state.step.text or "", self.values)
         await self._start(state, "note")
+        if self.mode != "live":
+            # A note says what was done ("traffic moved to the backup"): nothing was.
+            await self._end(state, "planned", f"not noted ({self.mode}), would note: {text}", {})
+            return True
         self.log.log(self.record, "note", text, step=state.step.id, operator_name=self.operator)
         await self._end(state, "ok", text, {})
         return True
@@ -601,59 +634,120 @@ class Run:
         await self._finish(outcome, f"{what}{kept}", rollback=False)
         return False
 
-    async def roll_back(self) -> bool:
-        """Undo the completed mutating steps, newest first; False if one of them failed."""
-        all_ok = True
+    async def roll_back(self) -> str:
+        """Undo the completed mutating steps, newest first: ``ok``, ``failed`` (one of them
+        failed) or ``declined``. A declined undo stops the rollback there: undoing older
+        changes beneath a newer one that stays would make a state nobody planned."""
+        result = "ok"
         for done in reversed(self.done):
-            all_ok &= await self._compensate(done)
-        return all_ok
+            undone = await self._compensate(done)
+            if undone == "declined":
+                return undone
+            if undone == "failed":
+                result = undone
+        return result
 
-    async def _compensate(self, done: _Done) -> bool:
-        self.log.log(
-            self.record,
-            "rollback.started",
-            f"undoing {done.step}: {done.action}",
-            step=done.step,
-            data={"action": done.action, "args": dict(done.args)},
-        )
-        self._emit("rollback", done.step, f"undoing {done.step}: {done.action}")
+    async def _compensate(self, done: _Done) -> str:
+        """Undo one change: ``ok`` (undone, or nothing to undo), ``failed`` or ``declined``.
+        A dry run plans the undo and shows it exactly, as it shows any mutating step."""
+        dry = self.mode == "dry-run"
+        if not dry:
+            self.log.log(
+                self.record,
+                "rollback.started",
+                f"undoing {done.step}: {done.action}",
+                step=done.step,
+                data={"action": done.action, "args": dict(done.args)},
+            )
+        verb = "would undo" if dry else "undoing"
+        self._emit("rollback", done.step, f"{verb} {done.step}: {done.action}")
         started = self.clock()
+        plan: Plan | None = None
+        declined = False
         try:
             plan = await self.registry.plan(done.action, done.args)
-            # Undoing what this run did was confirmed with the change itself.
-            confirmation = Confirmation(self.operator, Registry.digest(plan), plan.target)
-            outcome = await self.registry.execute(
-                plan, confirmation, on_output=lambda line: self._emit("output", done.step, line)
-            )
+            confirmation = None if dry else await self._undo_confirmation(done, plan)
+            if dry:
+                self._show_plan(done.step, plan)
+                outcome = Outcome(ok=True, summary=f"dry-run, not run: {plan.summary}")
+            elif confirmation is None:
+                declined = True
+                outcome = Outcome(ok=False, summary=f"declined: {plan.summary} not run")
+            else:
+                outcome = await self.registry.execute(
+                    plan, confirmation, on_output=lambda line: self._emit("output", done.step, line)
+                )
         except ActionRefused as refusal:
-            if "already" in str(refusal):  # nothing to undo: the state is already the old one
+            plan = None
+            if isinstance(refusal, AlreadyDone):  # the state is the old one already
                 outcome = Outcome(ok=True, summary=f"nothing to undo: {refusal}")
-                plan = None
             elif done.interrupted and isinstance(refusal, BackupMissing):
                 # The step writes its backup before the file: died before that, it changed
                 # nothing.
                 why = f"the step died before it changed anything ({refusal})"
                 outcome = Outcome(ok=True, summary=f"nothing to undo: {why}")
-                plan = None
             else:
                 outcome = Outcome(ok=False, summary=f"refused: {refusal}")
-                plan = None
         data: dict[str, Any] = {"action": done.action}
-        if plan is not None:
+        if plan is not None and (dry or declined):
+            data["detail"] = self._mask(plan.detail)
+        elif plan is not None:
             data = self._result_data(plan, outcome, self.clock() - started)
-        status = "rolled back" if outcome.ok else "ROLLBACK FAILED"
+        if dry:
+            status = "would roll back" if outcome.ok else "ROLLBACK WOULD FAIL"
+        elif declined:
+            status = "NOT UNDONE"
+        else:
+            status = "rolled back" if outcome.ok else "ROLLBACK FAILED"
         self.log.log(
             self.record,
-            "rollback.finished",
+            "rollback.planned" if dry else "rollback.finished",
             f"{status}: {outcome.summary}",
             step=done.step,
             data={**data, "ok": outcome.ok},
         )
         self._emit("rollback", done.step, f"{status}: {outcome.summary}")
-        for state in self.steps:
-            if state.step.id == done.step:
-                state.status = "rolled back" if outcome.ok else "undo failed"
-        return outcome.ok
+        if not dry:
+            for state in self.steps:
+                if state.step.id == done.step:
+                    state.status = "rolled back" if outcome.ok else "undo failed"
+        if declined:
+            return "declined"
+        return "ok" if outcome.ok else "failed"
+
+    async def _undo_confirmation(self, done: _Done, plan: Plan) -> Confirmation | None:
+        """What lets an undo run; None when the engineer declined it."""
+        digest = Registry.digest(plan)
+        if done.confirmed_here:
+            # Undoing what this run did was confirmed with the change itself.
+            return Confirmation(self.operator, digest, plan.target)
+        # A change another process made (this one took the run over): confirmed like any
+        # mutating step, on its exact plan (the target typed in a protected environment).
+        self._show_plan(done.step, plan)
+        state = next((s for s in self.steps if s.step.id == done.step), None)
+        if state is None:  # the runbook changed since the run: the step is gone from it
+            state = StepState(Step(done.step, "mutate", 0), -1)
+        decision = await self._decide(state, f"Undo {done.step}: {plan.summary}?", plan, ())
+        if not decision.confirmed:
+            return None
+        return Confirmation(decision.operator, digest, decision.typed_target)
+
+    def _show_plan(self, step: str, plan: Plan) -> None:
+        for line in self._mask(plan.detail).splitlines():
+            self._emit("plan", step, line)
+
+    async def _release(self, summary: str) -> None:
+        """End without an outcome: the run reads interrupted again, for a rollback confirmed
+        later to finish (the log says which changes are still to undo)."""
+        self.outcome = "declined"
+        self.summary = f"{summary} ({self.clock() - self._started:.1f}s)"
+        self.log.release(self.record, f"run {self.record.id} left interrupted: {summary}")
+        self._emit(
+            "run.finished",
+            None,
+            f"declined: {self.summary}; run {self.record.id} stays interrupted, "
+            "`llmops runbook rollback` finishes the undo",
+        )
 
     async def _finish(self, outcome: str, summary: str, rollback: bool = True) -> None:
         self.outcome = outcome
@@ -684,14 +778,16 @@ class Run:
 
     def _undo_of(self, step: Step, plan: Plan, outcome: Outcome) -> _Done | None:
         if step.rollback is not None and not step.rollback.inherit:
-            return _Done(step.id, step.rollback.action, self._args(step.rollback))
+            return _Done(
+                step.id, step.rollback.action, self._args(step.rollback), confirmed_here=True
+            )
         compensation = self.registry.compensation(plan, outcome)
         if compensation is None:
             return None
         action, args = compensation
         if step.rollback is not None:  # a bare name: that action, fed the step's undo
             action = step.rollback.action
-        return _Done(step.id, action, args)
+        return _Done(step.id, action, args, confirmed_here=True)
 
     def _result_data(self, plan: Plan, outcome: Outcome, took_s: float) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -921,27 +1017,44 @@ class Progress:
 def recorded_progress(log: IncidentLog, record: RunRecord, runbook: Runbook) -> Progress:
     done: list[_Done] = []
     statuses: dict[str, str] = {}
-    started: dict[str, dict[str, Any]] = {}
+    # The undo of a mutating step that started and has not finished (yet, or ever).
+    pending: dict[str, _Done] = {}
+    undoing: tuple[str, object] | None = None  # the step and args of the last undo begun
     for event in log.events(run_id=record.id):
-        step, data = event["step"], event["data"]
-        if event["kind"] == "step.started":
-            started[step] = data
-        elif event["kind"] in ("step.finished", "step.planned"):
+        kind, step, data = event["kind"], event["step"], event["data"]
+        if kind == "step.started":
+            pending.pop(step, None)
+            if undo := data.get("undo_if_interrupted"):
+                pending[step] = _Done(step, undo["action"], undo["args"], interrupted=True)
+        elif kind in ("step.finished", "step.planned"):
+            pending.pop(step, None)
             statuses[step] = data.get("status", "ok")
             if undo := data.get("undo"):
                 done.append(_Done(step, undo["action"], undo["args"]))
-        elif event["kind"] == "rollback.finished" and data.get("ok"):
-            done = [d for d in done if d.step != step]
+        elif kind in ("run.resumed", "run.rolled back"):
+            # Taken over after a crash cut a step off: the change it was making may have
+            # landed, and that attempt will never record its undo; the run's does.
+            done.extend(pending.values())
+            pending.clear()
+        elif kind == "rollback.started":
+            undoing = (step, data.get("args"))
+        elif kind == "rollback.finished" and data.get("ok") and undoing is not None:
+            # This one change is undone; a step's other attempt may not be.
+            matches = [i for i, d in enumerate(done) if (d.step, dict(d.args)) == undoing]
+            if matches:
+                del done[matches[-1]]
     ids = [s.id for s in runbook.steps]
     open_step = record.open_step
     interrupted_undo = None
     if open_step is not None and open_step in ids:
         start_at = ids.index(open_step)
-        if undo := started.get(open_step, {}).get("undo_if_interrupted"):
-            interrupted_undo = _Done(open_step, undo["action"], undo["args"], interrupted=True)
+        interrupted_undo = pending.get(open_step)
     else:
-        finished = [ids.index(s) for s in statuses if s in ids]
-        start_at = max(finished) + 1 if finished else 0
+        last = max((ids.index(s) for s in statuses if s in ids), default=-1)
+        # A run that died after a step failed (before its rollback began) tries that step
+        # again: going on after it would skip what failed.
+        failed = last >= 0 and statuses[ids[last]] in ("failed", "declined")
+        start_at = last if failed else last + 1
     return Progress(start_at, tuple(done), interrupted_undo, statuses)
 
 

