@@ -555,7 +555,7 @@ class Registry:
             return dataclasses.replace(failed, facts=facts, undo=undo)
         wait = _budget(_seconds(plan.args, "wait"), deadline)
         output.line(f"waiting up to {wait:g}s for vLLM on {node} to serve")
-        models, waited, why = await self._wait_serving(node, engine.url, wait)
+        models, waited, why = await self._wait_serving(node, engine, wait)
         journal, journal_problem = await self._journal(node, engine.service)
         if models is None:
             tail = journal.splitlines()[-FAILURE_JOURNAL_LINES:] if journal else []
@@ -604,7 +604,7 @@ class Registry:
         """The node's vLLM version, its catalogue and notes on how both were found."""
         notes: list[str] = []
         try:
-            version = await fetch_version(self._http, node, engine.url)
+            version = await fetch_version(self._http, node, await self._engine_url(node, engine))
         except EngineError as exc:
             # A crashed engine (the very one a bad argument took down) answers no /version:
             # vLLM's own start-up line in the journal still names it.
@@ -633,8 +633,18 @@ class Registry:
             raise ActionRefused(f"engine.restore_args on {node}: no backup of {path} beside it")
         return posixpath.join(folder, backups[-1])
 
+    async def _engine_url(self, node: str, engine: EngineConfig) -> str:
+        """Where the engine answers: its url, or through a local forward over the node's
+        SSH connection for one bound to the node's localhost (``via_ssh``)."""
+        if not engine.via_ssh:
+            return engine.url
+        try:
+            return await self._ssh.forwarded_url(node, engine.url)
+        except SshError as exc:
+            raise EngineError(str(exc)) from exc
+
     async def _wait_serving(
-        self, node: str, url: str, wait_s: float
+        self, node: str, engine: EngineConfig, wait_s: float
     ) -> tuple[list[str] | None, float, str]:
         """Poll /health and /v1/models every HEALTH_POLL_S until both answer or ``wait_s`` is
         over: the models, the seconds waited, and the last reason it was not serving."""
@@ -643,6 +653,7 @@ class Registry:
         while True:
             remaining = wait_s - (time.monotonic() - start)
             try:
+                url = await self._engine_url(node, engine)
                 models = await fetch_ready_models(
                     self._http, node, url, timeout_s=max(0.5, min(5.0, remaining))
                 )
@@ -1316,7 +1327,8 @@ def _revision(started: Mapping[str, object] | None, args_text: str) -> object:
 
 def _wait_line(engine: EngineConfig, wait_s: float) -> str:
     return (
-        f"then wait up to {wait_s:g}s for GET {engine.url}/health to answer 200 and "
+        f"then wait up to {wait_s:g}s for GET {engine.url}/health"
+        f"{' (through an SSH forward)' if engine.via_ssh else ''} to answer 200 and "
         "/v1/models to list a model\n"
     )
 

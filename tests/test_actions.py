@@ -936,3 +936,28 @@ async def test_incident_note_calls_the_note_callback(
         True, "incident.note: noted: drained gpu-a1", duration_s=outcome.duration_s
     )
     assert noted == ["drained gpu-a1"]
+
+
+async def test_set_args_waits_for_an_engine_on_the_nodes_localhost_through_the_forward(
+    fleet: DemoFleet, demo: tuple[Config, SshPool, httpx.AsyncClient]
+) -> None:
+    """engine: {via_ssh: true}: the version check and the health wait after the restart go
+    through a local forward over the node's connection, not to the engine's own address."""
+    config, pool, http = demo
+    node = config.node("gpu-a1")
+    assert node.engine is not None
+    engine = node.engine.model_copy(update={"via_ssh": True})
+    nodes = tuple(n.model_copy(update={"engine": engine}) if n is node else n for n in config.nodes)
+    reg = Registry(
+        config.model_copy(update={"nodes": nodes}), pool, http, clock=lambda: FIXED_CLOCK_S
+    )
+    plan = await reg.plan(
+        "engine.set_args", {"node": "gpu-a1", "set": {"max-num-batched-tokens": 2048}}
+    )
+    assert "(through an SSH forward)" in plan.detail
+    outcome = await reg.execute(plan, confirm(plan))
+    assert outcome.ok, outcome.summary
+    assert running(fleet).max_num_batched_tokens == 2048
+    forwards = pool.connection("gpu-a1")._forwards
+    port = int(engine.url.rsplit(":", 1)[1])
+    assert list(forwards) == [("127.0.0.1", port)]

@@ -91,6 +91,7 @@ class DemoNode:
     async def _listen(self) -> None:
         await self.ssh.start(self.ssh.port)
         await self.http.start(self.http.port)
+        self.ssh.forward_ports = {self.http.port}  # the engine, for via_ssh
         await self.dcgm.start(self.dcgm.port)
         self.shell.booted_at = time.time()
         self.up = True

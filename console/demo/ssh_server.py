@@ -47,6 +47,13 @@ class _Auth(asyncssh.SSHServer):
         authorized = self._owner.authorized_key.public_data
         return username == USER and key.public_data == authorized
 
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        """A local port forward (``engine: {via_ssh: true}``): only to the node's own engine
+        on its localhost, as an sshd with PermitOpen localhost:PORT allows."""
+        return dest_host in ("127.0.0.1", "localhost") and dest_port in self._owner.forward_ports
+
 
 class _SftpServer(asyncssh.SFTPServer):
     """asyncssh's SFTP server, plus the exit status OpenSSH's sftp-server gives its channel.
@@ -77,6 +84,7 @@ class SshServer:
         self._run_command = run_command
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self.port = 0
+        self.forward_ports: set[int] = set()  # what a client may forward to on this node
 
     async def start(self, port: int = 0) -> int:
         """Listen on ``port`` (0: a free one); returns the port."""
