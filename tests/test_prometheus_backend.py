@@ -166,22 +166,24 @@ def poll(hub: Hub) -> dict[str, SourceStatus]:
 # --- one query per interval, whatever the fleet's size -------------------------------------------
 
 
+def fleet_answer(nodes: list[str]) -> Callable[[str], tuple[int, bytes]]:
+    """Every node's engine or DCGM series, fresh, whichever kind the query asks for."""
+
+    def answer(query: str) -> tuple[int, bytes]:
+        now = time.time()
+        series = [
+            s
+            for n in nodes
+            for s in (engine_series(n, 10, now) if "vllm:" in query else dcgm_series(n, now))
+        ]
+        return 200, reply(series)
+
+    return answer
+
+
 def test_many_nodes_share_one_query_per_kind(tmp_path: Path, fake: FakePrometheus) -> None:
     nodes = [f"gpu-{i:03}" for i in range(40)]
-    fake.answer = lambda q: (
-        200,
-        reply(
-            [
-                s
-                for n in nodes
-                for s in (
-                    engine_series(n, 10, time.time())
-                    if "vllm:" in q
-                    else dcgm_series(n, time.time())
-                )
-            ]
-        ),
-    )
+    fake.answer = fleet_answer(nodes)
     hub = Hub(fleet_config(tmp_path, fake.url, nodes))
     found = poll(hub)
     # 80 sources polled together: one engine query and one DCGM query.
@@ -198,20 +200,7 @@ def test_running_sources_send_one_query_per_kind_and_interval(
     tmp_path: Path, fake: FakePrometheus
 ) -> None:
     nodes = [f"gpu-{i:02}" for i in range(30)]
-    fake.answer = lambda q: (
-        200,
-        reply(
-            [
-                s
-                for n in nodes
-                for s in (
-                    engine_series(n, 10, time.time())
-                    if "vllm:" in q
-                    else dcgm_series(n, time.time())
-                )
-            ]
-        ),
-    )
+    fake.answer = fleet_answer(nodes)
     hub = Hub(fleet_config(tmp_path, fake.url, nodes, every="200ms"))
 
     async def run() -> None:
