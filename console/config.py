@@ -11,6 +11,7 @@ environment variable but the XDG folders.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -30,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from console.figures import FIGURES
 from console.yamlconf import (
     Check,
     DocumentError,
@@ -48,6 +50,7 @@ from console.yamlconf import (
     load_document,
     null_means,
     number,
+    parse_duration,
     problem,
     raise_all,
     show,
@@ -352,6 +355,76 @@ class PollConfig(_Record):
     stale_after_polls: Annotated[int, integer(1, 1000)] = 2
 
 
+SEVERITIES = ("page", "ticket", "info")
+# Subjects a rule may name, besides the figures' own (FIGURES): a source that answers no more.
+STALE = "stale"
+SUBJECT_KINDS = ("node", "endpoint", "upstream")
+EVERY = "*"  # a rule for every subject of its kind
+
+
+class AlertRule(_Located):
+    """A condition on a figure the console computes, held for ``for`` before it fires; it
+    resolves once the condition has not held for ``resolve_after`` (hysteresis: a flapping
+    figure does not fire again each time). ``stale`` fires while a subject's sources are stale.
+    The checks across keys (figure, subject, bound) are in :func:`_rule_problems`."""
+
+    model_config = ConfigDict(title="alert rule")
+
+    name: Name
+    figure: Annotated[str, text("a figure name")]
+    # One of these: the subject's name, or "*" for every one of that kind.
+    node: Annotated[str | None, text("a node name or *", nullable=True)] = None
+    endpoint: Annotated[str | None, text("an endpoint name or *", nullable=True)] = None
+    upstream: Annotated[str | None, text("an upstream name or *", nullable=True)] = None
+    # One of these, for a figure (latency figures take durations: 150ms).
+    above: float | str | None = None
+    below: float | str | None = None
+    for_s: Duration = Field(default=60.0, validation_alias="for")
+    # Default: the greater of `for` and a minute.
+    resolve_after_s: Annotated[float | None, duration()] = Field(
+        default=None, validation_alias="resolve_after"
+    )
+    # The span the figure is read over; default: the console's window (a minute).
+    window_s: Annotated[float | None, duration(1.0)] = Field(
+        default=None, validation_alias="window"
+    )
+    severity: Annotated[str, text("page, ticket or info", choices=SEVERITIES)] = "ticket"
+    runbook: Annotated[str | None, text("a runbook id", nullable=True)] = None
+    labels: Annotated[dict[Name, Text], null_means({})] = Field(
+        default_factory=dict, description="a mapping of label names to strings"
+    )
+
+    @property
+    def subject_kind(self) -> str:
+        return next(k for k in SUBJECT_KINDS if getattr(self, k) is not None)
+
+    @property
+    def subject(self) -> str:
+        return str(getattr(self, self.subject_kind))
+
+    @property
+    def bound(self) -> tuple[str, float] | None:
+        """("above" or "below", the limit in the figure's unit); None for ``stale``."""
+        for side in ("above", "below"):
+            value = getattr(self, side)
+            if value is not None:
+                return side, _bound_value(value)
+        return None
+
+    @property
+    def resolve_delay_s(self) -> float:
+        return self.resolve_after_s if self.resolve_after_s is not None else max(self.for_s, 60.0)
+
+
+def _bound_value(value: float | str) -> float:
+    """A rule's limit: a number, or a duration in seconds (checked in _rule_problems)."""
+    if isinstance(value, int | float):
+        return float(value)
+    seconds = parse_duration(value)
+    assert seconds is not None
+    return seconds
+
+
 class AlertThresholds(_Record):
     model_config = ConfigDict(title="alert thresholds")
 
@@ -360,6 +433,11 @@ class AlertThresholds(_Record):
     error_rate_pct: Annotated[float, number(0, 100)] = 5.0
     gpu_temp_c: Annotated[float, number(0, 200)] = 85.0
     kv_cache_pct: Annotated[float, number(0, 100)] = 90.0
+    # The thresholds above are rules too (console/alerts.py BUILTIN_RULES), unless false.
+    threshold_rules: Annotated[bool, boolean()] = True
+    rules: Annotated[tuple[AlertRule, ...], null_means(())] = Field(
+        default=(), description="a list of alert rules"
+    )
 
 
 class UpstreamFigures(_Record):
@@ -525,6 +603,7 @@ def _cross_field_problems(data: dict[str, Any], info: ValidationInfo) -> Problem
         found += _unknown_nodes(known, endpoints)
     found += _duplicates(data.get("routers"), "routers", "router", info)
     found += _router_references(data)
+    found += _rule_problems(data, info)
     if data.get("prometheus") is None:
         found += _prometheus_readers(nodes)
     if "nodes" in data and not nodes and not endpoints:
@@ -546,6 +625,91 @@ def _duplicates(items: object, key: str, what: str, info: ValidationInfo) -> Pro
         else:
             first[name] = i
     return found
+
+
+def _rule_problems(data: dict[str, Any], info: ValidationInfo) -> Problems:
+    """Each alert rule: a known figure, one subject the figure exists for (a known one, or
+    *), one bound of the figure's unit (none for stale), and a name of its own."""
+    alerts = data.get("alerts")
+    rules = alerts.get("rules") if isinstance(alerts, dict) else None
+    if not isinstance(rules, list | tuple):
+        return []
+    found: Problems = []
+    known = {
+        "node": _names(data.get("nodes")),
+        "endpoint": _names(data.get("endpoints")),
+        "upstream": sorted(
+            str(u)
+            for r in data.get("routers") or ()
+            if isinstance(r, dict) and isinstance(r.get("upstreams"), dict)
+            for u in r["upstreams"]
+        ),
+    }
+    first: dict[str, int] = {}
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, dict):
+            continue
+        at = ("alerts", "rules", i)
+        name = rule.get("name")
+        if isinstance(name, str) and name in first:
+            where_first = where(info, ("alerts", "rules", first[name]))
+            what = f"duplicate rule name {show(name)} (first at {where_first}; expected unique)"
+            found.append(((*at, "name"), name, problem(what)))
+        elif isinstance(name, str):
+            first[name] = i
+        figure = rule.get("figure")
+        choices = [*sorted(FIGURES), STALE]
+        if not isinstance(figure, str) or figure not in choices:
+            if isinstance(figure, str):
+                what = f"unknown figure {show(figure)} ({suggest(figure, choices)})"
+                found.append(((*at, "figure"), figure, problem(what)))
+            continue
+        kinds = [k for k in SUBJECT_KINDS if rule.get(k) is not None]
+        allowed = FIGURES[figure][0] if figure in FIGURES else frozenset({"node", "endpoint"})
+        if len(kinds) != 1:
+            what = f"give one of {', '.join(sorted(allowed))} (the rule's subject, or *)"
+            key = kinds[1] if len(kinds) > 1 else "figure"
+            found.append(((*at, key), rule.get(key), key_problem(what)))
+        else:
+            kind = kinds[0]
+            subject = rule[kind]
+            if kind not in allowed:
+                of = ", ".join(sorted(allowed))
+                article = "an" if kind[0] in "aeiou" else "a"
+                what = f"{figure} is not a figure of {article} {kind} (it is one of {of})"
+                found.append(((*at, kind), subject, key_problem(what)))
+            elif isinstance(subject, str) and subject != EVERY and subject not in known[kind]:
+                hint = suggest(subject, known[kind])
+                what = f"unknown {kind} {show(subject)} ({hint}; * is every {kind})"
+                found.append(((*at, kind), subject, problem(what)))
+        found += _bound_problems(rule, at, figure)
+    return found
+
+
+def _bound_problems(rule: dict[str, Any], at: Loc, figure: str) -> Problems:
+    sides = [s for s in ("above", "below") if rule.get(s) is not None]
+    if figure == STALE:
+        return [
+            ((*at, s), rule[s], key_problem("stale takes no bound (it fires while stale)"))
+            for s in sides
+        ]
+    if len(sides) != 1:
+        what = "give one of above or below (the figure's limit)"
+        key = sides[1] if sides else "figure"
+        return [((*at, key), rule.get(key), key_problem(what))]
+    side = sides[0]
+    value = rule[side]
+    seconds = FIGURES[figure][1] == "s"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        ok = False
+    elif isinstance(value, str):
+        ok = seconds and parse_duration(value) is not None
+    else:
+        ok = math.isfinite(value)
+    if ok:
+        return []
+    expected = "a number of seconds or a duration such as 150ms" if seconds else "a number"
+    return [((*at, side), value, problem(f"{show(value)} is not {expected}"))]
 
 
 def _names(items: object) -> list[str]:

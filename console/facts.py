@@ -20,23 +20,6 @@ from console.windows import EngineWindow, window_figures
 if TYPE_CHECKING:
     from console.hub import Hub
 
-# figure -> (the subjects it exists for, its unit: "s", "pct", "per_s", "per_min", "count")
-FIGURES: dict[str, tuple[frozenset[str], str]] = {
-    "e2e_p50": (frozenset({"node", "endpoint", "upstream"}), "s"),
-    "e2e_p95": (frozenset({"node", "endpoint", "upstream"}), "s"),
-    "e2e_p99": (frozenset({"node", "endpoint", "upstream"}), "s"),
-    "ttft_p95": (frozenset({"node", "endpoint", "upstream"}), "s"),
-    "itl_p95": (frozenset({"node", "endpoint", "upstream"}), "s"),
-    "queue_p95": (frozenset({"node", "endpoint", "upstream"}), "s"),
-    "error_pct": (frozenset({"node", "endpoint", "upstream"}), "pct"),
-    "requests_per_s": (frozenset({"node", "endpoint", "upstream"}), "per_s"),
-    "kv_cache_pct": (frozenset({"node"}), "pct"),
-    "running": (frozenset({"node"}), "count"),
-    "waiting": (frozenset({"node"}), "count"),
-    "preemptions_per_min": (frozenset({"node"}), "per_min"),
-    "gpu_temp_max_c": (frozenset({"node"}), "c"),
-}
-
 # fact -> the parameter type it gives. A fact "of" another parameter is read for the value
 # that parameter has (pinned_revision of node); the others are fleet-wide.
 FACTS: dict[str, str] = {
@@ -117,16 +100,21 @@ class FigureReader:
     def figure(self, kind: str, subject: str, name: str, window_s: float | None = None) -> Figure:
         """``name`` of a node, endpoint or upstream now; value None when it is not known."""
         window = window_s if window_s is not None else self.hub.window_s
+        return self.figure_at(self.hub.snapshot(window), kind, subject, name, window)
+
+    def figure_at(
+        self, snapshot: FleetSnapshot, kind: str, subject: str, name: str, window: float
+    ) -> Figure:
+        """The same, off a snapshot taken over ``window`` (many figures, one snapshot)."""
         if kind == "upstream":
             router = self.config.upstream_router(subject)
             if router is None:
                 return Figure(None, note=f"unknown upstream {subject}")
             source = router.upstreams[subject]
             if source.node is not None:
-                return self.figure("node", source.node, name, window)
+                return self.figure_at(snapshot, "node", source.node, name, window)
             assert source.endpoint is not None
-            return self.figure("endpoint", source.endpoint, name, window)
-        snapshot = self.hub.snapshot(window)
+            return self.figure_at(snapshot, "endpoint", source.endpoint, name, window)
         if kind == "endpoint":
             return self._endpoint_figure(snapshot, subject, name, window)
         return self._node_figure(snapshot, subject, name, window)

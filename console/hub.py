@@ -26,8 +26,10 @@ import httpx
 from backends.host import HostCollector
 from backends.ssh import SshPool, SshTarget
 from console.aggregate import endpoint_row, fleet_snapshot
+from console.alerts import AlertEngine, AlertEvent
 from console.collectors import Collectors, FleetReadings
 from console.config import Config, NodeConfig, RouterConfig
+from console.facts import FigureReader
 from console.gpu_history import GpuSeries
 from console.models import FleetSnapshot, SourceStatus
 from console.scheduler import Scheduler, Source
@@ -100,6 +102,8 @@ class Hub:
         )
         if store is not None:  # the incident log's health is shown like any source's
             self.scheduler.add_status("store", STORE_FLUSH_S)
+        # Rules on the live windows, once a second (console/alerts.py).
+        self.alerts = AlertEngine(config, FigureReader(self), clock)
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
@@ -146,6 +150,10 @@ class Hub:
                 self._sample_history()
             except Exception:  # a bug here must not stop the store writes below, or for good
                 log.exception("sparkline sampling failed")
+            try:
+                self.evaluate_alerts()
+            except Exception:  # likewise: the alerts fail, the store writes go on
+                log.exception("alert evaluation failed")
             await self.writer.flush()
             if self.store is not None and time.monotonic() - last_purge > PURGE_EVERY_S:
                 last_purge = time.monotonic()
@@ -160,6 +168,14 @@ class Hub:
             frozen = row.engines and row.engines_stale == row.engines
             if row.p95_s is not None and not frozen:
                 self.readings.add_history_point(endpoint.name, now, row.p95_s)
+
+    def evaluate_alerts(self) -> list[AlertEvent]:
+        """Evaluate every alert rule once; what fired or resolved goes to the incident log."""
+        events = self.alerts.evaluate()
+        for event in events:
+            log.info("%s", event.message)
+            self.writer.add_event(event.kind, event.source, event.message)
+        return events
 
     def record_event(self, kind: str, message: str, source: str = "console") -> None:
         """An event for the incident log, written with the next flush."""

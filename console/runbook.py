@@ -43,7 +43,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from console.action_specs import ACTION_SPECS, ActionSpec
-from console.facts import FACTS, FACTS_OF, FIGURES
+from console.facts import FACTS, FACTS_OF
+from console.figures import FIGURES
 from console.yamlconf import (
     DURATION,
     Check,

@@ -32,7 +32,8 @@ from console.actions import (
     Plan,
     Registry,
 )
-from console.facts import FIGURES, Figure, FigureReader
+from console.facts import Figure, FigureReader
+from console.figures import FIGURES
 from console.incidents import IncidentLog, RunRecord
 from console.redact import redact
 from console.runbook import (

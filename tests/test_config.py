@@ -80,7 +80,22 @@ def test_example_loads_into_the_expected_records() -> None:
         keepalive_s=15.0,
     )
     assert config.poll == PollConfig(gpus_s=2.0, engine_s=2.0, max_backoff_s=60.0)
-    assert config.alerts == AlertThresholds()
+    assert config.alerts.model_copy(update={"rules": ()}) == AlertThresholds()
+    itl, gone = config.alerts.rules
+    assert (itl.name, itl.figure, itl.subject_kind, itl.subject) == (
+        "itl-high",
+        "itl_p95",
+        "node",
+        "*",
+    )
+    assert (itl.bound, itl.for_s, itl.window_s, itl.resolve_delay_s) == (
+        ("above", 0.15),
+        120,
+        60,
+        120,
+    )
+    assert (itl.severity, itl.runbook, itl.labels) == ("page", "latency-spike", {"team": "serving"})
+    assert (gone.figure, gone.bound, gone.for_s, gone.resolve_delay_s) == ("stale", None, 30, 60)
 
     assert [n.name for n in config.nodes] == ["gpu-a1", "gpu-a2"]
     a1, a2 = config.nodes
