@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help=f"measure over this long, e.g. 30s or 2m (default {STATUS_WINDOW_S:g}s, at most 10m)",
     )
+    watch = commands.add_parser(
+        "watch",
+        parents=[common],
+        help="the hub without the TUI: evaluate the alert rules, write samples and events, "
+        "print each alert as one line (run it as a service on the bastion)",
+    )
+    watch.add_argument(
+        "--for",
+        dest="for_s",
+        type=_watch_duration,
+        metavar="DURATION",
+        help="stop after this long, e.g. 30s or 8h (default: until stopped)",
+    )
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = config_commands.add_parser(
@@ -144,6 +158,13 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 15s or 2m")
     if not 1.0 <= seconds <= 600.0:
         raise argparse.ArgumentTypeError(f"{text!r} is outside 1s..10m")
+    return seconds
+
+
+def _watch_duration(text: str) -> float:
+    seconds = parse_duration(text.strip())
+    if seconds is None or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s or 8h")
     return seconds
 
 
@@ -239,6 +260,47 @@ def _run_console(config: Config, fleet: DemoFleet | None, read_only: bool = Fals
         return 128 + app.stopped_by_signal if app.stopped_by_signal else 0
     finally:
         store.close()
+
+
+def _watch(config: Config, for_s: float | None) -> int:
+    """Run the hub headless; each alert event is one flushed line on stdout."""
+    store = _open_store(config)
+    try:
+        asyncio.run(_run_watch(config, store, for_s))
+    finally:
+        store.close()
+    return 0
+
+
+async def _run_watch(config: Config, store: Store, for_s: float | None) -> None:
+    from backends.host import HostCollector
+    from console.alerts import AlertEvent
+    from console.hub import Hub
+
+    hub = Hub(config, store, host=HostCollector(config.store))
+
+    def show(event: AlertEvent) -> None:
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(event.at))
+        print(f"{when} {event.kind} {event.severity} {event.message}", flush=True)
+
+    hub.alert_listeners.append(show)
+    rules = len(hub.alerts.rules)
+    print(
+        f"watching {len(config.nodes)} nodes and {len(config.endpoints)} endpoints; "
+        f"{rules} alert rules; incident log {config.store}",
+        flush=True,
+    )
+    hub.start()
+    hub.record_event("console.started", "watch started")
+    reason = "stopped"
+    try:
+        if for_s is None:
+            await asyncio.Event().wait()  # until a signal ends the process
+        else:
+            await asyncio.sleep(for_s)
+            reason = f"ended after {for_s:g}s"
+    finally:
+        await hub.stop(f"watch {reason}")
 
 
 async def _poll_status(config: Config, store: Store, window_s: float) -> FleetSnapshot:
@@ -398,6 +460,8 @@ def _command(args: argparse.Namespace, config: Config, fleet: DemoFleet | None) 
     read_only = bool(_option(args, "read_only", False)) or config.read_only
     if args.command == "status":
         return _status(config, args.json, args.window)
+    if args.command == "watch":
+        return _watch(config, args.for_s)
     if args.command == "incidents":
         return _with_store(config, lambda store: incidents_command(store, args))
     if args.command == "runbook":

@@ -104,6 +104,8 @@ class Hub:
             self.scheduler.add_status("store", STORE_FLUSH_S)
         # Rules on the live windows, once a second (console/alerts.py).
         self.alerts = AlertEngine(config, FigureReader(self), clock)
+        # Told each alert event as it is logged (`llmops watch` prints them).
+        self.alert_listeners: list[Callable[[AlertEvent], None]] = []
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
@@ -175,6 +177,8 @@ class Hub:
         for event in events:
             log.info("%s", event.message)
             self.writer.add_event(event.kind, event.source, event.message)
+            for listener in self.alert_listeners:
+                listener(event)
         return events
 
     def record_event(self, kind: str, message: str, source: str = "console") -> None:

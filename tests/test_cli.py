@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -344,3 +345,57 @@ def test_hosts_scan_of_an_unknown_name_or_a_dead_node_says_which(tmp_path: Path)
     (line,) = dead.stderr.strip().splitlines()
     assert line.startswith("llmops: gpu-x1 (llmops@127.0.0.1:")
     assert line.endswith("cannot scan host keys: connection refused")
+
+
+def test_watch_prints_each_alert_as_it_fires_and_logs_it(tmp_path: Path) -> None:
+    import yaml
+
+    from console.demo import DemoFleet
+
+    with DemoFleet(tmp_path / "demo", deterministic=True) as fleet:
+        fleet.start()
+        data = yaml.safe_load(fleet.config_path.read_text())
+        data["store"] = str(tmp_path / "watch.db")
+        for endpoint in data["endpoints"]:
+            endpoint["probe"]["every"] = "500ms"
+        data["alerts"] = {
+            "threshold_rules": False,
+            "rules": [
+                {
+                    "name": "primary-errors",
+                    "figure": "error_pct",
+                    "endpoint": "chat-api",
+                    "above": 20,
+                    "for": "2s",
+                    "window": "10s",
+                    "severity": "page",
+                }
+            ],
+        }
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data))
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "console.cli", "watch", "--config", str(path), "--for", "15s"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert watch.stdout is not None
+        first = watch.stdout.readline()
+        assert first.startswith("watching 4 nodes and 5 endpoints; 1 alert rules;"), first
+        fleet.inject("provider-5xx", "primary-api")
+        out, err = watch.communicate(timeout=60)
+    assert watch.returncode == 0, err
+    (fired,) = [line for line in out.splitlines() if " alert.firing " in line]
+    assert re.fullmatch(
+        r"\S+ alert\.firing page primary-errors firing: error_pct of chat-api \d+(\.\d+)? "
+        r"\(above 20\) for 2s",
+        fired,
+    ), fired
+    store = Store(tmp_path / "watch.db")
+    try:
+        kinds = [e["kind"] for e in store.events(limit=1000)]
+    finally:
+        store.close()
+    assert "alert.firing" in kinds and "console.stopped" in kinds
