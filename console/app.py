@@ -6,7 +6,8 @@ hands it to the visible view. Paused, it keeps collecting but stops repainting.
 
 Runbook runs belong to the app (one :class:`~screens.runbooks.RunDriver` per runbook, each run
 one of the app's workers), so a run goes on whichever view is shown; read-only mode is shown
-in the header and passed to every run, and the action registry enforces it.
+in the header and passed to every run, and the action registry enforces it. A run that a killed
+console left interrupted is said at start, and resumed or rolled back by that runbook's driver.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from textual.screen import Screen
 from console.models import FleetSnapshot, SourceStatus
 from screens.gpus import GpuHistorySource, GpusScreen
 from screens.modals import CommandLine, FaultPicker, HelpScreen
-from screens.runbooks import RUNNER_KEYS, RunbooksScreen, RunDriver, RunnerScreen, RunUpdated
+from screens.runbooks import (
+    RUNNER_KEYS,
+    RunbooksScreen,
+    RunDriver,
+    RunnerScreen,
+    RunUpdated,
+    TakeOverRequested,
+)
 from screens.tables import GpusRequested
 from screens.views import VIEWS, FleetView
 
@@ -144,6 +152,26 @@ class LlmopsApp(App[None]):
         self._first_answers = self.set_interval(STARTUP_REFRESH_S, self._refresh_until_answered)
         self._started_at = time.monotonic()
         self.refresh_view()
+        if self.session is not None:
+            self.run_worker(self._tell_interrupted(self.session), group="interrupted")
+
+    async def _tell_interrupted(self, session: Session) -> None:
+        """At start, once: the runs a console killed mid-step left, for the engineer to resume
+        or roll back (:runbooks lists them). Read off the UI loop: the log is a SQLite file."""
+        try:
+            runs = await asyncio.to_thread(session.interrupted_runs)
+        except Exception:  # only a notice: :runbooks reads them again, and says what failed
+            log.exception("reading the interrupted runs failed")
+            return
+        if runs:
+            shown = "; ".join(f"run {r.id} ({r.runbook}) {r.state}" for r in runs[:3])
+            more = f"; {len(runs) - 3} more" if len(runs) > 3 else ""
+            self.notify(
+                f"{shown}{more}. :runbooks resumes or rolls back",
+                title=f"{len(runs)} run{'s' if len(runs) > 1 else ''} interrupted",
+                severity="warning",
+                timeout=15,
+            )
 
     def _refresh_until_answered(self) -> None:
         self.refresh_view()
@@ -306,7 +334,9 @@ class LlmopsApp(App[None]):
     # -- runbooks
 
     def _runbooks_screen(self) -> RunbooksScreen:
-        return RunbooksScreen(self.session, self.open_runbook, self._run_state)
+        return RunbooksScreen(
+            self.session, self.open_runbook, self._run_state, read_only=self.read_only
+        )
 
     def _run_state(self, runbook_id: str) -> str:
         driver = self.runs.get(runbook_id)
@@ -314,13 +344,34 @@ class LlmopsApp(App[None]):
 
     def open_runbook(self, runbook_id: str) -> None:
         """The runner of a runbook, on the runbooks view: its latest run, or a new form."""
-        if self.session is None:
-            return
+        if self.session is not None:
+            self._show_runner(self._run_driver(self.session, runbook_id))
+
+    def _run_driver(self, session: Session, runbook_id: str) -> RunDriver:
         driver = self.runs.get(runbook_id)
         if driver is None:
-            runbook = self.session.runbooks[runbook_id]
-            driver = RunDriver(self, self.session, runbook, read_only=self.read_only)
+            runbook = session.runbooks[runbook_id]
+            driver = RunDriver(self, session, runbook, read_only=self.read_only)
             self.runs[runbook_id] = driver
+        return driver
+
+    def on_take_over_requested(self, message: TakeOverRequested) -> None:
+        """r or b on an interrupted run: its runbook's runner runs the take-over."""
+        if self.session is None:
+            return
+        record = message.record
+        driver = self._run_driver(self.session, record.runbook)
+        if driver.running:  # one run per runbook in a console: the runner shows one
+            self.notify(
+                f"runbook {record.runbook} has a run going here: finish it first (enter on it)",
+                title=f"run {record.id} not taken over",
+                severity="error",
+            )
+            return
+        driver.take_over(record, message.how)
+        self._show_runner(driver)
+
+    def _show_runner(self, driver: RunDriver) -> None:
         self.action_show_view("runbooks")
         runner = RunnerScreen(driver)
         if isinstance(self.screen, RunnerScreen):
@@ -331,6 +382,10 @@ class LlmopsApp(App[None]):
     def on_run_updated(self, message: RunUpdated) -> None:
         driver = message.driver
         driver.apply(message.update)
+        if message.update is not None and message.update.kind == "run.finished":
+            screen = self.screen
+            if isinstance(screen, RunbooksScreen):  # a take-over may have ended: read again
+                screen.refresh_runs()
         ask = driver.needs_engineer()
         if ask is not None:
             ask.announced = True  # said once; the runner shows it when it is opened

@@ -66,7 +66,10 @@ class RunRecord:
     pid: int
     # Derived from the events: the step that started last and has not finished.
     open_step: str | None = None
-    interrupted: bool = False  # no outcome, and the process that ran it is gone
+    interrupted: bool = False  # a live run with no outcome whose process is gone
+    # A dry-run or read-only run whose process is gone: it changed nothing, so there is
+    # nothing to resume or undo (a resume would carry it on for real).
+    cut_off: bool = False
     # The step whose undo began last, once the run's rollback has begun.
     rollback_step: str | None = None
 
@@ -74,6 +77,9 @@ class RunRecord:
     def state(self) -> str:
         if self.outcome is not None:
             return self.outcome
+        if self.cut_off:
+            at = f" at {self.open_step}" if self.open_step else ""
+            return f"cut off{at} ({self.mode}: nothing was changed)"
         if self.interrupted:
             if self.rollback_step is not None:
                 return f"interrupted during rollback at {self.rollback_step}"
@@ -314,7 +320,8 @@ class IncidentLog:
 
     def _record(self, row: dict[str, Any]) -> RunRecord:
         open_step = self._open_step(row["id"])
-        interrupted = row["outcome"] is None and not self._alive(row)
+        gone = row["outcome"] is None and not self._alive(row)
+        interrupted = gone and row["mode"] == "live"
         return RunRecord(
             id=row["id"],
             incident_id=row["incident_id"],
@@ -330,6 +337,7 @@ class IncidentLog:
             pid=row["pid"],
             open_step=open_step,
             interrupted=interrupted,
+            cut_off=gone and not interrupted,
             rollback_step=self._rollback_step(row["id"]),
         )
 

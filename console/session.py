@@ -194,6 +194,14 @@ class Session:
         )
         return self.run_for(self.log.run(run_id), runbook, values, controller, mode, listener)
 
+    def interrupted_runs(self) -> list[RunRecord]:
+        """The runs a killed console left cut off, oldest first: what the TUI offers to resume
+        or roll back. Only the unfinished runs are read (a finished one has its outcome), so
+        this stays cheap however long the log grows; safe to call from a thread."""
+        rows = self.log.store.query("SELECT id FROM runbook_runs WHERE outcome IS NULL ORDER BY id")
+        runs = (self.log.run(row["id"]) for row in rows)
+        return [run for run in runs if run.interrupted]
+
     async def take_over(
         self,
         run_id: int,

@@ -6,6 +6,10 @@ leaves the runner with esc); the runner screen is a view of the driver and may c
 The run's updates are posted to the app as :class:`RunUpdated` messages (its listener may be
 called from an action's thread) and reach the screen from the app's handler, on the UI loop.
 
+A run a killed console left interrupted is listed above the runbooks; r resumes it and b rolls
+it back (:meth:`RunDriver.take_over`), through the same runner: each step, each undo's plan and
+each confirmation go by the engineer as in a new run.
+
 Screens only ask. Whether a plan may run (read-only mode, the confirmation's digest, the typed
 target of a protected environment) is decided by the action registry, never here: the keys of
 read-only mode are dimmed for the engineer's sake, and the registry refuses anyway.
@@ -15,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
+from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -30,6 +36,7 @@ from textual.suggester import SuggestFromList
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
 from console.actions import ActionRefused, Plan
+from console.incidents import RunRecord
 from console.models import FleetSnapshot
 from console.redact import redact
 from console.runbook import (
@@ -42,7 +49,8 @@ from console.runbook import (
     render_text,
 )
 from console.runner import OUTPUT_LINES_SHOWN, ConfirmRequest, Decision, Run, RunUpdate, StepState
-from screens.cells import Cells
+from screens.cells import Cells, alarm_if
+from screens.formatting import clock
 from screens.modals import ConfirmDialog, NoteDialog
 from screens.tables import LiveTable, RowFilter
 from screens.views import DetailView
@@ -201,8 +209,10 @@ class RunDriver:
     starting: bool = False
     ended: bool = False
     problem: str = ""  # why the last start was refused, or why the run stopped unexpectedly
+    taken_over: str = ""  # the latest run is a take-over: which, and what the run was
     output: dict[str, deque[str]] = field(default_factory=dict)  # step id -> lines shown
     events: deque[str] = field(default_factory=lambda: deque(maxlen=50))  # notes, the outcome
+    undoing: set[str] = field(default_factory=set)  # steps whose undo began: its plan is shown
     screen: RunnerScreen | None = None  # the runner showing this driver now, if any
 
     @property
@@ -257,30 +267,30 @@ class RunDriver:
         self.hints[name] = _one_line(hint)
 
     def start(self) -> None:
-        if not self.running:
-            self.starting = True
-            self.problem = ""
-            given = dict(self.texts)
-            self.app.run_worker(self._execute(given), group="runbooks", exit_on_error=False)
-            self.changed()
+        """ctrl+s: a new run with the form's values."""
+        given = dict(self.texts)
+        self._launch("", lambda: self._execute(given))
 
-    async def _execute(self, given: Mapping[str, str]) -> None:
+    def take_over(self, record: RunRecord, how: str) -> None:
+        """Resume (``resume``) or roll back (``rollback``) a run a killed console left
+        interrupted. The session records the run as this console's and makes it with this
+        driver's controller, so it waits before each step and asks for each confirmation
+        (each undo's too: another process made the change) exactly as a new run does."""
+        what = f"{how} of run {record.id}, which was {record.state}"
+        self._launch(what, lambda: self._take_over(record.id, how))
+
+    def _launch(self, taken_over: str, job: Callable[[], Awaitable[None]]) -> None:
+        if self.running:
+            return
+        self.starting = True
+        self.problem = ""
+        self.taken_over = taken_over
+        self.app.run_worker(self._guarded(job), group="runbooks", exit_on_error=False)
+        self.changed()
+
+    async def _guarded(self, job: Callable[[], Awaitable[None]]) -> None:
         try:
-            try:
-                values, _ = await self.session.values(self.runbook, given)
-            except ParamError as exc:
-                self.problem = f"not started: {_param_problem(exc)}"
-                return
-            self.controller = TuiController(self.session.operator, self.changed)
-            self.output = {}
-            self.events.clear()
-            self.ended = False
-            self.run = self.session.start(
-                self.runbook, values, self.controller, mode=self.mode, listener=self._listen
-            )
-            self.starting = False
-            self.changed()
-            await self.run.execute()
+            await job()
         except Exception as exc:  # a failing run must not take the console down with it
             log.exception("run of %s failed", self.runbook.id)
             self.problem = _one_line(f"the run stopped: {type(exc).__name__}: {exc}")
@@ -288,6 +298,37 @@ class RunDriver:
             self.starting = False
             self.ended = True
             self.changed()
+
+    def _fresh(self) -> TuiController:
+        """A new run's controller; nothing shown of the last run any more."""
+        self.controller = TuiController(self.session.operator, self.changed)
+        self.output = {}
+        self.undoing = set()
+        self.events.clear()
+        self.ended = False
+        return self.controller
+
+    async def _execute(self, given: Mapping[str, str]) -> None:
+        try:
+            values, _ = await self.session.values(self.runbook, given)
+        except ParamError as exc:
+            self.problem = f"not started: {_param_problem(exc)}"
+            return
+        controller = self._fresh()
+        self.run = self.session.start(
+            self.runbook, values, controller, mode=self.mode, listener=self._listen
+        )
+        self.starting = False
+        self.changed()
+        await self.run.execute()
+
+    async def _take_over(self, run_id: int, how: str) -> None:
+        controller = self._fresh()
+        self.run = None  # until the session hands the run over (_Handover)
+        try:
+            await self.session.take_over(run_id, how, controller, self.mode, _Handover(self))
+        except ParamError as exc:  # refused before anything was recorded: the run stays
+            self.problem = f"not taken over: {_one_line(str(exc))}"
 
     def stop(self, *, rollback: bool = False) -> None:
         """x (abort) or, with ``rollback``, b (abort and undo the changes made so far)."""
@@ -348,6 +389,12 @@ class RunDriver:
                 self._lines(update.step).append(update.text)
             elif update.kind in ("decision", "rollback") and update.step is not None:
                 self._lines(update.step).append(f"» {update.text}")
+                if update.kind == "rollback":
+                    self.undoing.add(update.step)
+            elif update.kind == "plan" and update.step in self.undoing:
+                # An undo's plan, shown before its confirmation (a change another process made):
+                # a mutate step's own plan is on its state, not here.
+                self._lines(update.step).append(f"  {update.text}")
             elif update.kind == "run.finished":
                 self.events.append(f"run {update.text}")
         self._plan_ahead()
@@ -363,6 +410,28 @@ class RunDriver:
         if ask is None or ask.kind == "step" or ask.announced or ask.shown:
             return None
         return ask if self.screen is None else None
+
+
+class _Handover:
+    """The listener :meth:`Session.take_over` is given. The session makes the run itself and
+    hands it over by setting ``run`` on a listener that has one (as on the CLI's printer):
+    from then on the driver shows it."""
+
+    def __init__(self, driver: RunDriver) -> None:
+        self.driver = driver
+
+    def __call__(self, update: RunUpdate) -> None:
+        self.driver._listen(update)
+
+    @property
+    def run(self) -> Run | None:
+        return self.driver.run
+
+    @run.setter
+    def run(self, run: Run) -> None:
+        self.driver.run = run
+        self.driver.starting = False
+        self.driver.changed()
 
 
 # --- the list -----------------------------------------------------------------------------------
@@ -394,13 +463,107 @@ class RunbookTable(LiveTable):
                 yield f"runbook:{r.id}", (r.id, r.title, answers, self.run_state(r.id))
 
 
+class TakeOverRequested(Message):
+    """r or b on an interrupted run: the app opens the runner on its resume or rollback."""
+
+    def __init__(self, record: RunRecord, how: str) -> None:
+        super().__init__()
+        self.record = record
+        self.how = how  # resume or rollback
+
+
+class InterruptedTable(LiveTable):
+    """The runs a killed console left interrupted: r resumes the one under the cursor, b rolls
+    it back. Its rows are the screen's latest read of the log (``records``), not the snapshot."""
+
+    COLUMNS = (
+        ("run", "Run", 4),
+        ("runbook", "Runbook", 16),
+        ("state", "State", 37),
+        ("incident", "Inc", 4),
+        ("when", "Started", 8),
+        ("operator", "By", 24),
+    )
+    BINDINGS = [  # noqa: RUF012
+        *LiveTable.BINDINGS,
+        Binding("r", "take_over('resume')", "Resume"),
+        Binding("b", "take_over('rollback')", "Roll back"),
+    ]
+
+    def __init__(self, *, read_only: bool, loaded: Collection[str], id: str) -> None:
+        super().__init__(id=id)
+        self.read_only = read_only
+        self.loaded = loaded  # the runbook ids the session holds
+        self.records: dict[str, RunRecord] = {}
+
+    def rows_for(
+        self, snapshot: FleetSnapshot, row_filter: RowFilter
+    ) -> Iterable[tuple[str, Cells]]:
+        for key, r in self.records.items():
+            if row_filter.keeps(r.runbook, r.state, r.operator):
+                cells = (
+                    str(r.id),
+                    r.runbook,
+                    alarm_if(True, r.state),  # reverse video: it shows with NO_COLOR too
+                    str(r.incident_id),
+                    clock(r.started_at),
+                    r.operator,
+                )
+                yield key, cells
+
+    @property
+    def selected(self) -> RunRecord | None:
+        key = self.selected_key
+        return self.records.get(key) if key is not None else None
+
+    def refusal(self, record: RunRecord, how: str) -> str | None:
+        """Why ``how`` is not offered for the run (its key dimmed), or None. The session
+        refuses these anyway; this is for the engineer to see before pressing."""
+        if record.runbook not in self.loaded:
+            return f"runbook {record.runbook} is not loaded now"
+        if self.read_only:
+            return f"read-only mode: a {how} changes the fleet"
+        if how == "resume" and record.rollback_step is not None:
+            return "interrupted during its rollback, it can only be rolled back"
+        return None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action != "take_over":
+            return True
+        record = self.selected
+        if record is None:
+            return False
+        return self.refusal(record, str(parameters[0])) is None or None
+
+    def action_take_over(self, how: str) -> None:
+        record = self.selected
+        if record is not None and self.refusal(record, how) is None:
+            self.post_message(TakeOverRequested(record, how))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.refresh_bindings()  # one run may be resumed, the next not
+
+
 class RunbooksScreen(DetailView):
-    """``:runbooks``: filterable like every view; enter opens the runner of the selected one."""
+    """``:runbooks``: filterable like every view; enter opens the runner of the selected one.
+
+    Above the runbooks, shown only while there are some, the runs a killed console left
+    interrupted, read through the session each time the view is shown and when a run ends.
+    """
 
     VIEW_NAME = "runbooks"
+    HELP_KEYS = (
+        ("enter", "Open the runner of the runbook under the cursor"),
+        ("r b", "Resume / roll back the interrupted run under the cursor"),
+    )
     DEFAULT_CSS = """
     RunbooksScreen #problems { height: auto; max-height: 3; padding: 0 1; }
     RunbooksScreen .detail { max-height: 5; }
+    RunbooksScreen #interrupted-caption { display: none; height: 1; padding: 0 1;
+                                          text-style: bold; }
+    RunbooksScreen #interrupted { display: none; height: auto; max-height: 5; }
+    RunbooksScreen #interrupted-caption.-shown, RunbooksScreen #interrupted.-shown {
+        display: block; }
     """
 
     def __init__(
@@ -408,29 +571,81 @@ class RunbooksScreen(DetailView):
         session: Session | None,
         open_runner: Callable[[str], None],
         run_state: Callable[[str], str],
+        *,
+        read_only: bool,
     ) -> None:
         super().__init__()
         self.session = session
+        self.read_only = read_only
         self.open_runner = open_runner
         self.run_state = run_state
 
     def body(self) -> ComposeResult:
+        loaded = self.session.runbooks if self.session is not None else {}
+        # On top, while there are some: a console died in the middle of these.
+        yield Static(id="interrupted-caption")
+        yield InterruptedTable(read_only=self.read_only, loaded=loaded, id="interrupted")
         if self.session is None:
             caption = "Runbooks need a config with a store: none is loaded"
         else:
-            caption = f"Runbooks ({len(self.session.runbooks)}): enter opens the runner"
+            caption = f"Runbooks ({len(loaded)}): enter opens the runner"
         yield Label(caption, classes="caption")
         problems = self.session.problems if self.session is not None else []
         if problems:
             lines = [f"{len(problems)} problem(s) in runbook files:", *problems]
             yield Static(Text("\n".join(lines)), id="problems")
-        runbooks = self.session.runbooks.values() if self.session is not None else ()
-        yield RunbookTable(runbooks, self.run_state, id="runbooks")
+        yield RunbookTable(loaded.values(), self.run_state, id="runbooks")
         yield Static(id="detail", classes="detail")
+
+    def on_screen_resume(self) -> None:
+        # Textual calls FleetView's handler too (every class's in the MRO): not super() here.
+        self.refresh_runs()
+
+    # A worker of its own, the latest read replacing one under way; @work makes the coroutine
+    # when the worker starts, so a read replaced before it began leaves none unawaited.
+    @work(group="interrupted", exclusive=True)
+    async def refresh_runs(self) -> None:
+        """Read the interrupted runs again, off the UI loop (the log is a SQLite file)."""
+        if self.session is None:
+            return
+        caption = self.query_one("#interrupted-caption", Static)
+        try:
+            runs = await asyncio.to_thread(self.session.interrupted_runs)
+        except Exception as exc:  # the list must open anyway; say why the runs are missing
+            log.exception("reading the interrupted runs failed")
+            caption.update(Text(_one_line(f"interrupted runs not read: {exc}")))
+            caption.add_class("-shown")
+            return
+        table = self.query_one(InterruptedTable)
+        appearing = bool(runs) and not table.records
+        table.records = {f"run:{r.id}": r for r in runs}
+        caption.update(Text(f"Interrupted runs ({len(runs)}): r resumes, b rolls back"))
+        for widget in (caption, table):
+            widget.set_class(bool(runs), "-shown")
+        self._reapply()
+        if appearing:
+            table.focus()  # what needs the engineer first, its keys in the footer
+        elif not runs and self.focused is table:
+            self.query_one(RunbookTable).focus()
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        # The detail follows the table with the focus (the base follows the first table).
+        focused = self.focused
+        table = focused if isinstance(focused, LiveTable) else self.query_one(RunbookTable)
+        text = self.detail(table.selected_key, self._snapshot) if self._snapshot else ""
+        self.query_one("#detail", Static).update(Text(text))
+
+    def on_descendant_focus(self) -> None:
+        self._show_detail()
 
     def detail(self, key: str | None, snapshot: FleetSnapshot) -> str:
         if self.session is None or key is None:
             return ""
+        if key.startswith("run:"):
+            table = self.query_one(InterruptedTable)
+            record = table.records.get(key)  # None: read again, its row not rebuilt yet
+            return self._run_detail(table, record) if record is not None else ""
         runbook = self.session.runbooks[key.removeprefix("runbook:")]
         lines = [_one_line(runbook.description)] if runbook.description else []
         params = ", ".join(
@@ -446,6 +661,27 @@ class RunbooksScreen(DetailView):
             f"{len(kinds)} step(s): "
             + ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
         )
+        return "\n".join(lines)
+
+    @staticmethod
+    def _run_detail(table: InterruptedTable, record: RunRecord) -> str:
+        """Who ran the interrupted run, with what, and what r and b would do (or why not)."""
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started_at))
+        params = " ".join(f"{k}={v}" for k, v in record.params.items())
+        at = f"at {record.open_step}" if record.open_step else "after its last finished step"
+        offers = {
+            "resume": f"r resumes it {at}, after running its checks again",
+            "rollback": "b undoes its changes, newest first, each undo confirmed",
+        }
+        lines = [
+            f"run {record.id} of {record.runbook} · incident {record.incident_id} · "
+            f"{record.mode} · started {started} by {record.operator}"
+            + (f" · {params}" if params else ""),
+        ]
+        for how, offer in offers.items():
+            why = table.refusal(record, how)
+            key = offer.split(" ", 1)[0]
+            lines.append(f"{key} dimmed: {why}" if why else offer)
         return "\n".join(lines)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -583,7 +819,9 @@ class RunnerScreen(Screen[None]):
         for field_input in self.query(ParamInput):
             self._validate(field_input)
         fields = list(self.query(ParamInput))
-        (fields[0] if fields and self.driver.run is None else self.query_one(StepTable)).focus()
+        # The form is hidden while a run (or a take-over) starts: its keys go to the steps.
+        form = bool(fields) and self.driver.run is None and not self.driver.running
+        (fields[0] if form else self.query_one(StepTable)).focus()
 
     def on_screen_resume(self) -> None:
         self.driver.screen = self
@@ -659,6 +897,8 @@ class RunnerScreen(Screen[None]):
         if run is not None:
             record = run.record
             parts.append(f"run {record.id} · incident {record.incident_id} · {run.mode}")
+            if driver.taken_over:
+                parts.append(driver.taken_over)
             if driver.running:
                 runbook = driver.runbook
                 parts += [
@@ -690,7 +930,8 @@ class RunnerScreen(Screen[None]):
             )
         if run is not None and driver.ended:
             what = run.summary or driver.problem or "stopped"
-            return f"run {run.record.id} {run.outcome or 'stopped'}: {what}. ctrl+s runs it again"
+            again = "starts a new run" if driver.taken_over else "runs it again"
+            return f"run {run.record.id} {run.outcome or 'stopped'}: {what}. ctrl+s {again}"
         if run is not None:
             controller = driver.controller
             assert controller is not None
@@ -753,7 +994,7 @@ class RunnerScreen(Screen[None]):
             lines += _plan_lines(plan, run.secrets)
         elif ask is not None and ask.step is step and ask.plan is not None:
             lines += ask.plan  # step mode, before the step: made again when it starts
-        elif step.kind == "mutate":
+        elif step.kind == "mutate" and status == "pending":
             lines.append(
                 "plan: made when the step starts, and shown here and in the confirmation "
                 "before anything changes"

@@ -5,6 +5,10 @@ running ``uptime`` on the node, an engine.set_args step on gpu-a1 and a note; a 
 never holds; a change followed by a check that fails, or by a wait that never holds; a
 parameter whose fact is not known (no upstream fails).
 
+Runs a killed console left interrupted are made as tests/test_runbook_kill.py makes them (a real
+``llmops runbook run`` on the same store, SIGKILLed during a step, or during its rollback), then
+shown in ``:runbooks`` and resumed or rolled back from there through the runner.
+
 Then every shipped runbook is drilled through the runner as an engineer would: the fault
 injected, the form filled (short windows), c and the dialogs' Confirm, and the demo fleet's
 state checked (the CLI's drills of the same runbooks are in tests/test_runbook_drills.py).
@@ -18,16 +22,26 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from textual.widgets import Button, Input
 
 from bench.synthetic_fleet import StaticSource
 from console.app import LlmopsApp
 from console.demo import DemoFleet
 from console.hub import Hub
+from console.incidents import IncidentLog
 from console.session import make_session
 from console.store import Store
 from screens.modals import ConfirmDialog
-from screens.runbooks import ParamInput, RunDriver, RunnerScreen, StepTable
+from screens.runbooks import (
+    InterruptedTable,
+    ParamInput,
+    RunbooksScreen,
+    RunbookTable,
+    RunDriver,
+    RunnerScreen,
+    StepTable,
+)
 from tests.test_app_demo import fast_config, wait_for
 from tests.test_runbook_drills import (
     CHANGE_THEN_WAIT,
@@ -35,6 +49,7 @@ from tests.test_runbook_drills import (
     finished_in_order,
     step_events,
 )
+from tests.test_runbook_kill import KILL_DRILL, UNDO_DRILL, run_until_killed, serving, settles_to
 
 SHRINK = """\
 id: shrink-batch
@@ -101,6 +116,25 @@ steps:
 
 DEFAULT_TOKENS = 8192  # what the demo's engines start with
 HUB_WINDOW_S = 10.0
+STORE = "console.db"
+
+
+def write_runbooks(tmp_path: Path) -> Path:
+    """The folder of the tests' runbooks (the app's, and the killed console's)."""
+    folder = tmp_path / "runbooks"
+    if not folder.exists():
+        folder.mkdir()
+        for name, text in {
+            "shrink": SHRINK,
+            "hold": HOLD,
+            "pick": PICK,
+            "undo": UNDO,
+            "wait": CHANGE_THEN_WAIT,
+            "kill-drill": KILL_DRILL,
+            "undo-drill": UNDO_DRILL,
+        }.items():
+            (folder / f"{name}.yaml").write_text(text)
+    return folder
 
 
 @pytest.fixture
@@ -116,18 +150,11 @@ def make_app(
     environment: str | None = None,
     read_only: bool = False,
 ) -> LlmopsApp:
-    folder = tmp_path / "runbooks"
-    folder.mkdir()
-    (folder / "shrink.yaml").write_text(SHRINK)
-    (folder / "hold.yaml").write_text(HOLD)
-    (folder / "pick.yaml").write_text(PICK)
-    (folder / "undo.yaml").write_text(UNDO)
-    (folder / "wait.yaml").write_text(CHANGE_THEN_WAIT)
-    update: dict[str, object] = {"runbooks": (folder,)}
+    update: dict[str, object] = {"runbooks": (write_runbooks(tmp_path),)}
     if environment is not None:
         update["environment"] = environment
     config = fast_config(fleet).model_copy(update=update)
-    store = Store(tmp_path / "console.db")
+    store = Store(tmp_path / STORE)
     # A figure with no window of its own covers the console's: a check first waits until it
     # covers half of it (5s here, not the 30s of a real console's minute).
     hub = Hub(config, store, window_s=HUB_WINDOW_S)
@@ -548,6 +575,189 @@ async def test_x_or_b_during_a_wait_stops_the_run_at_once(fleet, tmp_path, key: 
         else:
             assert tokens(fleet) == 2048  # the change stays
             assert run.steps[0].status == "ok"
+
+
+# --- runs a killed console left interrupted -----------------------------------------------------
+
+
+def kill_a_run(fleet: DemoFleet, tmp_path: Path, marker: str, runbook: str = "kill-drill") -> int:
+    """A real ``llmops runbook run`` on the demo fleet and the app's store, SIGKILLed as soon as
+    it prints ``marker`` (as in tests/test_runbook_kill.py); the id of the run it left."""
+    config = yaml.safe_load(fleet.config_path.read_text())
+    config["runbooks"] = [str(write_runbooks(tmp_path))]
+    config["store"] = str(tmp_path / STORE)
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_until_killed(path, marker, runbook)
+    store = Store(tmp_path / STORE)
+    try:
+        (run,) = IncidentLog(store).runs()
+    finally:
+        store.close()
+    assert run.interrupted, run.state
+    return run.id
+
+
+def shown_runs(app: LlmopsApp) -> dict[int, str]:
+    """run id -> state, as ``:runbooks`` lists the interrupted runs (none while hidden)."""
+    table = app.screen.query_one(InterruptedTable)
+    if not table.display:
+        return {}
+    return {
+        int(str(table.get_cell(key, "run"))): str(table.get_cell(key, "state"))
+        for key in table._rows
+    }
+
+
+async def listed(pilot, app: LlmopsApp, runs: dict[int, str]) -> None:
+    """``:runbooks`` (back from the runner, or opened), once it lists exactly ``runs``."""
+    if isinstance(app.screen, RunnerScreen):
+        await pilot.press("escape")
+    elif not isinstance(app.screen, RunbooksScreen):
+        await pilot.press("colon", *"runbooks", "enter")
+    await wait_for(pilot, lambda: shown_runs(app) == runs)
+    await pilot.pause()
+
+
+def run_state(app: LlmopsApp, run_id: int) -> str:
+    assert app.session is not None
+    return app.session.log.run(run_id).state
+
+
+async def test_an_interrupted_run_is_shown_and_rolled_back_after_a_declined_undo(
+    fleet, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed during its wait, after a change: the next console says so at start and lists the
+    run; b opens the runner on its rollback, whose undo shows its diff and is confirmed (Cancel
+    focused). Declined, the run is still interrupted, now during its rollback: r is dimmed and
+    says why, b finishes the undo and the node is back as it was. 80x24, no colours."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    before = serving(fleet)
+    run_id = kill_a_run(fleet, tmp_path, "[3/4] watch started")
+    assert tokens(fleet) == 4096  # the change stays
+    app = make_app(fleet, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: bool(app._notifications))
+        (notice,) = app._notifications
+        assert notice.title == "1 run interrupted"
+        assert f"run {run_id} (kill-drill) interrupted at watch" in notice.message
+        await listed(pilot, app, {run_id: "interrupted at watch"})
+        assert isinstance(app.focused, InterruptedTable)  # on top, with its keys
+        shown = screen_text(app)
+        assert "Interrupted runs (1): r resumes, b rolls back" in shown
+        assert "r resumes it at watch, after running its checks again" in shown
+        assert footer_keys(app)["r"] is True and footer_keys(app)["b"] is True
+
+        await pilot.press("b")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog), 30)
+        dialog = app.screen
+        assert str(dialog.query_one("#question").render()).startswith(
+            "Undo shrink: engine.restore_args"
+        )
+        plan = str(dialog.query_one("#plan Static").render())
+        assert "-max-num-batched-tokens: 4096" in plan
+        assert f"+max-num-batched-tokens: {DEFAULT_TOKENS}" in plan
+        await wait_for(pilot, lambda: isinstance(app.focused, Button))
+        assert app.focused.id == "cancel"
+        await pilot.press("enter")  # declined
+        driver = app.runs["kill-drill"]
+        await wait_for(pilot, lambda: driver.ended)
+        await pilot.pause()
+        assert f"rollback of run {run_id}, which was interrupted at watch" in screen_text(app)
+        assert tokens(fleet) == 4096
+        await listed(pilot, app, {run_id: "interrupted during rollback at shrink"})
+        keys = footer_keys(app)
+        assert keys["r"] is False and keys["b"] is True  # dimmed: resume would skip the undo
+        assert "r dimmed: interrupted during its rollback, it can only be rolled back" in (
+            " ".join(screen_text(app).split())
+        )
+        await pilot.press("r")  # dimmed: nothing happens
+        await pilot.pause()
+        assert not isinstance(app.screen, RunnerScreen)
+
+        await pilot.press("b")
+        await confirm(pilot, app)
+        await wait_for(pilot, lambda: driver.ended, 60)
+        assert driver.run is not None and driver.run.outcome == "failed"
+        assert [s.status for s in driver.run.steps][1] == "rolled back"
+        assert prompt(app).startswith(f"run {run_id} failed: interrupted; rolled back 1 change")
+        assert prompt(app).endswith("ctrl+s starts a new run")
+        await asyncio.to_thread(settles_to, fleet, before)
+        assert run_state(app, run_id) == "failed"
+        await listed(pilot, app, {})
+        assert isinstance(app.focused, RunbookTable)
+
+
+async def test_an_interrupted_run_resumes_from_its_step_after_its_checks(fleet, tmp_path) -> None:
+    """r: the runner on the resume; the check before the step runs again, then the run waits
+    before the step it died in, as in step mode, and goes on from there to verified. The change
+    made before the kill is not made twice."""
+    run_id = kill_a_run(fleet, tmp_path, "[3/4] watch started")
+    app = make_app(fleet, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await listed(pilot, app, {run_id: "interrupted at watch"})
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunnerScreen))
+        driver = app.runs["kill-drill"]
+        await wait_ask(pilot, driver, "step", "watch")
+        assert driver.run is not None and driver.run.record.id == run_id
+        assert [s.status for s in driver.run.steps] == ["ok", "ok", "pending", "pending"]
+        assert f"resume of run {run_id}, which was interrupted at watch" in screen_text(app)
+        assert app.screen.query_one(StepTable).selected_id == "watch"
+        keys = footer_keys(app)
+        assert keys["n"] and keys["c"] and keys["b"]  # b: the change made before the kill
+        await pilot.press("c")
+        await wait_for(pilot, lambda: driver.ended, 60)
+        verified(app, driver)
+        assert tokens(fleet) == 4096
+        kinds = [(k, s) for k, s, _ in step_events(driver.session.log, driver.run)]
+        after = kinds[kinds.index(("run.resumed", "watch")) :]
+        assert [s for k, s in after if k == "step.started"] == ["look", "watch", "record"]
+        await listed(pilot, app, {})
+        assert run_state(app, run_id) == "verified"
+
+
+async def test_killed_during_its_rollback_read_only_dims_both_and_prod_types_the_target(
+    fleet, tmp_path
+) -> None:
+    """A run killed while its failed check was being undone. In read-only mode r and b are
+    dimmed, each saying why, and the run stays; in a protected environment only b is offered,
+    and the undo is confirmed with the target's name typed, after which the node is back."""
+    before = serving(fleet)
+    run_id = kill_a_run(fleet, tmp_path, "undoing change", runbook="undo-drill")
+    state = "interrupted during rollback at change"
+    app = make_app(fleet, tmp_path, read_only=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await listed(pilot, app, {run_id: state})
+        keys = footer_keys(app)
+        assert keys["r"] is False and keys["b"] is False
+        shown = " ".join(screen_text(app).split())
+        assert "r dimmed: read-only mode: a resume changes the fleet" in shown
+        assert "b dimmed: read-only mode: a rollback changes the fleet" in shown
+        await pilot.press("r", "b")
+        await pilot.pause()
+        assert not app.runs and run_state(app, run_id) == state
+
+    app = make_app(fleet, tmp_path, environment="prod")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await listed(pilot, app, {run_id: state})
+        keys = footer_keys(app)
+        assert keys["r"] is False and keys["b"] is True
+        await pilot.press("b")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog), 30)
+        dialog = app.screen
+        assert dialog.query_one("#confirm", Button).disabled
+        dialog.query_one("#typed", Input).focus()
+        await pilot.press(*"gpu-a1", "enter", "enter")  # typed: the focus goes to Confirm
+        driver = app.runs["undo-drill"]
+        await wait_for(pilot, lambda: driver.ended, 60)
+        assert driver.run is not None and driver.run.outcome == "failed"
+        await asyncio.to_thread(settles_to, fleet, before)
+        events = driver.session.log.events(run_id=run_id)
+        decision = [e for e in events if e["kind"] == "step.decision"][-1]
+        assert decision["data"]["typed_target"] == "gpu-a1"
+        await listed(pilot, app, {})
+        assert run_state(app, run_id) == "failed"
 
 
 # --- drills of the shipped runbooks, through the runner -----------------------------------------

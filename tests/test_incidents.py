@@ -126,3 +126,18 @@ def test_a_run_that_died_during_its_rollback_is_offered_the_rollback_only(
     assert "llmops runbook resume" not in shown
     assert f"llmops runbook settle {run_id} --note" in shown
     store.close()
+
+
+def test_a_dry_run_cut_off_by_a_kill_is_not_offered_for_a_take_over(tmp_path: Path) -> None:
+    """It changed nothing: there is nothing to undo, and a resume would carry it on for
+    real. It reads cut off, and no take-over accepts it."""
+    store = Store(tmp_path / "log.db")
+    log = IncidentLog(store)
+    incident = log.open_incident("latency-spike on gpu-a1", "gpu-a1", "ann@bastion")
+    run_id = log.start_run(incident, "latency-spike", "t", {}, "ann@bastion", "dry-run")
+    log.log(log.run(run_id), "step.started", "step change started", step="change")
+    store.update_row("runbook_runs", run_id, {"pid": 2**22 + 17, "pid_started_at": 1.0}, None)
+    run = log.run(run_id)
+    assert (run.interrupted, run.cut_off) == (False, True)
+    assert run.state == "cut off at change (dry-run: nothing was changed)"
+    store.close()
