@@ -45,14 +45,30 @@ _RANDOM_RUN_RE = re.compile(r"[A-Za-z0-9]{16,}")
 _COMMIT_ID_RE = re.compile(r"[0-9a-f]{40}")
 
 # A value given under a secret key name in text (YAML, JSON, key=value): `api_key: x`,
-# `"password": "x"`, `DB_PASSWORD=x`. The value runs to the end of its quotes or word.
+# `"password": "x y"`, `DB_PASSWORD=x`. A quoted value runs to its closing quote (the other
+# quote may be inside it); a bare one after `:` to the end of the line or of its flow item
+# (`,` `}` `]`), after `=` to the next space (an environment assignment). `http://` is a
+# URL, not a key.
 _KEY_VALUE_RE = re.compile(
-    r"""(?P<key>[A-Za-z_][A-Za-z0-9_-]*)(?P<close>["']?)(?P<sep>[ \t]*[:=][ \t]*)"""
-    r"""(?:(?P<quote>["'])(?P<quoted>[^"'\n]*)(?P=quote)|(?P<bare>[^\s"',}\]]+))"""
+    r"""(?P<key>[A-Za-z_][A-Za-z0-9_-]*)(?P<close>["']?)(?P<sep>[ \t]*(?P<op>[:=])(?!//)[ \t]*)"""
+    r"""(?:(?P<quote>["'])(?P<quoted>(?:\\.|(?!(?P=quote))[^\n])*)(?P=quote)"""
+    r"""|(?P<bare>[^\s"',}\]][^\n,}\]]*))"""
 )
 # A value that names where the secret is rather than being it: LiteLLM's os.environ/NAME,
 # ${NAME} and $NAME references. Kept: they say which variable to check.
 _REFERENCE_RE = re.compile(r"os\.environ/\w+|\$\{?\w+\}?")
+# An authorization scheme before its credentials: the scheme stays readable.
+_SCHEME_RE = re.compile(r"(?i)(bearer|basic|token|digest)\s+\S")
+# YAML block scalars (`password: |`): the lines indented under them are the value.
+_BLOCK_RE = re.compile(
+    r"""^(?P<indent>[ \t]*-?[ \t]*)(?P<key>["']?[A-Za-z_][A-Za-z0-9_-]*["']?)"""
+    r"""[ \t]*:[ \t]*[|>][-+]?[ \t]*$"""
+)
+# A credential in a URL's query: ?token=..., &api_key=...
+_QUERY_SECRET_RE = re.compile(
+    r"(?i)([?&](?:access_token|api_key|apikey|key|password|secret|sig|signature|token)=)"
+    r"[^&\s#\"']+"
+)
 
 # What redact() replaces in free text: bearer tokens, prefixed keys, passwords in URLs.
 _BEARER_TOKEN_RE = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
@@ -92,9 +108,11 @@ def redact(text: str, known: Iterable[str | None] = ()) -> str:
     for secret in known:
         if secret:
             text = text.replace(secret, REDACTED)
-    text = _KEY_VALUE_RE.sub(_masked_value, text)
     text = _BEARER_TOKEN_RE.sub(lambda m: m.group(1) + REDACTED, text)
     text = _URL_PASSWORD_PART_RE.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
+    text = _QUERY_SECRET_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _masked_blocks(text)
+    text = _KEY_VALUE_RE.sub(_masked_value, text)
     text = _KEY_PREFIX_RE.sub(REDACTED, text)
     text = _HF_TOKEN_RE.sub(REDACTED, text)
     return "".join(
@@ -104,12 +122,38 @@ def redact(text: str, known: Iterable[str | None] = ()) -> str:
 
 def _masked_value(match: re.Match[str]) -> str:
     value = match["quoted"] if match["quote"] else match["bare"]
-    if not secret_key_name(match["key"]) or not value or value == REDACTED:
+    if match["bare"] and match["op"] == "=":
+        value = value.split()[0]  # NAME=value rest: an assignment ends at a space
+    # "[redacted" (its "]" ends a bare value): an earlier rule masked it already.
+    if not value or not secret_key_name(match["key"]) or REDACTED[:-1] in value:
         return match[0]
-    if _REFERENCE_RE.fullmatch(value):
+    if _REFERENCE_RE.fullmatch(value.strip()):
         return match[0]
+    scheme = _SCHEME_RE.match(value)
+    masked = value[: scheme.end() - 1] + REDACTED if scheme else REDACTED
     quote = match["quote"] or ""
-    return f"{match['key']}{match['close']}{match['sep']}{quote}{REDACTED}{quote}"
+    head = f"{match['key']}{match['close']}{match['sep']}{quote}{masked}{quote}"
+    if match["bare"] and match["op"] == "=":
+        return head + match["bare"][len(value) :]
+    return head
+
+
+def _masked_blocks(text: str) -> str:
+    """The lines of a YAML block scalar under a secret key name (``password: |``)."""
+    lines = text.split("\n")
+    out = []
+    under: int | None = None  # the indent of the key whose block is being masked
+    for line in lines:
+        indent = len(line) - len(line.lstrip(" \t"))
+        if under is not None and (not line.strip() or indent > under):
+            out.append(line[:indent] + REDACTED if line.strip() else line)
+            continue
+        under = None
+        block = _BLOCK_RE.match(line)
+        if block and secret_key_name(block["key"].strip("\"'")):
+            under = len(block["indent"].replace("-", " "))
+        out.append(line)
+    return "\n".join(out)
 
 
 # Splits on separators but keeps them, so that the text is rebuilt as it was.

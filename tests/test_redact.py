@@ -69,7 +69,24 @@ def test_the_config_scanner_and_redaction_agree() -> None:
         ("token: ${HF_TOKEN}", "token: ${HF_TOKEN}"),
         # Other keys stay as they are.
         ("max_tokens: 512, weight: 0.5", "max_tokens: 512, weight: 0.5"),
+        # A header keeps its scheme and loses its credentials, a JWT's dots included.
+        ("Authorization: Bearer abcdefg", "Authorization: Bearer [redacted]"),
+        (
+            "sent Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIi.R8U ok",
+            "sent Authorization: Bearer [redacted] ok",
+        ),
+        # A value of several words, a quote of the other kind inside quotes, a block scalar.
+        ("password: correct horse battery staple", "password: [redacted]"),
+        ('master_key: "it\'s-topsecret-Q"', 'master_key: "[redacted]"'),
+        ("  password: |\n    line one\n    line two\n  model: x", None),
+        # A credential in a URL's query, where the scheme's colon is no key.
+        ("url: http://h:1/x?token=abc123&y=2", "url: http://h:1/x?token=[redacted]&y=2"),
     ],
 )
-def test_a_value_under_a_secret_key_name_is_redacted(text: str, expected: str) -> None:
-    assert redact(text) == expected
+def test_a_value_under_a_secret_key_name_is_redacted(text: str, expected: str | None) -> None:
+    masked = redact(text)
+    if expected is None:  # the block: none of its lines is left
+        assert "line" not in masked and masked.endswith("model: x")
+    else:
+        assert masked == expected
+    assert redact(masked) == masked  # masking twice changes nothing ("[redacted]]" was seen)
