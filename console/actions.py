@@ -1097,7 +1097,10 @@ def read_only_problem(command: str) -> str | None:
         if patterns:
             return f"{program} {patterns[0]}: name files exactly, without * ? [ {{ or ~"
         if any(_private_path(w) for w in rest):
-            return f"{program}: private keys and password files stay out of the incident log"
+            return (
+                f"{program}: private keys, password files, a process's environment and paths "
+                "through .. stay out of the incident log"
+            )
     return check(rest)
 
 
@@ -1105,8 +1108,21 @@ _FILE_READERS = frozenset({"cat", "head", "tail", "ls"})
 _GLOB_CHARS = frozenset("*?[{~")
 
 
+# /proc entries that reach other files or hold a process's secrets: its root and working
+# directory (a way around any path check), its environment, memory and open files.
+_PROC_PRIVATE_RE = re.compile(
+    r"/proc/(?:self|thread-self|\d+)(?:/task/\d+)?/(?:root|cwd|environ|mem|fd|map_files)(?:/|$)"
+)
+
+
 def _private_path(word: str) -> bool:
-    path = posixpath.normpath(word)  # /etc/../etc/shadow is /etc/shadow
+    if word.startswith("-"):
+        return False  # an option, not a file
+    if ".." in word.split("/"):
+        return True  # ../../etc/shadow: where it leads depends on the directory it runs in
+    path = posixpath.normpath(word)  # /etc/./shadow is /etc/shadow
+    if _PROC_PRIVATE_RE.match(path):
+        return True
     return ".ssh" in path or path.startswith(("/etc/shadow", "/etc/gshadow", "/etc/sudoers"))
 
 

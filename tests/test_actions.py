@@ -658,7 +658,7 @@ async def test_node_inspect_runs_read_only_commands_unconfirmed(
         # An option's value is not the verb: -p status restart would restart.
         ("systemctl -p status restart vllm.service", "systemctl -p is not one of"),
         ("sudo -n cat /etc/shadow", "sudo cat: files are read as the SSH user"),
-        ("cat /home/llmops/.ssh/id_ed25519", "cat: private keys and password files stay out"),
+        ("cat /home/llmops/.ssh/id_ed25519", "cat: private keys, password files"),
         ("tail --fol /var/log/syslog", "tail --fol follows the file"),
         ("nvidia-smi -l 1", "nvidia-smi -l is not a query option"),
         ("hostname evil", "hostname evil may set the host name"),
@@ -671,7 +671,11 @@ async def test_node_inspect_runs_read_only_commands_unconfirmed(
         ("cat ~/.s?h/id_ed25519", "cat ~/.s?h/id_ed25519: name files exactly"),
         ("cat /etc/sh*dow", "cat /etc/sh*dow: name files exactly"),
         ("head /home/u/.s{s,x}h/id_rsa", "head /home/u/.s{s,x}h/id_rsa: name files exactly"),
-        ("cat /etc/../etc/shadow", "cat: private keys and password files stay out"),
+        ("cat /etc/../etc/shadow", "cat: private keys, password files"),
+        # Through .. (relative: where it leads depends on where it runs) and through /proc.
+        ("cat ../../etc/shadow", "cat: private keys, password files"),
+        ("cat /proc/self/root/etc/shadow", "cat: private keys, password files"),
+        ("cat /proc/1234/environ", "cat: private keys, password files"),
     ],
 )
 def test_node_inspect_refuses_what_is_not_one_read_only_command(command: str, why: str) -> None:
@@ -697,6 +701,7 @@ def test_node_inspect_refuses_what_is_not_one_read_only_command(command: str, wh
         "hostname -f",
         "ls -la '/etc/vllm'",
         "journalctl -b -1 -n all --no-pager",
+        "cat /proc/meminfo",
         "journalctl -u vllm -b",
         "journalctl --lines 20 --boot 0123456789abcdef0123456789abcdef-1",
     ],
