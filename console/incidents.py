@@ -89,6 +89,10 @@ class RunRecord:
         return f"running {self.open_step}" if self.open_step else "running"
 
 
+class TakenOver(Exception):
+    """Another process took the run over between reading it and claiming it."""
+
+
 @dataclass(frozen=True)
 class IncidentRecord:
     id: int
@@ -230,10 +234,16 @@ class IncidentLog:
         )
 
     def take_over(self, run: RunRecord, operator_name: str, how: str) -> RunRecord:
-        """This process now runs ``run`` (resumed or rolled back after an interruption)."""
-        self.store.update_row(
+        """This process now runs ``run`` (resumed or rolled back after an interruption).
+
+        Claimed in one transaction, against the process the run was judged interrupted
+        under: two consoles taking it over at once would both undo (and restart) the same
+        change; the second is refused with :class:`TakenOver`.
+        """
+        claimed = self.store.claim_row(
             "runbook_runs",
             run.id,
+            {"pid": run.pid, "host": run.host, "outcome": None},
             {
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -250,6 +260,9 @@ class IncidentLog:
                 "step": run.open_step,
             },
         )
+        if not claimed:
+            now = self.run(run.id)
+            raise TakenOver(f"run {run.id} was taken over by another console first: {now.state}")
         return self.run(run.id)
 
     def release(self, run: RunRecord, message: str) -> None:

@@ -19,7 +19,7 @@ from console.actions import Registry, read_engine_args, read_routes, read_weight
 from console.config import Config
 from console.facts import FigureReader
 from console.hub import Hub
-from console.incidents import IncidentLog, RunRecord, operator
+from console.incidents import IncidentLog, RunRecord, TakenOver, operator
 from console.redact import REDACTED
 from console.runbook import (
     ParamError,
@@ -269,9 +269,12 @@ class Session:
             )
             record = self.log.run(preview)
         else:
-            record = self.log.take_over(
-                record, self.operator, "resumed" if how == "resume" else "rolled back"
-            )
+            try:
+                record = self.log.take_over(
+                    record, self.operator, "resumed" if how == "resume" else "rolled back"
+                )
+            except TakenOver as exc:
+                raise ParamError(str(exc)) from None
         run = self.run_for(record, runbook, values, controller, mode, listener)
         if listener is not None and hasattr(listener, "run"):
             listener.run = run

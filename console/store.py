@@ -262,6 +262,33 @@ class Store:
                     self.conn.execute("ROLLBACK")
                 raise
 
+    def claim_row(
+        self,
+        table: str,
+        row_id: int,
+        expected: dict[str, Any],
+        values: dict[str, Any],
+        event: dict[str, Any] | None,
+    ) -> bool:
+        """Update the row only if it still holds ``expected`` (and log why), in one write
+        transaction: of two processes claiming it at once, one does and the other is told."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = next(iter(self.db.query(f"SELECT * FROM {table} WHERE id = ?", [row_id])))
+                if any(row.get(k) != v for k, v in expected.items()):
+                    self.conn.execute("ROLLBACK")
+                    return False
+                self.db.table(table).update(row_id, values)
+                if event is not None:
+                    self.db.table("events").insert(_linked_event_row(event))
+                self.conn.execute("COMMIT")
+                return True
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.db.query(sql, params))

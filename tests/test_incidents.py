@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from console import cli
-from console.incidents import IncidentLog
+from console.incidents import IncidentLog, TakenOver
 from console.store import Store
 
 KEY = "sk-demo-0123456789abcdef0123456789abcdef"
@@ -141,3 +141,22 @@ def test_a_dry_run_cut_off_by_a_kill_is_not_offered_for_a_take_over(tmp_path: Pa
     assert (run.interrupted, run.cut_off) == (False, True)
     assert run.state == "cut off at change (dry-run: nothing was changed)"
     store.close()
+
+
+def test_of_two_consoles_taking_over_one_run_at_once_only_one_does(tmp_path: Path) -> None:
+    """Both read the run as interrupted; the claim is one transaction against the process
+    it was read under, so the second is told instead of undoing the change a second time."""
+    first, second = Store(tmp_path / "log.db"), Store(tmp_path / "log.db")
+    log_a, log_b = IncidentLog(first), IncidentLog(second)
+    incident = log_a.open_incident("latency-spike on gpu-a1", "gpu-a1", "ann@bastion")
+    run_id = log_a.start_run(incident, "latency-spike", "t", {}, "ann@bastion", "live")
+    first.update_row("runbook_runs", run_id, {"pid": 2**22 + 17, "pid_started_at": 1.0}, None)
+    seen_a, seen_b = log_a.run(run_id), log_b.run(run_id)
+    assert seen_a.interrupted and seen_b.interrupted
+    log_a.take_over(seen_a, "ann@bastion", "rolled back")
+    with pytest.raises(TakenOver, match=f"run {run_id} was taken over by another console first"):
+        log_b.take_over(seen_b, "bob@bastion", "rolled back")
+    kinds = [e["kind"] for e in log_a.events(run_id=run_id)]
+    assert kinds.count("run.rolled back") == 1
+    first.close()
+    second.close()
