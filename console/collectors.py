@@ -66,9 +66,14 @@ class FleetReadings:
 class ProbeFailed(Exception):
     """A probe got no answer, an error status, or a stream without content."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, *, answered: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s  # the scheduler waits at least this long
+        # The endpoint answered with an error (a 500): it is probed at its interval, not
+        # backed off, since its probes are what its error rate is made of.
+        self.answered = answered
 
 
 # Sets (text) or clears (None) the warning shown on a source.
@@ -214,9 +219,13 @@ class Collectors:
             # APIs answer an alias with a dated name: compare with the first answer, not config.
             self.readings.first_model.setdefault(endpoint.name, result.model)
         if not result.ok:
-            # Recorded above for error %, and raised so the source shows the failure and backs
-            # off (a 429 asks for exactly that, for as long as its Retry-After says).
-            raise ProbeFailed(result.error or "probe failed", result.retry_after_s)
+            # Recorded above for error %, and raised so the source shows the failure. No answer
+            # backs it off, and a 429 for as long as its Retry-After says; an error answered
+            # (a 500) keeps the interval, so the error rate stays measured.
+            answered = result.status is not None and result.status != 429
+            raise ProbeFailed(
+                result.error or "probe failed", result.retry_after_s, answered=answered
+            )
 
 
 async def engine_base_url(ssh: SshPool, node: NodeConfig) -> str:

@@ -69,6 +69,7 @@ class Scheduler:
         self._last_ok_mono: dict[str, float] = {}
         self._ok_duration: dict[str, float] = {}
         self._retry_after: dict[str, float] = {}
+        self._steady: set[str] = set()  # failing with answers: no backoff
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- the record
@@ -126,16 +127,23 @@ class Scheduler:
                 self._retry_after[source.name] = float(retry_after)
             else:
                 self._retry_after.pop(source.name, None)
+            # A failure that was an answer (an HTTP 500 from a provider) is polled at the
+            # usual interval: backing off would starve the very error rate it measures.
+            if getattr(exc, "answered", False):
+                self._steady.add(source.name)
+            else:
+                self._steady.discard(source.name)
             self.record_failure(source.name, one_line(exc))
             return
         self._retry_after.pop(source.name, None)
+        self._steady.discard(source.name)
         self._ok_duration[source.name] = self._monotonic() - started
         self.record_ok(source.name)
 
     def delay_after(self, source: Source) -> float:
         failures = self._status[source.name].consecutive_failures
-        if failures == 0:
-            return source.interval_s
+        if failures == 0 or source.name in self._steady:
+            return max(source.interval_s, self._retry_after.get(source.name, 0.0))
         # The exponent is capped: 2 ** 1025 is past any float (a node down all weekend).
         doublings = min(failures - 1, MAX_DOUBLINGS)
         step = min(source.interval_s * 2.0**doublings, self.max_backoff_s)

@@ -156,3 +156,24 @@ async def test_a_meaningless_retry_after_is_ignored(retry_after: object) -> None
     scheduler, _ = make([source], Clocks())
     await scheduler.poll(source)
     assert scheduler.delay_after(source) == 1.0
+
+
+async def test_a_failure_that_was_an_answer_keeps_the_interval() -> None:
+    """A provider answering 500s is polled at its interval: backing off would leave its
+    error rate, made of those very probes, not known (one probe in a 15 s window)."""
+    answered = Refused()
+    answered.answered = True  # type: ignore[attr-defined]
+    outcome: list[Exception] = [answered]
+
+    async def poll() -> None:
+        raise outcome[0]
+
+    source = Source("probe:x", 1.0, poll)
+    scheduler, _ = make([source], Clocks(), jitter=0.0)
+    for _ in range(5):
+        await scheduler.poll(source)
+        assert scheduler.delay_after(source) == 1.0
+    outcome[0] = Refused()  # no answer at all: backed off as before
+    for _ in range(3):
+        await scheduler.poll(source)
+    assert scheduler.delay_after(source) > 1.0
