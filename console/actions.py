@@ -24,6 +24,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -146,8 +147,9 @@ class ActionRefused(Exception):
 
 class AlreadyDone(ActionRefused):
     """The state the call would make is the state already in place: there is nothing to do.
-    Undoing, that says the change is not there (never made, or undone already); resuming a
-    step that died mid-change, that its change landed."""
+    Undoing, that says the change is not there (never made, or undone already). A call that
+    died mid-change is planned with ``finish`` instead: its file may hold the change while
+    the restart or reload never ran."""
 
 
 class BackupMissing(ActionRefused):
@@ -167,6 +169,9 @@ class Plan:
     detail: str  # exactly what will run; never a secret
     notes: tuple[str, ...] = ()  # e.g. which vLLM catalogue the arguments were checked against
     state: Mapping[str, object] = field(default_factory=dict)  # what execute needs; not shown
+    # Writes nothing: restarts or reloads on a file an interrupted call changed, and verifies
+    # (planned with ``finish``). What undoes the change is what undoes that call.
+    finishes: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,12 @@ class Registry:
             "http.request": self._plan_http,
             "incident.note": self._plan_note,
         }
+        # The planners of the file changes, for a call whose file already says what it asks.
+        self._finish_planners: dict[str, Callable[[str, dict[str, Any]], Awaitable[Plan]]] = {
+            "engine.set_args": functools.partial(self._plan_set_args, finish=True),
+            "engine.restore_args": functools.partial(self._plan_restore_args, finish=True),
+            "routing.set_weights": functools.partial(self._plan_set_weights, finish=True),
+        }
         self._executors: dict[str, Callable[[Plan, OnOutput, Deadline], Awaitable[Outcome]]] = {
             "node.run": self._run_command,
             "node.inspect": self._run_command,
@@ -282,10 +293,17 @@ class Registry:
             return str(args.get("method", "")).upper() not in SAFE_METHODS
         return spec.mutating
 
-    async def plan(self, action: str, args: Mapping[str, object]) -> Plan:
-        """Render one call; may read the world, never changes it. Raises ActionRefused."""
+    async def plan(self, action: str, args: Mapping[str, object], *, finish: bool = False) -> Plan:
+        """Render one call; may read the world, never changes it. Raises ActionRefused.
+
+        With ``finish`` (the call a crash cut off, taken up again), a file that already says
+        what is asked is not AlreadyDone: the file may have landed while the restart or reload
+        never ran, so the plan runs the rest of the call (the restart or reload and the same
+        verification) without writing anything. A file not changed yet is planned as usual.
+        """
         checked = self._checked_args(_spec(action), args)
-        plan = await self._planners[action](action, checked)
+        planners = self._finish_planners if finish else {}
+        plan = await planners.get(action, self._planners[action])(action, checked)
         digest = self.digest(plan)
         self._issued.pop(digest, None)
         self._issued[digest] = plan
@@ -446,7 +464,9 @@ class Registry:
 
     # -- engine.set_args, engine.restore_args ---------------------------------------------------
 
-    async def _plan_set_args(self, action: str, args: dict[str, Any]) -> Plan:
+    async def _plan_set_args(
+        self, action: str, args: dict[str, Any], *, finish: bool = False
+    ) -> Plan:
         node = args["node"]
         engine = self._engine(node)
         wanted, unset = args.get("set", {}), args.get("unset", [])
@@ -464,9 +484,16 @@ class Registry:
         after_data, changes, unset_notes = _apply_args(
             data, resolved.set, resolved.unset, catalogue
         )
+        wait = args.setdefault("wait", DEFAULT_WAIT_S)
+        rendered = {"node": node, "set": resolved.set, "unset": list(resolved.unset), "wait": wait}
+        verify: dict[str, object] = {"set": resolved.set, "catalogue": catalogue.version}
         if not changes:
             said = ", ".join([*(f"{k}={_show(v)}" for k, v in resolved.set.items()), *unset_notes])
-            raise AlreadyDone(f"engine.set_args on {node}: already set ({said}); nothing to do")
+            if not finish:
+                raise AlreadyDone(f"engine.set_args on {node}: already set ({said}); nothing to do")
+            return self._finish_engine_plan(
+                action, rendered, f"{said} in the file already", before, verify, notes
+            )
         touched = {normal_key(k) for k in (*resolved.set, *resolved.unset)}
         rest = {k: v for k, v in after_data.items() if normal_key(str(k)) not in touched}
         kept = [
@@ -475,8 +502,6 @@ class Registry:
         ]
         after = yaml.safe_dump(after_data, sort_keys=False)
         backup = await self._free_backup_name(action, node, path)
-        wait = args.setdefault("wait", DEFAULT_WAIT_S)
-        rendered = {"node": node, "set": resolved.set, "unset": list(resolved.unset), "wait": wait}
         return Plan(
             action=action,
             args=rendered,
@@ -491,12 +516,13 @@ class Registry:
                 "backup": backup,
                 "before": before,
                 "after": after,
-                "set": resolved.set,
-                "catalogue": catalogue.version,
+                **verify,
             },
         )
 
-    async def _plan_restore_args(self, action: str, args: dict[str, Any]) -> Plan:
+    async def _plan_restore_args(
+        self, action: str, args: dict[str, Any], *, finish: bool = False
+    ) -> Plan:
         node = args["node"]
         engine = self._engine(node)
         path = engine.args_file
@@ -505,9 +531,15 @@ class Registry:
             raise BackupMissing(f"engine.restore_args on {node}: there is no {backup}")
         current = await self._read_text(action, node, path)
         restored = await self._read_text(action, node, backup)
+        wait = args.setdefault("wait", DEFAULT_WAIT_S)
+        rendered = {"node": node, "backup": backup, "wait": wait}
         if restored == current:
-            raise AlreadyDone(
-                f"engine.restore_args on {node}: {path} already matches {backup}; nothing to do"
+            if not finish:
+                raise AlreadyDone(
+                    f"engine.restore_args on {node}: {path} already matches {backup}; nothing to do"
+                )
+            return self._finish_engine_plan(
+                action, rendered, f"{path} matches {backup} already", current, {"set": {}}, ()
             )
         notes: list[str] = [f"restores {backup}"]
         try:
@@ -523,10 +555,9 @@ class Registry:
                 for p in check_args(catalogue, data)
             ]
         keep = await self._free_backup_name(action, node, path)
-        wait = args.setdefault("wait", DEFAULT_WAIT_S)
         return Plan(
             action=action,
-            args={"node": node, "backup": backup, "wait": wait},
+            args=rendered,
             mutating=True,
             target=node,
             summary=f"engine.restore_args on {node}: put back {backup}, then restart",
@@ -536,20 +567,53 @@ class Registry:
             state={"path": path, "backup": keep, "before": current, "after": restored, "set": {}},
         )
 
+    def _finish_engine_plan(
+        self,
+        action: str,
+        rendered: dict[str, Any],
+        said: str,
+        current: str,
+        verify: dict[str, object],
+        notes: Sequence[str],
+    ) -> Plan:
+        """The rest of an engine change whose file landed: restart, then verify as it does."""
+        node = str(rendered["node"])
+        engine = self._engine(node)
+        path = engine.args_file
+        return Plan(
+            action=action,
+            args=rendered,
+            mutating=True,
+            target=node,
+            summary=f"{action} on {node}: {said}, restart to run it",
+            detail=f"{path} on {node} already holds the change; nothing is written\n"
+            f"run on {node}: {engine.restart_command}\n"
+            + _wait_line(engine, _seconds(rendered, "wait")),
+            notes=tuple(notes),
+            state={"path": path, "before": current, "after": current, **verify},
+            finishes=True,
+        )
+
     async def _change_engine_file(
         self, plan: Plan, on_output: OnOutput, deadline: Deadline
     ) -> Outcome:
-        """engine.set_args and restore_args once planned: back up, write, restart, verify."""
+        """engine.set_args and restore_args once planned: back up, write, restart, verify
+        (a plan that finishes a change whose file landed writes nothing)."""
         node = str(plan.args["node"])
         engine = self._engine(node)
         path, after = str(plan.state["path"]), str(plan.state["after"])
         output = _Output(on_output)
-        failed = await self._replace_with_backup(plan, node, node, path, output)
-        if failed is not None:
-            return failed
-        undo = self._undo_for(plan)
-        facts: dict[str, object] = {"backup": plan.state["backup"]}
         what = f"{plan.action} on {node}"
+        facts: dict[str, object] = {}
+        if plan.finishes:
+            await self._refuse_if_changed(plan, node, node, path)
+            what += f" ({path} held it already)"
+        else:
+            failed = await self._replace_with_backup(plan, node, node, path, output)
+            if failed is not None:
+                return failed
+            facts["backup"] = plan.state["backup"]
+        undo = self._undo_for(plan)
         failed = await self._run_step(what, node, engine.restart_command, output, deadline)
         if failed is not None:
             return dataclasses.replace(failed, facts=facts, undo=undo)
@@ -685,7 +749,9 @@ class Registry:
 
     # -- routing.set_weights --------------------------------------------------------------------
 
-    async def _plan_set_weights(self, action: str, args: dict[str, Any]) -> Plan:
+    async def _plan_set_weights(
+        self, action: str, args: dict[str, Any], *, finish: bool = False
+    ) -> Plan:
         router = self._router(args.get("router"))
         where = f"routing.set_weights on {router.name}"
         weights = {name: _weight(where, name, w) for name, w in args["weights"].items()}
@@ -730,9 +796,23 @@ class Registry:
             for name, w in weights.items()
             if previous[name] != w or type(previous[name]) is not type(w)
         ]
+        rendered = {"router": router.name, "weights": weights}
         if not changes:
             said = ", ".join(f"{n}={_show(w)}" for n, w in weights.items())
-            raise AlreadyDone(f"{where}: already set ({said}); nothing to do")
+            if not finish:
+                raise AlreadyDone(f"{where}: already set ({said}); nothing to do")
+            # The rest of a change whose file landed: reload, then verify as it does.
+            return Plan(
+                action=action,
+                args=rendered,
+                mutating=True,
+                target=router.name,
+                summary=f"{where}: {said} in the file already, reload to load it",
+                detail=f"{router.file} on {host} already holds the change; nothing is written\n"
+                f"run on {host}: {router.reload_command}\n",
+                state={"host": host, "before": before, "previous": previous},
+                finishes=True,
+            )
         after = _dump_router_file(router, new_doc)
         backup = await self._free_backup_name(action, host, router.file)
         notes = [
@@ -743,7 +823,7 @@ class Registry:
         ]
         return Plan(
             action=action,
-            args={"router": router.name, "weights": weights},
+            args=rendered,
             mutating=True,
             target=router.name,
             summary=f"{where}: {', '.join(changes)}, then reload",
@@ -770,14 +850,15 @@ class Registry:
         wanted = plan.args["weights"]
         assert isinstance(previous, dict) and isinstance(wanted, dict)
         output = _Output(on_output)
-        failed = await self._replace_with_backup(plan, router.name, host, router.file, output)
-        if failed is not None:
-            return failed
+        facts: dict[str, object] = {"weights_before": dict(previous)}
+        if plan.finishes:
+            await self._refuse_if_changed(plan, router.name, host, router.file)
+        else:
+            failed = await self._replace_with_backup(plan, router.name, host, router.file, output)
+            if failed is not None:
+                return failed
+            facts["backup"] = plan.state["backup"]
         undo = self._undo_for(plan)
-        facts: dict[str, object] = {
-            "backup": plan.state["backup"],
-            "weights_before": dict(previous),
-        }
         failed = await self._run_step(where, host, router.reload_command, output, deadline)
         if failed is not None:
             return dataclasses.replace(failed, facts=facts, undo=undo)
@@ -804,9 +885,10 @@ class Registry:
                 facts=facts,
                 undo=undo,
             )
+        was = "in the file already" if plan.finishes else f"was {_weights_text(previous)}"
         return Outcome(
             True,
-            f"{where}: {_weights_text(now)} (was {_weights_text(previous)}), reloaded",
+            f"{where}: {_weights_text(now)} ({was}), reloaded",
             output=output.text(),
             facts=facts,
             undo=undo,
@@ -977,10 +1059,7 @@ class Registry:
         since the plan."""
         what = f"{plan.action} on {target}"
         before, after, backup = (str(plan.state[k]) for k in ("before", "after", "backup"))
-        if await self._read_text(plan.action, host, path) != before:
-            raise ActionRefused(
-                f"{what} not run: {path} changed since the plan was made; plan it again"
-            )
+        await self._refuse_if_changed(plan, target, host, path)
         if posixpath.basename(backup) in await self._names_beside(plan.action, host, path):
             raise ActionRefused(f"{what} not run: {backup} exists already; plan it again")
         try:
@@ -1007,9 +1086,19 @@ class Registry:
         output.line(f"wrote {path}")
         return None
 
+    async def _refuse_if_changed(self, plan: Plan, target: str, host: str, path: str) -> None:
+        """Refuse, changing nothing, when the file is no longer what the plan read."""
+        if await self._read_text(plan.action, host, path) != plan.state["before"]:
+            raise ActionRefused(
+                f"{plan.action} on {target} not run: {path} changed since the plan was made; "
+                "plan it again"
+            )
+
     def _undo_for(self, plan: Plan) -> dict[str, object] | None:
         """The arguments of the compensating call, should the plan's change have been made
         (known when it is planned: the backup's name, the previous weights)."""
+        if plan.finishes:
+            return None  # writes nothing: the undo of the attempt that wrote the file stands
         if plan.action == "engine.set_args":
             return {"node": plan.args["node"], "backup": plan.state["backup"]}
         if plan.action == "routing.set_weights":

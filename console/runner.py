@@ -133,6 +133,9 @@ class _Done:
     # Made and confirmed by this process, undoing it too; a change read back from the log
     # (another process made it) is undone only when the one taking the run over confirms.
     confirmed_here: bool = False
+    # Its undo began in a process that died: the file may be put back while the restart or
+    # reload never ran, so a file that matches already is not "nothing to undo".
+    undo_begun: bool = False
 
 
 def figure_text(name: str, figure: Figure) -> str:
@@ -332,7 +335,8 @@ class Run:
         call = state.step.action
         if state.step.kind != "mutate" or call is None:
             return None
-        plan = await self.registry.plan(call.action, self._args(call))
+        finish = state.step.id == self._interrupted_step
+        plan = await self.registry.plan(call.action, self._args(call), finish=finish)
         return replace(plan, summary=self._mask(plan.summary), detail=self._mask(plan.detail))
 
     async def _roll_back_and_finish(self, outcome: str, why: str) -> None:
@@ -360,7 +364,8 @@ class Run:
         if progress.interrupted_undo is not None:
             # The run died inside a mutating step, whose change may have landed: it is undone
             # with the others should the run fail or be rolled back, and the step, planned
-            # again, finds it in place rather than refusing to make it twice.
+            # again to finish, restarts or reloads on a file that landed rather than refusing
+            # to make the change twice (or taking a file nothing runs yet for done).
             self.done.append(progress.interrupted_undo)
             self._interrupted_step = progress.interrupted_undo.step
         for state in self.steps[: progress.start_at]:
@@ -384,15 +389,15 @@ class Run:
     async def _mutate(self, state: StepState, attempt: int) -> bool | None:
         step = state.step
         assert step.action is not None
+        # The attempt the run died in may have written the file: its undo is in self.done,
+        # and a plan to finish it (restart or reload, then verify) makes what it began run.
+        finish = step.id == self._interrupted_step
         try:
-            plan = await self.registry.plan(step.action.action, self._args(step.action))
+            plan = await self.registry.plan(
+                step.action.action, self._args(step.action), finish=finish
+            )
         except ActionRefused as refusal:
             await self._start(state, f"{step.action.action}: planning")
-            if isinstance(refusal, AlreadyDone) and step.id == self._interrupted_step:
-                # The attempt the run died in had made the change; its undo is in self.done.
-                text = f"in place already (made before the run was interrupted): {refusal}"
-                await self._end(state, "ok", text, {})
-                return True
             await self._end(state, "failed", f"refused before anything changed: {refusal}", {})
             return False
         state.plan = plan
@@ -460,8 +465,9 @@ class Run:
                 if line and self._mask(line) not in streamed:
                     self._output(state, line)
         result = self._result_data(plan, outcome, self.clock() - started)
-        if outcome.ok or outcome.undo is not None:
-            # A failed step that changed something is undone with the others.
+        if (outcome.ok or outcome.undo is not None) and not plan.finishes:
+            # A failed step that changed something is undone with the others (a plan that
+            # finishes an interrupted change: the undo of that change is in self.done).
             undo = self._undo_of(step, plan, outcome)
             if undo is not None:
                 self.done.append(undo)
@@ -650,23 +656,18 @@ class Run:
 
     async def _compensate(self, done: _Done) -> str:
         """Undo one change: ``ok`` (undone, or nothing to undo), ``failed`` or ``declined``.
-        A dry run plans the undo and shows it exactly, as it shows any mutating step."""
+        A dry run plans the undo and shows it exactly, as it shows any mutating step. An undo
+        a crash cut off is planned to finish: a file put back still gets its restart or reload.
+        """
         dry = self.mode == "dry-run"
-        if not dry:
-            self.log.log(
-                self.record,
-                "rollback.started",
-                f"undoing {done.step}: {done.action}",
-                step=done.step,
-                data={"action": done.action, "args": dict(done.args)},
-            )
-        verb = "would undo" if dry else "undoing"
-        self._emit("rollback", done.step, f"{verb} {done.step}: {done.action}")
+        if dry:
+            self._emit("rollback", done.step, f"would undo {done.step}: {done.action}")
         started = self.clock()
         plan: Plan | None = None
         declined = False
+        begun = False
         try:
-            plan = await self.registry.plan(done.action, done.args)
+            plan = await self.registry.plan(done.action, done.args, finish=done.undo_begun)
             confirmation = None if dry else await self._undo_confirmation(done, plan)
             if dry:
                 self._show_plan(done.step, plan)
@@ -675,10 +676,15 @@ class Run:
                 declined = True
                 outcome = Outcome(ok=False, summary=f"declined: {plan.summary} not run")
             else:
+                self._undo_begins(done)
+                begun = True
                 outcome = await self.registry.execute(
                     plan, confirmation, on_output=lambda line: self._emit("output", done.step, line)
                 )
         except ActionRefused as refusal:
+            if not dry and not begun:
+                # Logged all the same: a rollback.finished is read against the undo before it.
+                self._undo_begins(done)
             plan = None
             if isinstance(refusal, AlreadyDone):  # the state is the old one already
                 outcome = Outcome(ok=True, summary=f"nothing to undo: {refusal}")
@@ -716,6 +722,19 @@ class Run:
             return "declined"
         return "ok" if outcome.ok else "failed"
 
+    def _undo_begins(self, done: _Done) -> None:
+        """Log that an undo begins. Only once it is confirmed: the run reads ``interrupted
+        during rollback`` from this event, and a take-over declined before anything changed
+        leaves the run as it was (resumable)."""
+        self.log.log(
+            self.record,
+            "rollback.started",
+            f"undoing {done.step}: {done.action}",
+            step=done.step,
+            data={"action": done.action, "args": dict(done.args)},
+        )
+        self._emit("rollback", done.step, f"undoing {done.step}: {done.action}")
+
     async def _undo_confirmation(self, done: _Done, plan: Plan) -> Confirmation | None:
         """What lets an undo run; None when the engineer declined it."""
         digest = Registry.digest(plan)
@@ -724,6 +743,7 @@ class Run:
             return Confirmation(self.operator, digest, plan.target)
         # A change another process made (this one took the run over): confirmed like any
         # mutating step, on its exact plan (the target typed in a protected environment).
+        self._emit("rollback", done.step, f"to undo {done.step}: {done.action}")
         self._show_plan(done.step, plan)
         state = next((s for s in self.steps if s.step.id == done.step), None)
         if state is None:  # the runbook changed since the run: the step is gone from it
@@ -1044,6 +1064,13 @@ def recorded_progress(log: IncidentLog, record: RunRecord, runbook: Runbook) -> 
             matches = [i for i, d in enumerate(done) if (d.step, dict(d.args)) == undoing]
             if matches:
                 del done[matches[-1]]
+            undoing = None
+    if undoing is not None:
+        # The last undo begun did not finish well (a crash cut it off, or its restart or
+        # reload failed): its file may be put back with nothing running it yet.
+        matches = [i for i, d in enumerate(done) if (d.step, dict(d.args)) == undoing]
+        if matches:
+            done[matches[-1]] = replace(done[matches[-1]], undo_begun=True)
     ids = [s.id for s in runbook.steps]
     open_step = record.open_step
     interrupted_undo = None

@@ -21,6 +21,7 @@ import yaml
 from backends.ssh import SshPool
 from console.actions import (
     ActionRefused,
+    AlreadyDone,
     Confirmation,
     Outcome,
     Plan,
@@ -474,6 +475,66 @@ async def test_failover_on_the_demo_gateway_moves_what_its_router_loads(
     back = await reg.plan(*undo)
     assert (await reg.execute(back, confirm(back))).ok
     assert fleet.router_weights(ROUTE_API) == before
+
+
+async def test_a_change_whose_file_landed_without_its_restart_is_finished_not_done(
+    fleet: DemoFleet, demo: tuple[Config, SshPool, httpx.AsyncClient]
+) -> None:
+    """A crash between writing the file and restarting: the file says 4096, the engine runs
+    8192. Planned to finish, the call writes nothing, restarts, and verifies the engine runs
+    the args; its undo stays that of the call that wrote the file."""
+    reg = registry(demo)
+    call = {"node": "gpu-a1", "set": {"max-num-batched-tokens": 4096}}
+    made = await reg.plan("engine.set_args", call)
+    args_path(fleet).write_text(str(made.state["after"]))  # what the crashed attempt left
+    assert running(fleet).max_num_batched_tokens == 8192
+    with pytest.raises(AlreadyDone):
+        await reg.plan("engine.set_args", call)
+
+    finish = await reg.plan("engine.set_args", call, finish=True)
+    assert finish.mutating and finish.finishes and finish.target == "gpu-a1"
+    assert finish.detail.startswith(
+        f"{ARGS_FILE} on gpu-a1 already holds the change; nothing is written\n"
+        "run on gpu-a1: sudo systemctl restart vllm.service\n"
+        "then wait up to 300s for GET "
+    )
+    assert reg.compensation(finish, None) is None
+    with pytest.raises(ActionRefused, match="not confirmed"):
+        await reg.execute(finish, None)
+    lines: list[str] = []
+    outcome = await reg.execute(finish, confirm(finish), on_output=lines.append)
+    assert outcome.ok, outcome.summary
+    assert lines[0] == "$ sudo systemctl restart vllm.service"
+    assert running(fleet).max_num_batched_tokens == 4096
+    assert backups(fleet) == []  # nothing written
+    assert outcome.undo is None
+
+
+async def test_weights_whose_file_landed_without_the_reload_are_finished_not_done(
+    fleet: DemoFleet, demo: tuple[Config, SshPool, httpx.AsyncClient]
+) -> None:
+    """A crash between writing the router file and reloading: the file says 0/100, the router
+    still routes 100/0. Planned to finish, the call reloads, and the router loads the file."""
+    (router,) = demo[0].routers
+    reg = registry(demo)
+    call = {"weights": {PRIMARY_UPSTREAM: 0, BACKUP_UPSTREAM: 100}}
+    made = await reg.plan("routing.set_weights", call)
+    await demo[1].replace_file(router.name, router.file, str(made.state["after"]).encode())
+    assert fleet.router_weights(ROUTE_API) == {PRIMARY_UPSTREAM: 100, BACKUP_UPSTREAM: 0}
+    with pytest.raises(AlreadyDone):
+        await reg.plan("routing.set_weights", call)
+
+    finish = await reg.plan("routing.set_weights", call, finish=True)
+    assert finish.mutating and finish.finishes
+    assert finish.detail == (
+        f"{router.file} on {router.name} already holds the change; nothing is written\n"
+        f"run on {router.name}: {router.reload_command}\n"
+    )
+    assert reg.compensation(finish, None) is None
+    outcome = await reg.execute(finish, confirm(finish))
+    assert outcome.ok, outcome.summary
+    assert "(in the file already), reloaded" in outcome.summary
+    assert fleet.router_weights(ROUTE_API) == {PRIMARY_UPSTREAM: 0, BACKUP_UPSTREAM: 100}
 
 
 # -- commands over the real OpenSSH sshd ------------------------------------------------------

@@ -288,9 +288,9 @@ def test_killed_during_its_rollback_it_can_only_be_rolled_back(
 def test_killed_after_a_change_landed_the_resume_tracks_and_undoes_it(
     fleet: DemoFleet, config_path: Path
 ) -> None:
-    """Killed while the engine restarts on the new file: the resume finds the change in
-    place (not "refused before anything changed"), and when a later step fails the change is
-    rolled back with the others, leaving the node as it was."""
+    """Killed while the engine restarts on the new file: the resume finds the file changed
+    (not "refused before anything changed"), restarts on it and verifies, and when a later
+    step fails the change is rolled back with the others, leaving the node as it was."""
     before = serving(fleet)
     run_until_killed(config_path, "waiting up to", runbook="undo-drill")
     assert serving(fleet).max_num_seqs == 72  # the change landed
@@ -300,10 +300,12 @@ def test_killed_after_a_change_landed_the_resume_tracks_and_undoes_it(
     resumed = llmops("runbook", "resume", str(run["id"]), "--yes", config=config_path)
     out = resumed.stdout
     assert resumed.returncode == 1, out + resumed.stderr  # verify failed, then the rollback
-    assert "in place already (made before the run was interrupted)" in out
+    assert "max-num-seqs=72 in the file already, restart to run it" in out
+    assert "[1/3] change ok: engine.set_args on gpu-a1 (/etc/vllm/args.yaml held it already)" in out
     assert "refused before anything changed" not in out
     assert "[2/3] verify failed: timed out" in out
     assert "[1/3] change rolled back: engine.restore_args" in out
+    assert out.count("rolled back: engine.restore_args") == 1  # one change, undone once
     settles_to(fleet, before)
     assert run_state(config_path, run["id"]) == "failed"
 
@@ -345,7 +347,11 @@ def test_a_take_over_is_confirmed_and_dry_run_or_read_only_leave_the_run_as_it_w
     assert code == 3, out
     assert "--confirm-target gpu-a1 is needed" in out
     assert fleet.engine_args("gpu-a1") == changed
-    assert run_state(config_path, int(run_id)) == "interrupted during rollback at shrink"
+    # Declined before anything changed: the run is as it was, still resumable.
+    assert run_state(config_path, int(run_id)) == "interrupted at watch"
+    code, out = llmops_here("runbook", "resume", run_id, "--dry-run")
+    assert code == 0, out
+    assert f"run {run_id} is still interrupted at watch" in out
 
     code, out = llmops_here("runbook", "rollback", run_id, "--yes", "--confirm-target", "gpu-a1")
     assert code == 0, out
@@ -355,7 +361,73 @@ def test_a_take_over_is_confirmed_and_dry_run_or_read_only_leave_the_run_as_it_w
     store = Store(Path(config["store"]))
     states = [r.state for r in IncidentLog(store).runs()]
     store.close()
-    assert states == ["failed", "dry-run", "dry-run"]
+    assert states == ["failed", "dry-run", "dry-run", "dry-run"]
+
+
+def test_a_resume_restarts_on_a_file_that_landed_without_its_restart(
+    fleet: DemoFleet, config_path: Path
+) -> None:
+    """Killed once the new file is written, before the restart: the engine still runs the
+    old args. The resume does not take the file for done: it restarts (planned and confirmed
+    like any change) and verifies the engine serves with the args, then goes on."""
+    run_until_killed(config_path, "| wrote /etc/vllm/args.yaml")
+    assert serving(fleet).max_num_batched_tokens == 8192  # no restart happened
+    run = only_run(config_path)
+    assert run["state"] == "interrupted at shrink"
+
+    resumed = llmops("runbook", "resume", str(run["id"]), "--yes", config=config_path)
+    out = resumed.stdout
+    assert resumed.returncode == 0, out + resumed.stderr
+    assert "in place already" not in out
+    assert (
+        "      > /etc/vllm/args.yaml on gpu-a1 already holds the change; nothing is written" in out
+    )
+    assert "      > run on gpu-a1: sudo systemctl restart vllm.service" in out
+    assert "[2/4] shrink confirmed by" in out
+    assert "[2/4] shrink ok: engine.set_args on gpu-a1 (/etc/vllm/args.yaml held it already)" in out
+    assert "run verified" in out
+    assert serving(fleet).max_num_batched_tokens == 4096
+
+
+def test_a_rollback_cut_off_between_file_and_restart_restarts_when_taken_up(
+    fleet: DemoFleet, config_path: Path
+) -> None:
+    """Killed while its rollback writes the old file back (before the restart): the file
+    matches the backup, the engine still runs the bad args. The next rollback does not say
+    "nothing to undo": it restarts and verifies, and the engine runs the old args again."""
+    before = serving(fleet)
+    run_until_killed(config_path, "undoing change", runbook="undo-drill")
+    run_id = str(only_run(config_path)["id"])
+    taken = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "console.cli", "--config", str(config_path)),
+            *("runbook", "rollback", run_id, "--yes"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert taken.stdout is not None
+    for line in taken.stdout:
+        if "| wrote /etc/vllm/args.yaml" in line:
+            os.kill(taken.pid, signal.SIGKILL)
+            break
+    taken.wait(timeout=30)
+    assert taken.returncode == -signal.SIGKILL
+    assert serving(fleet).max_num_seqs == 72  # the file is back, the engine is not
+    assert run_state(config_path, int(run_id)) == "interrupted during rollback at change"
+
+    undone = llmops("runbook", "rollback", run_id, "--yes", config=config_path)
+    out = undone.stdout
+    assert undone.returncode == 0, out + undone.stderr
+    assert "nothing to undo" not in out
+    assert (
+        "      > /etc/vllm/args.yaml on gpu-a1 already holds the change; nothing is written" in out
+    )
+    assert "      > run on gpu-a1: sudo systemctl restart vllm.service" in out
+    assert "[1/3] change rolled back: engine.restore_args on gpu-a1 (" in out
+    assert serving(fleet) == before
+    assert run_state(config_path, int(run_id)) == "failed"
 
 
 def test_a_dry_run_notes_nothing_and_an_unknown_incident_is_one_line(
