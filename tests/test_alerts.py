@@ -123,34 +123,25 @@ def test_the_thresholds_are_rules_of_their_own(tmp_path: Path) -> None:
     }
 
 
+def alerting_config(fleet: DemoFleet, tmp_path: Path, **rule: str) -> Path:
+    """The demo's config with probes every 500 ms and one fast rule on the primary provider's
+    error rate (no threshold rules): a provider-5xx fault fires it within seconds."""
+    data = yaml.safe_load(fleet.config_path.read_text())
+    data["store"] = str(tmp_path / "alerts.db")
+    for endpoint in data["endpoints"]:
+        endpoint["probe"]["every"] = "500ms"
+    fast = {"name": "primary-errors", "figure": "error_pct", "endpoint": "chat-api"}
+    fast |= {"above": 20, "for": "2s", "window": "10s", "severity": "page", **rule}
+    data["alerts"] = {"threshold_rules": False, "rules": [fast]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 async def test_a_provider_fault_fires_a_rule_and_healing_resolves_it(tmp_path: Path) -> None:
     with DemoFleet(tmp_path / "demo", deterministic=True) as fleet:
         fleet.start()
-        data = yaml.safe_load(fleet.config_path.read_text())
-        data["alerts"] = {
-            "threshold_rules": False,
-            "rules": [
-                {
-                    "name": "primary-errors",
-                    "figure": "error_pct",
-                    "endpoint": "chat-api",
-                    "above": 20,
-                    "for": "2s",
-                    "window": "10s",
-                    "resolve_after": "2s",
-                    "severity": "page",
-                    "runbook": "provider-failover",
-                }
-            ],
-        }
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(data))
-        config = load_config(path)
-        endpoints = tuple(
-            e.model_copy(update={"probe": e.probe.model_copy(update={"every_s": 0.5})})
-            for e in config.endpoints
-        )
-        config = config.model_copy(update={"endpoints": endpoints})
+        config = load_config(alerting_config(fleet, tmp_path, resolve_after="2s"))
         store = Store(tmp_path / "alerts.db")
         hub = Hub(config, store)
         hub.start()

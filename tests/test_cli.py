@@ -348,32 +348,12 @@ def test_hosts_scan_of_an_unknown_name_or_a_dead_node_says_which(tmp_path: Path)
 
 
 def test_watch_prints_each_alert_as_it_fires_and_logs_it(tmp_path: Path) -> None:
-    import yaml
-
     from console.demo import DemoFleet
+    from tests.test_alerts import alerting_config
 
     with DemoFleet(tmp_path / "demo", deterministic=True) as fleet:
         fleet.start()
-        data = yaml.safe_load(fleet.config_path.read_text())
-        data["store"] = str(tmp_path / "watch.db")
-        for endpoint in data["endpoints"]:
-            endpoint["probe"]["every"] = "500ms"
-        data["alerts"] = {
-            "threshold_rules": False,
-            "rules": [
-                {
-                    "name": "primary-errors",
-                    "figure": "error_pct",
-                    "endpoint": "chat-api",
-                    "above": 20,
-                    "for": "2s",
-                    "window": "10s",
-                    "severity": "page",
-                }
-            ],
-        }
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(data))
+        path = alerting_config(fleet, tmp_path)
         watch = subprocess.Popen(
             [sys.executable, "-m", "console.cli", "watch", "--config", str(path), "--for", "15s"],
             cwd=ROOT,
@@ -393,7 +373,7 @@ def test_watch_prints_each_alert_as_it_fires_and_logs_it(tmp_path: Path) -> None
         r"\(above 20\) for 2s",
         fired,
     ), fired
-    store = Store(tmp_path / "watch.db")
+    store = Store(tmp_path / "alerts.db")
     try:
         kinds = [e["kind"] for e in store.events(limit=1000)]
     finally:
