@@ -34,6 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 # an error rate of probes needs two of them (console/facts.py MIN_PROBES): a window of three
 # intervals always holds two; a 10 s one may hold one when a probe runs late.
 PROVIDER_WINDOW = "15s"
+PROVIDER_WINDOW_S = 15.0
 
 
 @pytest.fixture
@@ -438,7 +439,10 @@ async def test_provider_failback_returns_traffic_in_steps(
     _, outcome, out = await drill(session, "provider-failover", {"window": PROVIDER_WINDOW})
     assert outcome == "verified", out
     fleet.heal()
-    await until(session.figures, "endpoint", "chat-api", "error_pct", lambda v: v == 0, 5)
+    # Clean over the drill's own window: a failing provider is probed at its interval, so
+    # the window holds its failed probes until they age out of it.
+    clean = PROVIDER_WINDOW_S
+    await until(session.figures, "upstream", "primary-api", "error_pct", lambda v: v == 0, clean)
     run, outcome, out = await drill(session, "provider-failback", {"window": PROVIDER_WINDOW})
     assert outcome == "verified", out
     weights = fleet.router_weights("chat-api")
