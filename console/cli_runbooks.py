@@ -23,7 +23,7 @@ from typing import TextIO
 
 from console.config import Config
 from console.incidents import IncidentLog, incident_json, incident_markdown, operator
-from console.runbook import ParamError, Runbook, lint, shipped_folder
+from console.runbook import ParamError, Runbook, duration_text, lint, shipped_folder
 from console.runner import ConfirmRequest, Decision, Run, RunUpdate, StepState
 from console.store import Store
 
@@ -171,6 +171,8 @@ def describe(runbook: Runbook) -> list[str]:
     for p in runbook.params:
         if p.fact:
             default = f"default: {p.fact}" + (f" of {p.fact_of}" if p.fact_of else "")
+        elif p.type == "duration" and isinstance(p.default, int | float):
+            default = f"default: {duration_text(float(p.default))}"  # 30s, not 30.0
         elif p.default is not None:
             default = f"default: {p.default}"
         else:

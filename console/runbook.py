@@ -1376,11 +1376,11 @@ def format_value(value: object, param_type: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if param_type == "duration" and isinstance(value, int | float):
-        return _duration_text(float(value))
+        return duration_text(float(value))
     return _inserted(value)
 
 
-def _duration_text(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     """The largest whole unit: 300.0 -> 5m; 0.5 -> 0.5s (which parse_duration reads back)."""
     if seconds.is_integer() and 0 < seconds < 1e15:
         for unit, size in (("h", 3600), ("m", 60)):

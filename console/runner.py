@@ -41,6 +41,7 @@ from console.runbook import (
     Condition,
     Runbook,
     Step,
+    duration_text,
     render_shell,
     render_text,
     render_value,
@@ -928,7 +929,8 @@ class Run:
         covered = figure.window_s
         if covered is None or covered >= 0.9 * window:
             return ""
-        return f" over {covered:.0f}s of {window:g}s"
+        # A window cut at a change is a float of no interest to the tenth: 5.01905 -> 5s.
+        return f" over {covered:.0f}s of {duration_text(round(window, 1))}"
 
     async def _gather(self, state: StepState, conditions: Sequence[Condition]) -> None:
         """Before a check judges: wait (with progress) until its figures cover enough of

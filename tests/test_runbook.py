@@ -41,7 +41,7 @@ from console.runbook import (
     shipped_folder,
     template_names,
 )
-from console.runner import figure_text
+from console.runner import Run, figure_text
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).parent / "runbooks"
@@ -771,7 +771,9 @@ def test_list_and_show_need_no_config(tmp_path: Path, monkeypatch, capfd) -> Non
     for shipped in shipped_folder().glob("*.yaml"):
         assert load_runbook(shipped).id in listed
     assert cli.run(["runbook", "show", "latency-spike"]) == 0
-    assert "lower-batched-tokens" in capfd.readouterr().out
+    shown = capfd.readouterr().out
+    assert "lower-batched-tokens" in shown
+    assert "window (duration, default: 30s)" in shown  # not 30.0
 
 
 def test_a_runbook_that_did_not_load_is_named_as_such(tmp_path: Path, capfd) -> None:
@@ -792,3 +794,10 @@ def test_a_runbook_that_did_not_load_is_named_as_such(tmp_path: Path, capfd) -> 
         assert message.startswith("runbook 'my-fix' is not loaded"), message
         assert str(folder / "my-fix.yaml") in message and "llmops runbook lint" in message
         assert f"{folder / 'my-fix.yaml'}:" in capfd.readouterr().err  # the problem itself
+
+
+def test_a_figure_that_covers_less_than_its_window_says_so_in_whole_seconds() -> None:
+    """A window cut at a change is a float like 5.01905: shown as 5s, not to the microsecond."""
+    assert Run._span_text(Figure(1.0, window_s=4.0), 5.01905) == " over 4s of 5s"
+    assert Run._span_text(Figure(1.0, window_s=12.0), 120.0) == " over 12s of 2m"
+    assert Run._span_text(Figure(1.0, window_s=29.0), 30.0) == ""  # covers it: nothing said
