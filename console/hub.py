@@ -175,11 +175,16 @@ class Hub:
         """Evaluate every alert rule once; what fired or resolved goes to the incident log."""
         events = self.alerts.evaluate()
         for event in events:
-            log.info("%s", event.message)
-            self.writer.add_event(event.kind, event.source, event.message)
-            for listener in self.alert_listeners:
-                listener(event)
+            self.publish_alert(event)
         return events
+
+    def publish_alert(self, event: AlertEvent) -> None:
+        """One alert event, from the rules or from an outside source (Alertmanager): to the
+        incident log, and to every listener."""
+        log.info("%s", event.message)
+        self.writer.add_event(event.kind, event.source, event.message)
+        for listener in self.alert_listeners:
+            listener(event)
 
     def record_event(self, kind: str, message: str, source: str = "console") -> None:
         """An event for the incident log, written with the next flush."""
