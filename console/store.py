@@ -9,13 +9,14 @@ log is a trail, not a table to edit. Nothing secret is ever passed in here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,17 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE events ADD COLUMN step TEXT;
         CREATE INDEX events_incident ON events (incident_id, id);
         CREATE INDEX events_run ON events (run_id, id);
+        """,
+    ),
+    (
+        "incident lifecycle: the alert that opened it, what it affects, its runbook",
+        """
+        ALTER TABLE incidents ADD COLUMN alert_key TEXT;
+        ALTER TABLE incidents ADD COLUMN affected TEXT;
+        ALTER TABLE incidents ADD COLUMN runbook TEXT;
+        CREATE UNIQUE INDEX incidents_open_alert ON incidents (alert_key)
+            WHERE alert_key IS NOT NULL AND state != 'resolved';
+        CREATE INDEX incidents_state ON incidents (state);
         """,
     ),
 )
@@ -289,6 +301,20 @@ class Store:
                     self.conn.execute("ROLLBACK")
                 raise
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One write transaction (BEGIN IMMEDIATE) for a read-then-write that another
+        process must not interleave: committed when the block ends, rolled back if it raises."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(self.db)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.db.query(sql, params))
@@ -325,6 +351,28 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self.conn.close()
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """What a :meth:`Store.transaction` block may do: read, insert a row, log an event."""
+
+    db: sqlite_utils.Database
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return list(self.db.query(sql, params))
+
+    def insert(self, table: str, row: dict[str, Any]) -> int:
+        row_id = self.db.table(table).insert(row).last_rowid
+        assert row_id is not None
+        return int(row_id)
+
+    def update(self, table: str, row_id: int, values: dict[str, Any]) -> None:
+        self.db.table(table).update(row_id, values)
+
+    def event(self, event: dict[str, Any]) -> None:
+        """An event given as :meth:`Store.append_event`'s keyword arguments."""
+        self.db.table("events").insert(_linked_event_row(event))
 
 
 def _enable_wal(conn: sqlite3.Connection) -> None:
