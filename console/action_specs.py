@@ -143,6 +143,34 @@ ACTION_SPECS: dict[str, ActionSpec] = {
             target_arg="url",
         ),
         ActionSpec(
+            "alert.silence",
+            mutating=True,
+            description=(
+                "create a silence in the config's alertmanager: (its matchers, from now for the "
+                "duration, with the comment, created by user@host), verified active"
+            ),
+            args={
+                "matchers": ArgSpec(
+                    "mapping",
+                    required=True,
+                    description=(
+                        "label -> value it equals; '~REGEX' (or {regex: REGEX}) for a regular "
+                        "expression, {value: TEXT} for a literal starting with ~, "
+                        "equal: false beside either to negate"
+                    ),
+                ),
+                "duration": ArgSpec("duration", required=True, description="how long, from now"),
+                "comment": ArgSpec("text", required=True, description="why, for the others"),
+            },
+            compensation="alert.expire_silence",
+        ),
+        ActionSpec(
+            "alert.expire_silence",
+            mutating=True,
+            description="expire a silence in the config's alertmanager: (kept there, expired)",
+            args={"silence_id": ArgSpec("text", required=True)},
+        ),
+        ActionSpec(
             "incident.note",
             mutating=False,
             description="add a note to the run's incident",

@@ -42,10 +42,12 @@ from urllib.parse import urlsplit
 import httpx
 import yaml
 
+from backends.alertmanager import AlertmanagerClient, AlertmanagerError, Matcher, silence_body
 from backends.engines import EngineError, describe_http_error, fetch_ready_models, fetch_version
 from backends.ssh import CommandTimedOut, SshError, SshPool
 from console.action_specs import ACTION_SPECS, ActionSpec
 from console.config import Config, EngineConfig, RouterConfig
+from console.incidents import operator
 from console.redact import looks_secret, secret_key_name
 from console.vllm_args import Catalogue, Match, catalogue_for, check_args, normal_key, resolve_args
 from console.yamlconf import parse_duration, suggest
@@ -257,6 +259,8 @@ class Registry:
             "engine.restore_args": self._plan_restore_args,
             "routing.set_weights": self._plan_set_weights,
             "http.request": self._plan_http,
+            "alert.silence": self._plan_silence,
+            "alert.expire_silence": self._plan_expire_silence,
             "incident.note": self._plan_note,
         }
         # The planners of the file changes, for a call whose file already says what it asks.
@@ -272,6 +276,8 @@ class Registry:
             "engine.restore_args": self._change_engine_file,
             "routing.set_weights": self._run_set_weights,
             "http.request": self._run_http,
+            "alert.silence": self._run_silence,
+            "alert.expire_silence": self._run_expire_silence,
             "incident.note": self._run_note,
         }
 
@@ -1017,6 +1023,148 @@ class Registry:
             facts={"status": status},
         )
 
+    # -- alert.silence, alert.expire_silence ----------------------------------------------------
+
+    def _alertmanager(self, action: str, deadline: Deadline = None) -> AlertmanagerClient:
+        am = self.config.alertmanager
+        if am is None:
+            raise ActionRefused(
+                f"{action}: the config has no alertmanager: section (expected alertmanager: "
+                "{url: ...})"
+            )
+        client = AlertmanagerClient(
+            self._http, am.url, timeout_s=_budget(am.timeout_s, deadline), header_env=am.header_env
+        )
+        try:
+            client.headers()  # a header's variable unset: refused before anything is sent
+        except AlertmanagerError as exc:
+            raise ActionRefused(f"{action} not run: {exc}") from None
+        return client
+
+    def _request_lines(self, client: AlertmanagerClient, method: str, path: str) -> list[str]:
+        """The request as the plan shows it: header values never (they are secrets)."""
+        return [f"{method} {client.endpoint(path)}", *(f"{h}: {MASK}" for h in client.header_env)]
+
+    async def _plan_silence(self, action: str, args: dict[str, Any]) -> Plan:
+        client = self._alertmanager(action)
+        matchers = _silence_matchers(args["matchers"])
+        duration_s, comment = args["duration"], args["comment"]
+        now = self._clock()
+        body = silence_body(matchers, now, now + duration_s, operator(), comment)
+        lines = self._request_lines(client, "POST", "/api/v2/silences")
+        lines += ["Content-Type: application/json", "", json.dumps(body, indent=2)]
+        shown = ", ".join(str(m) for m in matchers)
+        return Plan(
+            action=action,
+            args={"matchers": args["matchers"], "duration": duration_s, "comment": comment},
+            mutating=True,
+            target=urlsplit(client.url).hostname,
+            summary=f"alert.silence: {shown} for {_duration_text(duration_s)} in {client.name}",
+            detail="\n".join(lines),
+            notes=(
+                "startsAt and endsAt are taken again when it runs: the silence lasts "
+                f"{_duration_text(duration_s)} from then",
+            ),
+            state={"matchers": matchers},
+        )
+
+    async def _run_silence(self, plan: Plan, on_output: OnOutput, deadline: Deadline) -> Outcome:
+        client = self._alertmanager(plan.action, deadline)
+        matchers = plan.state["matchers"]
+        assert isinstance(matchers, tuple)
+        duration_s = _seconds(plan.args, "duration")
+        now = self._clock()
+        body = silence_body(matchers, now, now + duration_s, operator(), str(plan.args["comment"]))
+        output = _Output(on_output)
+        try:
+            silence_id = await client.create_silence(body)
+        except AlertmanagerError as exc:
+            # Without an id there is nothing to expire; a timeout may still have made one.
+            maybe = "" if exc.status is not None else " (it may exist: see its silences)"
+            return Outcome(False, f"alert.silence: {exc}{maybe}", output=output.text())
+        output.line(f"silence {silence_id} created in {client.name}")
+        facts: dict[str, object] = {"silence_id": silence_id, "alertmanager": client.name}
+        undo = {"silence_id": silence_id}
+        try:
+            silence = await client.silence(silence_id)
+        except AlertmanagerError as exc:
+            return Outcome(
+                False,
+                f"alert.silence: silence {silence_id} created, not verified: {exc}",
+                output=output.text(),
+                facts=facts,
+                undo=undo,
+            )
+        output.line(f"silence {silence_id}: {silence.state} until {silence.ends_at}")
+        facts |= {"ends_at": silence.ends_at, "matchers": [str(m) for m in silence.matchers]}
+        if silence.state != "active":
+            return Outcome(
+                False,
+                f"alert.silence: silence {silence_id} is {silence.state}, not active",
+                output=output.text(),
+                facts=facts,
+                undo=undo,
+            )
+        shown = ", ".join(str(m) for m in silence.matchers)
+        return Outcome(
+            True,
+            f"alert.silence: silence {silence_id} active until {silence.ends_at}: {shown}",
+            output=output.text(),
+            facts=facts,
+            undo=undo,
+        )
+
+    async def _plan_expire_silence(self, action: str, args: dict[str, Any]) -> Plan:
+        client = self._alertmanager(action)
+        silence_id = args["silence_id"].strip()
+        try:
+            silence = await client.silence(silence_id)
+        except AlertmanagerError as exc:
+            if exc.status in (404, 422):  # none such (422: not even a silence id)
+                raise AlreadyDone(
+                    f"{action}: no silence {silence_id} in {client.name}; nothing to expire"
+                ) from None
+            raise ActionRefused(f"{action}: {exc}; nothing was changed") from None
+        if silence.state == "expired":
+            raise AlreadyDone(f"{action}: silence {silence_id} is expired already; nothing to do")
+        shown = ", ".join(str(m) for m in silence.matchers)
+        return Plan(
+            action=action,
+            args={"silence_id": silence_id},
+            mutating=True,
+            target=urlsplit(client.url).hostname,
+            summary=f"alert.expire_silence: {silence_id} ({shown}) in {client.name}",
+            detail="\n".join(
+                self._request_lines(client, "DELETE", client.silence_path(silence_id))
+            ),
+            notes=(
+                f"silence {silence_id} is {silence.state} until {silence.ends_at}, created by "
+                f"{silence.created_by}: {_one_line(silence.comment)}",
+            ),
+        )
+
+    async def _run_expire_silence(
+        self, plan: Plan, on_output: OnOutput, deadline: Deadline
+    ) -> Outcome:
+        client = self._alertmanager(plan.action, deadline)
+        silence_id = str(plan.args["silence_id"])
+        facts = {"silence_id": silence_id, "alertmanager": client.name}
+        output = _Output(on_output)
+        try:
+            await client.expire_silence(silence_id)
+            silence = await client.silence(silence_id)
+        except AlertmanagerError as exc:
+            return Outcome(False, f"alert.expire_silence: {exc}", facts=facts)
+        output.line(f"silence {silence_id}: {silence.state} since {silence.ends_at}")
+        ok = silence.state == "expired"
+        said = "expired" if ok else f"is {silence.state}, not expired"
+        return Outcome(
+            ok,
+            f"alert.expire_silence: silence {silence_id} {said} in {client.name}",
+            output=output.text(),
+            facts=facts | {"ends_at": silence.ends_at},
+        )
+
     # -- incident.note --------------------------------------------------------------------------
 
     async def _plan_note(self, action: str, args: dict[str, Any]) -> Plan:
@@ -1606,6 +1754,74 @@ def _masked(value: object) -> object:
     if isinstance(value, str) and looks_secret(value):
         return MASK
     return value
+
+
+# --- alert.silence -----------------------------------------------------------------------------
+
+_LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def _silence_matchers(given: Mapping[str, object]) -> tuple[Matcher, ...]:
+    """alert.silence's ``matchers:`` as Alertmanager matchers. A value is the label's value;
+    ``~REGEX`` (or ``{regex: REGEX}``) a regular expression it fully matches; ``{value: TEXT}``
+    a literal (one that starts with ~); ``equal: false`` beside ``value`` or ``regex``
+    negates it. Alertmanager refuses a silence all of whose matchers match the empty string
+    (it would silence everything): refused here too, before anything is sent."""
+    where = "alert.silence: matchers"
+    if not given:
+        raise ActionRefused(f"{where}: none given (expected label: value pairs)")
+    found = []
+    for name, spec in given.items():
+        if not _LABEL_NAME_RE.fullmatch(name):
+            raise ActionRefused(f"{where}: {name!r} is not a label name")
+        regex, equal = False, True
+        if isinstance(spec, Mapping):
+            unknown = sorted(set(spec) - {"value", "regex", "equal"})
+            kinds = [k for k in ("value", "regex") if k in spec]
+            if unknown or len(kinds) != 1:
+                raise ActionRefused(
+                    f"{where}: {name}: expected {{value: TEXT}} or {{regex: REGEX}}, with "
+                    f"equal: false to negate, got {spec!r}"
+                )
+            regex, value = kinds[0] == "regex", spec[kinds[0]]
+            equal = spec.get("equal", True)
+            if not isinstance(equal, bool):
+                raise ActionRefused(f"{where}: {name}: equal is true or false, got {equal!r}")
+        elif isinstance(spec, str) and spec.startswith("~"):
+            regex, value = True, spec[1:]
+        else:
+            value = spec
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ActionRefused(f"{where}: {name}: expected a string, got {value!r}")
+        value = str(value)
+        if regex:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ActionRefused(f"{where}: {name}: {value!r} is not a regex: {exc}") from None
+        found.append(Matcher(name, value, is_regex=regex, is_equal=equal))
+    if all(_matches_empty(m) for m in found):
+        raise ActionRefused(
+            f"{where}: every matcher matches an empty label, so the silence would silence "
+            "every alert (expected at least one that names a value)"
+        )
+    return tuple(found)
+
+
+def _matches_empty(matcher: Matcher) -> bool:
+    """Whether the matcher matches an alert without the label (Alertmanager's own check)."""
+    if matcher.is_regex:
+        matches = re.fullmatch(matcher.value, "") is not None
+    else:
+        matches = matcher.value == ""
+    return matches == matcher.is_equal
+
+
+def _duration_text(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 # --- small helpers -----------------------------------------------------------------------------

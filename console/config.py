@@ -313,6 +313,39 @@ class PrometheusConfig(_Record):
         return url
 
 
+class AlertmanagerConfig(_Record):
+    """An Alertmanager whose firing alerts the console treats like its own (by label: a node,
+    an endpoint, else the fleet) and in which the alert.silence action creates silences."""
+
+    model_config = ConfigDict(title="alertmanager settings")
+
+    # The base URL; /api/v2/alerts and /api/v2/silences are added.
+    url: HttpUrl
+    timeout_s: Duration = Field(default=5.0, validation_alias="timeout")
+    every_s: Interval = Field(default=15.0, validation_alias="every")
+    # Labels whose value names a node (its name, or its host with any :port), first match wins.
+    node_labels: Annotated[tuple[LabelName, ...], null_means(())] = Field(
+        default=("node", "instance", "host", "hostname"), description="a list of label names"
+    )
+    # The label whose value names an endpoint, for alerts on no node.
+    endpoint_label: LabelName = "endpoint"
+    # Header name -> the environment variable holding its value (never the value itself).
+    header_env: Annotated[dict[HeaderName, VariableName], null_means({})] = Field(
+        default_factory=dict, description="a mapping of header names to environment variable names"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, url: str) -> str:
+        path = urlsplit(url).path.rstrip("/").lower()
+        if path.endswith(("/api/v2", "/api/v2/alerts", "/api/v2/silences", "/api/v1")):
+            raise problem(
+                f"{show(url)} ends in {path.rsplit('/', 1)[1]!r} (expected the server's base URL, "
+                "e.g. http://alertmanager:9093)"
+            )
+        return url
+
+
 class ProbeConfig(_Record):
     model_config = ConfigDict(title="probe settings")
 
@@ -514,6 +547,8 @@ class Config(_Record):
     routers: Annotated[tuple[RouterConfig, ...], null_means(())] = ()
     # Needed by nodes with gpus_from: prometheus or engine: {from: prometheus}.
     prometheus: PrometheusConfig | None = None
+    # Its firing alerts are read as the console's own; alert.silence silences there.
+    alertmanager: AlertmanagerConfig | None = None
     _path: Path = PrivateAttr(default_factory=Path)
     _store_line: int = PrivateAttr(0)
 

@@ -26,6 +26,7 @@ import httpx
 from backends.host import HostCollector
 from backends.ssh import SshPool, SshTarget
 from console.aggregate import endpoint_row, fleet_snapshot
+from console.alertmanager_source import alertmanager_source
 from console.alerts import AlertEngine, AlertEvent
 from console.collectors import Collectors, FleetReadings
 from console.config import Config, NodeConfig, RouterConfig
@@ -128,6 +129,10 @@ class Hub:
             )
         if c.host_collector is not None:
             sources.append(Source(f"host:{c.host_collector.name}", poll.gpus_s, c.host))
+        if self.config.alertmanager is not None:  # its alerts are published as our own
+            sources.append(
+                alertmanager_source(self.config, self.http, self.clock, self.publish_alert)
+            )
         return sources
 
     # -- running
