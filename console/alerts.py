@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from console.config import EVERY, STALE, AlertRule, AlertThresholds, Config
-from console.facts import Figure, FigureReader
+from console.facts import Figure, FigureReader, figure_text
 from console.models import FleetSnapshot
 
 THRESHOLD_FOR_S = 60.0
@@ -170,8 +170,8 @@ class AlertEngine:
             shown = f"{state.subject}: sources stale: {state.note}" if state.note else ""
         else:
             side, limit = rule.bound or ("above", 0.0)
-            value = "N/A" if state.value is None else f"{state.value:g}"
-            shown = f"{what} {value} ({side} {limit:g})"
+            value = figure_text(rule.figure, Figure(state.value))
+            shown = f"{what} {value} ({side} {figure_text(rule.figure, Figure(limit))})"
         if kind == "alert.firing":
             message = f"{rule.name} firing: {shown or what} for {rule.for_s:g}s"
         else:

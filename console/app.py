@@ -108,9 +108,11 @@ class LlmopsApp(App[None]):
         handle_signals: bool = False,
         session: Session | None = None,
         read_only: bool = False,
+        bell: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
+        self.bell_on_incident = bell  # a new incident rings the terminal bell once
         self.environment = environment
         # None: no store to log runs in, so no runbooks (the view says so).
         self.session = session

@@ -98,6 +98,12 @@ def _common_options() -> argparse.ArgumentParser:
         "--seed", type=int, default=argparse.SUPPRESS, help="demo fleet: random seed (default 0)"
     )
     common.add_argument(
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no terminal bell when an incident opens (as alerts: {bell: false})",
+    )
+    common.add_argument(
         "--read-only",
         action="store_true",
         default=argparse.SUPPRESS,
@@ -235,7 +241,9 @@ def _open_store(config: Config) -> Store:
         raise UsageError(f"{where}: store: cannot open {config.store}: {exc}") from exc
 
 
-def _run_console(config: Config, fleet: DemoFleet | None, read_only: bool = False) -> int:
+def _run_console(
+    config: Config, fleet: DemoFleet | None, read_only: bool = False, quiet: bool = False
+) -> int:
     from backends.host import HostCollector
     from console.app import LlmopsApp
     from console.hub import Hub
@@ -245,6 +253,7 @@ def _run_console(config: Config, fleet: DemoFleet | None, read_only: bool = Fals
     try:
         hub = Hub(config, store, host=HostCollector(config.store))
         session = make_session(config, hub, store, read_only=read_only)
+        hub.keep_incidents(session.incident_desk())
         app = LlmopsApp(
             hub,
             environment=config.environment,
@@ -252,6 +261,7 @@ def _run_console(config: Config, fleet: DemoFleet | None, read_only: bool = Fals
             handle_signals=True,
             session=session,
             read_only=read_only,
+            bell=config.alerts.bell and not quiet,
         )
         app.run()
         # The app's loop took SIGHUP and SIGTERM over while it ran: take them back.
@@ -276,14 +286,29 @@ async def _run_watch(config: Config, store: Store, for_s: float | None) -> None:
     from backends.host import HostCollector
     from console.alerts import AlertEvent
     from console.hub import Hub
+    from console.session import make_session
+    from console.triage import SUGGESTED, IncidentChange
 
     hub = Hub(config, store, host=HostCollector(config.store))
+    # Reads only: the desk ranks runbooks on figures and writes to the incident log alone.
+    hub.keep_incidents(make_session(config, hub, store, read_only=True).incident_desk())
+
+    def stamp() -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(hub.clock()))
 
     def show(event: AlertEvent) -> None:
-        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(event.at))
-        print(f"{when} {event.kind} {event.severity} {event.message}", flush=True)
+        print(f"{stamp()} {event.kind} {event.severity} {event.message}", flush=True)
+
+    def show_incident(change: IncidentChange) -> None:
+        print(f"{stamp()} {change.kind} {change.message}", flush=True)
+        for suggestion in change.suggestions[:SUGGESTED]:
+            print(f"    runbook {suggestion.runbook}: {suggestion.why}", flush=True)
+            for line in suggestion.evidence:
+                mark = "holds" if line.holds else "n/a" if line.holds is None else "does not hold"
+                print(f"      {mark}: {line.shown}", flush=True)
 
     hub.alert_listeners.append(show)
+    hub.incident_listeners.append(show_incident)
     rules = len(hub.alerts.rules)
     print(
         f"watching {len(config.nodes)} nodes and {len(config.endpoints)} endpoints; "
@@ -463,7 +488,10 @@ def _command(args: argparse.Namespace, config: Config, fleet: DemoFleet | None) 
     if args.command == "watch":
         return _watch(config, args.for_s)
     if args.command == "incidents":
-        return _with_store(config, lambda store: incidents_command(store, args))
+        from console.session import secrets_of
+
+        secrets = secrets_of(config)
+        return _with_store(config, lambda store: incidents_command(store, args, secrets=secrets))
     if args.command == "runbook":
         return _runbook_command(args, config, read_only)
     if args.command == "hosts":
@@ -471,7 +499,7 @@ def _command(args: argparse.Namespace, config: Config, fleet: DemoFleet | None) 
             return hosts_command(config, args)
         except HostsUsageError as exc:
             raise UsageError(str(exc)) from None
-    return _run_console(config, fleet, read_only)
+    return _run_console(config, fleet, read_only, bool(_option(args, "quiet", False)))
 
 
 def _runbook_catalogue(args: argparse.Namespace, loaded: tuple[dict, list[str]]) -> int:

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import TextIO
 
 from console.config import Config
-from console.incidents import IncidentLog, incident_json, incident_markdown, operator
+from console.incidents import (
+    STATE_VERBS,
+    IncidentLog,
+    incident_json,
+    incident_markdown,
+    operator,
+)
 from console.runbook import ParamError, Runbook, duration_text, lint, shipped_folder
 from console.runner import ConfirmRequest, Decision, Run, RunUpdate, StepState
 from console.store import Store
@@ -118,6 +124,16 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     export = inc.add_parser("export", parents=[common], help="an incident as a postmortem")
     export.add_argument("id", type=int)
     export.add_argument("--format", choices=("md", "json"), default="md")
+    for state, verb in STATE_VERBS.items():
+        change = inc.add_parser(verb, parents=[common], help=f"mark an incident {state}")
+        change.add_argument("id", type=int)
+        change.add_argument("--note", metavar="TEXT", help="why (kept with the change)")
+    note = inc.add_parser("note", parents=[common], help="add a note to an incident")
+    note.add_argument("id", type=int)
+    note.add_argument("text", metavar="TEXT")
+    note.add_argument(
+        "--follow-up", action="store_true", help="a follow-up: listed as such in the postmortem"
+    )
 
 
 # --- runbook lint, list, show ------------------------------------------------------------------
@@ -405,9 +421,18 @@ def _age(ts: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def incidents_command(store: Store, args: argparse.Namespace, out: TextIO | None = None) -> int:
+# `incidents ack ID`: the command for each state an engineer moves an incident to.
+STATE_COMMANDS = {verb: state for state, verb in STATE_VERBS.items()}
+
+
+def incidents_command(
+    store: Store,
+    args: argparse.Namespace,
+    out: TextIO | None = None,
+    secrets: Sequence[str] = (),
+) -> int:
     out = out or sys.stdout  # read when called: a test (or a redirect) may have replaced it
-    log = IncidentLog(store)
+    log = IncidentLog(store, secrets=secrets)
     command = args.incidents_command
     if command == "list":
         incidents = log.incidents()
@@ -416,12 +441,27 @@ def incidents_command(store: Store, args: argparse.Namespace, out: TextIO | None
             return 0
         for i in incidents:
             runs = ", ".join(f"run {r.id} {r.runbook}: {r.state}" for r in i.runs) or "no runs"
-            print(f"#{i.id}  {i.state:<8} {_age(i.opened_at):>4}  {i.title}  [{runs}]", file=out)
+            print(
+                f"#{i.id}  {i.state:<12} {i.severity or '-':<6} {i.target or '-':<12} "
+                f"{_age(i.opened_at):>4}  {i.title}  [{runs}]",
+                file=out,
+            )
         return 0
     try:
+        if command in STATE_COMMANDS:
+            record = log.set_state(args.id, STATE_COMMANDS[command], operator(), args.note)
+            print(f"incident {record.id} is {record.state}: {record.title}", file=out)
+            return 0
+        if command == "note":
+            log.add_note(args.id, args.text, operator(), follow_up=args.follow_up)
+            kind = "follow-up" if args.follow_up else "note"
+            print(f"{kind} added to incident {args.id}", file=out)
+            return 0
         data = incident_json(log, args.id)
     except KeyError:
         raise CliUsageError(f"no incident {args.id} in {store.path}") from None
+    except ValueError as exc:  # a state it is in or past, an empty note
+        raise CliUsageError(str(exc)) from None
     if command == "export":
         if args.format == "json":
             print(json.dumps(data, indent=2), file=out)

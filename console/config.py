@@ -468,6 +468,9 @@ class AlertThresholds(_Record):
     kv_cache_pct: Annotated[float, number(0, 100)] = 90.0
     # The thresholds above are rules too (console/alerts.py BUILTIN_RULES), unless false.
     threshold_rules: Annotated[bool, boolean()] = True
+    # A new incident rings the terminal bell once in the TUI (besides its toast); `--quiet`
+    # silences it for one session.
+    bell: Annotated[bool, boolean()] = True
     rules: Annotated[tuple[AlertRule, ...], null_means(())] = Field(
         default=(), description="a list of alert rules"
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from console.config import Config, NodeConfig
+from console.figures import FIGURES
 from console.models import FleetSnapshot, Histogram
 from console.stats import merge_histograms, observations, quantile
 from console.windows import EngineWindow, window_figures
@@ -125,6 +126,10 @@ class FigureReader:
         row = next((e for e in snapshot.endpoints if e.name == endpoint), None)
         if row is None:
             return Figure(None, note=f"unknown endpoint {endpoint}")
+        if name == "model_changed":
+            if row.model is None:
+                return Figure(None, note="no answer yet")
+            return Figure(float(row.model_changed), note=f"answers with {row.model}")
         if name == "error_pct" and not row.source.startswith("engine"):  # probes alone
             return self._probe_errors(endpoint, row.error_pct, snapshot.taken_at, window_s)
         if name in _ENDPOINT_FIELDS:
@@ -164,6 +169,11 @@ class FigureReader:
         if name == "gpu_temp_max_c":
             temps = [g.reading.temperature_c for g in row.gpus if g.reading.temperature_c]
             return Figure(max(temps) if temps else None, note="gpus")
+        if name == "gpu_ecc_uncorrected":
+            # N/A on a GPU without ECC: known only where some GPU reports it.
+            counts = [g.reading.ecc_uncorrected for g in row.gpus]
+            known = [c for c in counts if c is not None]
+            return Figure(sum(known) if known else None, note="gpus")
         status = row.engine_status
         if status is None:
             return Figure(None, note="no engine")
@@ -385,3 +395,28 @@ class World(Protocol):
     async def routes(self, router: str) -> dict[str, str]: ...
 
     async def engine_args(self, node: str) -> dict[str, object]: ...
+
+
+def figure_text(name: str, figure: Figure) -> str:
+    """``212 ms``, ``4.2%``, ``3.1/s``: a figure as the log and the screen show it."""
+    value = figure.value
+    if value is None:
+        return f"N/A ({figure.note})" if figure.note else "N/A"
+    unit = FIGURES[name][1]
+    if unit == "s":
+        ms = value * 1000
+        # Whole ms from 10 ms up; below, two significant digits (a limit of 0.1 ms is not "0").
+        text = f"{value:.2f} s" if value >= 1 else f"{ms:.0f} ms" if ms >= 10 else f"{ms:.2g} ms"
+    elif unit == "pct":
+        text = f"{value:.1f}%"
+    elif unit == "per_s":
+        text = f"{value:.2f}/s"
+    elif unit == "per_min":
+        text = f"{value:.1f}/min"
+    elif unit == "c":
+        text = f"{value:.0f} °C"
+    else:
+        text = f"{value:g}"
+    if figure.n is not None:
+        text += f" (n={figure.n:.0f})"
+    return text

@@ -17,4 +17,8 @@ FIGURES: dict[str, tuple[frozenset[str], str]] = {
     "waiting": (frozenset({"node"}), "count"),
     "preemptions_per_min": (frozenset({"node"}), "per_min"),
     "gpu_temp_max_c": (frozenset({"node"}), "c"),
+    # Uncorrected ECC errors since the driver loaded, summed over the node's GPUs.
+    "gpu_ecc_uncorrected": (frozenset({"node"}), "count"),
+    # 1 while the endpoint answers with another model than when the console started, else 0.
+    "model_changed": (frozenset({"endpoint"}), "count"),
 }

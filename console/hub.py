@@ -32,10 +32,12 @@ from console.collectors import Collectors, FleetReadings
 from console.config import Config, NodeConfig, RouterConfig
 from console.facts import FigureReader
 from console.gpu_history import GpuSeries
+from console.incidents import IncidentRecord
 from console.models import FleetSnapshot, SourceStatus
 from console.scheduler import Scheduler, Source
 from console.store import Store
 from console.store_writer import StoreWriter
+from console.triage import IncidentChange, IncidentDesk, PendingAlert
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,14 @@ class Hub:
         self.alerts = AlertEngine(config, FigureReader(self), clock)
         # Told each alert event as it is logged (`llmops watch` prints them).
         self.alert_listeners: list[Callable[[AlertEvent], None]] = []
+        # Where alerts open and join incidents (console/triage.py): only in the hubs that
+        # keep watch (the TUI's, `llmops watch`), not in one a CLI command starts for a while.
+        self.incident_desk: IncidentDesk | None = None
+        self.incident_listeners: list[Callable[[IncidentChange], None]] = []
+        self._pending_alerts: list[PendingAlert] = []
+        # The open incidents as the last housekeeping read them (both consoles' alike): what
+        # the header counts and the TUI raises a toast for. Read in a thread, never here.
+        self.open_incidents: tuple[IncidentRecord, ...] = ()
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
@@ -161,6 +171,11 @@ class Hub:
                 self.evaluate_alerts()
             except Exception:  # likewise: the alerts fail, the store writes go on
                 log.exception("alert evaluation failed")
+            if self.incident_desk is not None:
+                try:
+                    await self.record_incidents()
+                except Exception:  # the incident log fails: the readings go on
+                    log.exception("recording incidents failed")
             await self.writer.flush()
             if self.store is not None and time.monotonic() - last_purge > PURGE_EVERY_S:
                 last_purge = time.monotonic()
@@ -187,9 +202,35 @@ class Hub:
         """One alert event, from the rules or from an outside source (Alertmanager): to the
         incident log, and to every listener."""
         log.info("%s", event.message)
-        self.writer.add_event(event.kind, event.source, event.message)
+        if self.incident_desk is None:
+            self.writer.add_event(event.kind, event.source, event.message)
+        else:  # logged with its incident by record_incidents, in the incident's transaction
+            self._pending_alerts.append(self.incident_desk.prepare(event, self.snapshot()))
         for listener in self.alert_listeners:
             listener(event)
+
+    def keep_incidents(self, desk: IncidentDesk) -> None:
+        """From now on alerts open and join incidents through ``desk``."""
+        self.incident_desk = desk
+
+    async def record_incidents(self) -> list[IncidentChange]:
+        """Write the alerts of the last evaluation to the incident log (in a thread: SQLite
+        may wait on another console's write), then read the open incidents back."""
+        desk = self.incident_desk
+        if desk is None:
+            return []
+        pending, self._pending_alerts = self._pending_alerts, []
+
+        def write() -> tuple[list[IncidentChange], tuple[IncidentRecord, ...]]:
+            changes = [c for p in pending if (c := desk.record(p)) is not None]
+            return changes, tuple(desk.log.incidents(open_only=True))
+
+        changes, self.open_incidents = await asyncio.to_thread(write)
+        for change in changes:
+            log.info("%s", change.message)
+            for listener in self.incident_listeners:
+                listener(change)
+        return changes
 
     def record_event(self, kind: str, message: str, source: str = "console") -> None:
         """An event for the incident log, written with the next flush."""

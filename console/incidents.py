@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 
 from console.redact import redact
-from console.store import Store
+from console.store import Store, Transaction
 
 # How a run ended; None (NULL) while it runs or after its process died.
 OUTCOMES = (
@@ -36,6 +36,12 @@ OUTCOMES = (
     "settled",  # needs attention, or interrupted, then put right by hand (`runbook settle`)
 )
 SETTLEABLE = ("needs attention",)  # besides an interrupted run
+
+# An incident's states, in order; each change is an event with who and when. Any state may
+# move forward (an engineer may resolve an incident nobody acknowledged), never back: an
+# incident that comes back after it was resolved is a new incident.
+STATES = ("open", "acknowledged", "mitigated", "resolved")
+STATE_VERBS = {"acknowledged": "ack", "mitigated": "mitigate", "resolved": "resolve"}
 
 
 def operator() -> str:
@@ -93,6 +99,10 @@ class TakenOver(Exception):
     """Another process took the run over between reading it and claiming it."""
 
 
+class StateRefused(ValueError):
+    """An incident cannot move to that state (it is there already, or past it)."""
+
+
 @dataclass(frozen=True)
 class IncidentRecord:
     id: int
@@ -103,7 +113,26 @@ class IncidentRecord:
     target: str | None
     opened_by: str
     updated_at: float
+    # The alert (rule and subject) that opened it: the same alert firing again joins it.
+    alert_key: str | None = None
+    # {"endpoints": [...], "nodes": [...]}: what the target touches, as the config said then.
+    affected: dict[str, list[str]] = field(default_factory=dict)
+    runbook: str | None = None  # the suggested runbook, first of the ranking at open
     runs: tuple[RunRecord, ...] = field(default_factory=tuple)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state != "resolved"
+
+
+@dataclass(frozen=True)
+class AlertOpening:
+    """What an alert's firing did to the log: opened an incident, joined an open one, or
+    nothing (another console logged the same firing first)."""
+
+    incident_id: int
+    opened: bool
+    logged: bool
 
 
 class IncidentLog:
@@ -150,6 +179,161 @@ class IncidentLog:
                 "source": "console",
             },
         )
+
+    def alert_fired(
+        self,
+        key: str,
+        title: str,
+        message: str,
+        *,
+        target: str,
+        severity: str,
+        affected: dict[str, list[str]],
+        runbook: str | None,
+        data: dict[str, Any],
+    ) -> AlertOpening:
+        """An alert fired: open an incident for it, or join the open one for the same rule
+        and target, in one write transaction.
+
+        Two consoles on one database (a TUI and ``llmops watch``) evaluate the same rules:
+        the firing each sees is logged once, since the later one finds the incident's last
+        alert event for the key to be a firing already.
+        """
+        now = self.clock()
+        data, message, title = self._clean(data), self._clean(message), self._clean(title)
+        with self.store.transaction() as tx:
+            rows = tx.query(
+                "SELECT id FROM incidents WHERE alert_key = ? AND state != 'resolved'", [key]
+            )
+            alert_event = {
+                "kind": "alert.firing",
+                "message": message,
+                "source": f"alert:{key}",
+                "data": data,
+                "ts": now,
+            }
+            if rows:
+                incident_id = int(rows[0]["id"])
+                if self._last_alert_kind(tx, incident_id, key) == "alert.firing":
+                    return AlertOpening(incident_id, opened=False, logged=False)
+                tx.event(alert_event | {"incident_id": incident_id})
+                return AlertOpening(incident_id, opened=False, logged=True)
+            incident_id = tx.insert(
+                "incidents",
+                {
+                    "opened_at": now,
+                    "title": title,
+                    "state": "open",
+                    "severity": severity,
+                    "target": target,
+                    "opened_by": f"alert {key.split('|')[0]}",
+                    "updated_at": now,
+                    "alert_key": key,
+                    "affected": json.dumps(affected, sort_keys=True),
+                    "runbook": runbook,
+                },
+            )
+            tx.event(alert_event | {"incident_id": incident_id})
+            tx.event(
+                {
+                    "kind": "incident.opened",
+                    "message": f"incident {incident_id} opened: {title}",
+                    "source": "console",
+                    "data": data,
+                    "ts": now,
+                    "incident_id": incident_id,
+                }
+            )
+            return AlertOpening(incident_id, opened=True, logged=True)
+
+    def alert_resolved(self, key: str, message: str, data: dict[str, Any]) -> int | None:
+        """An alert resolved: logged in the open incident it belongs to (once across
+        consoles); the incident itself stays until an engineer resolves it. Its id, or None
+        when no open incident has the alert or the resolve was logged already."""
+        now = self.clock()
+        with self.store.transaction() as tx:
+            rows = tx.query(
+                "SELECT id FROM incidents WHERE alert_key = ? AND state != 'resolved'", [key]
+            )
+            if not rows:
+                return None
+            incident_id = int(rows[0]["id"])
+            if self._last_alert_kind(tx, incident_id, key) != "alert.firing":
+                return None
+            tx.event(
+                {
+                    "kind": "alert.resolved",
+                    "message": self._clean(message),
+                    "source": f"alert:{key}",
+                    "data": self._clean(data),
+                    "ts": now,
+                    "incident_id": incident_id,
+                }
+            )
+            return incident_id
+
+    @staticmethod
+    def _last_alert_kind(tx: Transaction, incident_id: int, key: str) -> str | None:
+        rows = tx.query(
+            "SELECT kind FROM events WHERE incident_id = ? AND source = ? "
+            "AND kind IN ('alert.firing', 'alert.resolved') ORDER BY id DESC LIMIT 1",
+            [incident_id, f"alert:{key}"],
+        )
+        return rows[0]["kind"] if rows else None
+
+    def set_state(
+        self, incident_id: int, state: str, operator_name: str, note: str | None = None
+    ) -> IncidentRecord:
+        """Move an incident forward to ``state`` (acknowledged, mitigated, resolved), with who
+        did it and why. Raises KeyError for no such incident, StateRefused when it is in that
+        state already or past it (another engineer may have moved it a moment ago)."""
+        if state not in STATE_VERBS:
+            raise ValueError(f"unknown incident state {state!r}")
+        now = self.clock()
+        with self.store.transaction() as tx:
+            rows = tx.query("SELECT state FROM incidents WHERE id = ?", [incident_id])
+            if not rows:
+                raise KeyError(incident_id)
+            was = rows[0]["state"]
+            if STATES.index(was) >= STATES.index(state):
+                raise StateRefused(
+                    f"incident {incident_id} is {was}: it cannot be {state} again"
+                    if was == state
+                    else f"incident {incident_id} is {was} already, past {state}"
+                )
+            tx.update("incidents", incident_id, {"state": state, "updated_at": now})
+            said = f": {note}" if note else ""
+            tx.event(
+                {
+                    "kind": f"incident.{state}",
+                    "message": self._clean(f"incident {incident_id} {state} by {operator_name}")
+                    + self._clean(said),
+                    "source": "console",
+                    "data": self._clean({"was": was, "note": note}) if note else {"was": was},
+                    "operator": operator_name,
+                    "ts": now,
+                    "incident_id": incident_id,
+                }
+            )
+        return self.incident(incident_id)
+
+    def add_note(
+        self, incident_id: int, text: str, operator_name: str, *, follow_up: bool = False
+    ) -> None:
+        """A note at any time; a follow-up is listed as such in the postmortem."""
+        if not text.strip():
+            raise ValueError("an empty note says nothing")
+        self.incident(incident_id)  # KeyError for no such incident
+        kind = "incident.follow_up" if follow_up else "incident.note"
+        self.store.append_event(
+            kind,
+            self._clean(text),
+            source="console",
+            operator=operator_name,
+            ts=self.clock(),
+            incident_id=incident_id,
+        )
+        self.store.update_row("incidents", incident_id, {"updated_at": self.clock()}, None)
 
     def start_run(
         self,
@@ -400,11 +584,21 @@ class IncidentLog:
         rows = self.store.query("SELECT * FROM incidents WHERE id = ?", [incident_id])
         if not rows:
             raise KeyError(incident_id)
-        return IncidentRecord(**rows[0], runs=tuple(self.runs(incident_id)))
+        return self._incident(rows[0])
 
-    def incidents(self) -> list[IncidentRecord]:
-        rows = self.store.query("SELECT * FROM incidents ORDER BY id DESC")
-        return [IncidentRecord(**r, runs=tuple(self.runs(r["id"]))) for r in rows]
+    def incidents(self, *, open_only: bool = False) -> list[IncidentRecord]:
+        where = " WHERE state != 'resolved'" if open_only else ""
+        rows = self.store.query(f"SELECT * FROM incidents{where} ORDER BY id DESC")
+        return [self._incident(r) for r in rows]
+
+    def open_count(self) -> int:
+        rows = self.store.query("SELECT count(*) AS n FROM incidents WHERE state != 'resolved'")
+        return int(rows[0]["n"])
+
+    def _incident(self, row: dict[str, Any]) -> IncidentRecord:
+        row = dict(row)
+        row["affected"] = json.loads(row["affected"]) if row.get("affected") else {}
+        return IncidentRecord(**row, runs=tuple(self.runs(row["id"])))
 
 
 # --- exports -------------------------------------------------------------------------------------

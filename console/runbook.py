@@ -290,6 +290,9 @@ class Runbook:
     steps: tuple[Step, ...]
     path: Path
     line: int
+    # What suggests it for an incident: conditions read on the incident's affected subjects
+    # (subject "*"); see console/suggest.py.
+    evidence: tuple[Condition, ...] = ()
 
     def param(self, name: str) -> Param:
         for param in self.params:
@@ -598,8 +601,46 @@ class _ParamFile(_File):
         return result
 
 
+def _affected(kind: str) -> Check:
+    """``*``: an evidence condition is read on the incident's affected subjects of its kind."""
+    expect = "* (each of the incident's affected " + kind + "s)"
+    as_text = text(expect, nullable=True).read
+
+    def read(value: Any, info: ValidationInfo) -> Any:
+        value = as_text(value, info)
+        if value is not None and value != "*":
+            raise problem(
+                f"{show(value)}: evidence is read on the incident's target (expected {expect})"
+            )
+        return value
+
+    return Check(expect, read)
+
+
+class _Evidence(_Condition):
+    """A condition that suggests this runbook when it holds for an incident's target."""
+
+    model_config = ConfigDict(title="evidence")
+
+    node: Annotated[str | None, _affected("node")] = None
+    endpoint: Annotated[str | None, _affected("endpoint")] = None
+    upstream: Annotated[str | None, _affected("upstream")] = None
+
+    @classmethod
+    def _problems(cls, data: dict[str, Any]) -> _Problems:
+        found = _pop_keys(
+            data, ("at_most", "min_requests"), "not allowed in evidence (expected above or below)"
+        )
+        return found + super()._problems(data)
+
+
 class _Answers(_File):
     model_config = ConfigDict(title="answers")
+
+    evidence: Annotated[tuple[_Evidence, ...], null_means(())] = Field(
+        default=(),
+        description="a list of conditions such as {figure: kv_cache_pct, node: '*', above: 90}",
+    )
 
     alerts: Annotated[tuple[_Text, ...], null_means(())] = Field(
         default=(), description="a list of alert or figure names"
@@ -1541,6 +1582,10 @@ def _build(model: _RunbookFile, info: ValidationInfo) -> Runbook:
         steps=steps,
         path=getattr(info.context, "path", Path()),
         line=line_at(info, ()),
+        evidence=tuple(
+            _build_condition(c, line_at(info, ("answers", "evidence", i)))
+            for i, c in enumerate(model.answers.evidence)
+        ),
     )
 
 

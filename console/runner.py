@@ -32,8 +32,7 @@ from console.actions import (
     Plan,
     Registry,
 )
-from console.facts import Figure, FigureReader
-from console.figures import FIGURES
+from console.facts import Figure, FigureReader, figure_text
 from console.incidents import IncidentLog, RunRecord
 from console.redact import redact
 from console.runbook import (
@@ -137,31 +136,6 @@ class _Done:
     # Its undo began in a process that died: the file may be put back while the restart or
     # reload never ran, so a file that matches already is not "nothing to undo".
     undo_begun: bool = False
-
-
-def figure_text(name: str, figure: Figure) -> str:
-    """``212 ms``, ``4.2%``, ``3.1/s``: a figure as the log and the screen show it."""
-    value = figure.value
-    if value is None:
-        return f"N/A ({figure.note})" if figure.note else "N/A"
-    unit = FIGURES[name][1]
-    if unit == "s":
-        ms = value * 1000
-        # Whole ms from 10 ms up; below, two significant digits (a limit of 0.1 ms is not "0").
-        text = f"{value:.2f} s" if value >= 1 else f"{ms:.0f} ms" if ms >= 10 else f"{ms:.2g} ms"
-    elif unit == "pct":
-        text = f"{value:.1f}%"
-    elif unit == "per_s":
-        text = f"{value:.2f}/s"
-    elif unit == "per_min":
-        text = f"{value:.1f}/min"
-    elif unit == "c":
-        text = f"{value:.0f} °C"
-    else:
-        text = f"{value:g}"
-    if figure.n is not None:
-        text += f" (n={figure.n:.0f})"
-    return text
 
 
 def _limit_text(name: str, limit: float) -> str:

@@ -32,6 +32,7 @@ from console.runbook import (
 )
 from console.runner import Controller, Run, RunUpdate, recorded_progress
 from console.store import Store
+from console.triage import IncidentDesk
 
 TARGET_TYPES = ("node", "upstream", "endpoint")
 log = logging.getLogger(__name__)
@@ -75,6 +76,10 @@ class Session:
     operator: str
     read_only: bool
     problems: list[str] = field(default_factory=list)  # runbooks that did not load
+
+    def incident_desk(self) -> IncidentDesk:
+        """Where this session's hub opens incidents from alerts, ranking its runbooks."""
+        return IncidentDesk(self.log, self.config, self.runbooks, self.figures)
 
     async def defaults(self, runbook: Runbook) -> dict[str, tuple[object | None, str]]:
         """Each parameter's default now: a value (None: none known) and where it came from."""

@@ -38,7 +38,7 @@ def feed(hub: Hub, clock: Clock, kv: float | None) -> None:
 
 
 KV_CACHE = [0.5, 0.95, 0.95, 0.95, 0.97, 0.5, 0.95, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
-RESOLVED = "kv resolved: kv_cache_pct of gpu-a1 50 (above 90) clear for 5s"
+RESOLVED = "kv resolved: kv_cache_pct of gpu-a1 50.0% (above 90.0%) clear for 5s"
 
 
 def test_a_rule_fires_after_its_for_and_resolves_after_its_delay(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_a_rule_fires_after_its_for_and_resolves_after_its_delay(tmp_path: Path)
         feed(hub, clock, kv)
         kinds += [(second, e.kind, e.message) for e in alerts.evaluate()]
     assert kinds == [
-        (4, "alert.firing", "kv firing: kv_cache_pct of gpu-a1 97 (above 90) for 3s"),
+        (4, "alert.firing", "kv firing: kv_cache_pct of gpu-a1 97.0% (above 90.0%) for 3s"),
         # Clear at 5, held again at 6 (no second firing), clear from 7: resolved 5 s later.
         (12, "alert.resolved", RESOLVED),
     ]

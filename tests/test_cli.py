@@ -369,8 +369,8 @@ def test_watch_prints_each_alert_as_it_fires_and_logs_it(tmp_path: Path) -> None
     assert watch.returncode == 0, err
     (fired,) = [line for line in out.splitlines() if " alert.firing " in line]
     assert re.fullmatch(
-        r"\S+ alert\.firing page primary-errors firing: error_pct of chat-api \d+(\.\d+)? "
-        r"\(above 20\) for 2s",
+        r"\S+ alert\.firing page primary-errors firing: error_pct of chat-api \d+\.\d% "
+        r"\(above 20\.0%\) for 2s",
         fired,
     ), fired
     store = Store(tmp_path / "alerts.db")

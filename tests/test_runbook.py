@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from console import cli
-from console.facts import Figure
+from console.facts import Figure, figure_text
 from console.runbook import (
     PARAM_TYPES,
     ActionCall,
@@ -41,7 +41,7 @@ from console.runbook import (
     shipped_folder,
     template_names,
 )
-from console.runner import Run, figure_text
+from console.runner import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).parent / "runbooks"

@@ -125,6 +125,46 @@ def write_config(
             "error_rate_pct": 5,
             "gpu_temp_c": 85,
             "kv_cache_pct": 90,
+            # Drill-sized rules (for: 10 s, not a minute), each naming the runbook that
+            # answers it: a fault injected into the demo opens an incident within seconds.
+            "rules": [
+                {
+                    "name": "demo.itl-high",
+                    "figure": "itl_p95",
+                    "node": "*",
+                    "above": "75ms",
+                    "for": "10s",
+                    "window": "20s",
+                    "severity": "page",
+                    "runbook": "latency-spike",
+                },
+                {
+                    "name": "demo.provider-errors",
+                    "figure": "error_pct",
+                    "endpoint": PRIMARY_ENDPOINT,
+                    "above": 20,
+                    "for": "10s",
+                    "window": "15s",
+                    "severity": "page",
+                    "runbook": "provider-failover",
+                },
+                {
+                    "name": "demo.model-changed",
+                    "figure": "model_changed",
+                    "endpoint": "*",
+                    "above": 0.5,
+                    "for": "10s",
+                    "severity": "ticket",
+                    "runbook": "model-rollback",
+                },
+                {
+                    "name": "demo.node-stale",
+                    "figure": "stale",
+                    "node": "*",
+                    "for": "10s",
+                    "severity": "page",
+                },
+            ],
         },
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
