@@ -71,6 +71,9 @@ class AlertState:
     clear_since: float | None = None  # firing, and the condition has not held since
     value: float | None = None  # the figure at the last evaluation
     note: str = ""
+    # While firing: the figure at its worst (the highest for an "above" rule), and when.
+    worst: float | None = None
+    worst_at: float | None = None
 
     @property
     def firing(self) -> bool:
@@ -88,10 +91,24 @@ class AlertEvent:
     message: str
     runbook: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # The rule's figure now and, on a resolve, at its worst while firing (the postmortem's
+    # impact); None for a stale rule and for an outside source's alert.
+    figure: str | None = None
+    value: float | None = None
+    worst: float | None = None
+    worst_at: float | None = None
 
     @property
     def source(self) -> str:
         return f"alert:{self.rule}:{self.subject}"
+
+
+@dataclass(frozen=True)
+class _Check:
+    rule: AlertRule
+    kind: str
+    bound: tuple[str, float] | None
+    states: tuple[AlertState, ...]
 
 
 class AlertEngine:
@@ -107,6 +124,14 @@ class AlertEngine:
         self._figures = figures
         self._clock = clock
         self._states: dict[tuple[str, str], AlertState] = {}
+        # Each rule read once: its subject kind, bound and states (evaluated every second).
+        self._checks: list[_Check] = []
+        for rule in self.rules:
+            states = []
+            for subject in self._subjects(rule):
+                state = self._states.setdefault((rule.name, subject), AlertState(rule, subject))
+                states.append(state)
+            self._checks.append(_Check(rule, rule.subject_kind, rule.bound, tuple(states)))
 
     @property
     def states(self) -> list[AlertState]:
@@ -125,37 +150,43 @@ class AlertEngine:
             return [e.name for e in self.config.endpoints]
         return [u for r in self.config.routers for u in r.upstreams]
 
-    def evaluate(self) -> list[AlertEvent]:
-        """One pass over every rule and subject; the events of what fired or resolved."""
+    def evaluate(self, snapshot: FleetSnapshot | None = None) -> list[AlertEvent]:
+        """One pass over every rule and subject; the events of what fired or resolved.
+
+        ``snapshot``: one the caller took over the hub's window just now (the housekeeping's,
+        shared with the sparklines); rules over another window take their own.
+        """
         now = self._clock()
         snapshots: dict[float, FleetSnapshot] = {}
+        if snapshot is not None:
+            snapshots[self._figures.hub.window_s] = snapshot
         events = []
-        for rule in self.rules:
-            window = rule.window_s or self._figures.hub.window_s
+        for check in self._checks:
+            window = check.rule.window_s or self._figures.hub.window_s
             snapshot = snapshots.get(window)
             if snapshot is None:
                 snapshot = snapshots[window] = self._figures.hub.snapshot(window)
-            for subject in self._subjects(rule):
-                state = self._states.get((rule.name, subject))
-                if state is None:
-                    state = self._states[(rule.name, subject)] = AlertState(rule, subject)
-                holds, state.value, state.note = self._holds(rule, subject, snapshot, window)
+            for state in check.states:
+                holds, state.value, state.note = self._holds(check, state.subject, snapshot, window)
                 event = _step(state, holds, now)
+                if state.firing and state.value is not None:
+                    _track_worst(state, check.bound, now)
                 if event is not None:
                     events.append(self._event(state, event, now))
+                if event == "alert.resolved":
+                    state.worst = state.worst_at = None
         return events
 
     def _holds(
-        self, rule: AlertRule, subject: str, snapshot: FleetSnapshot, window: float
+        self, check: _Check, subject: str, snapshot: FleetSnapshot, window: float
     ) -> tuple[bool | None, float | None, str]:
         """Whether the condition holds now (None: not known), the figure, and a note."""
+        rule = check.rule
         if rule.figure == STALE:
-            stale = _stale_sources(snapshot, rule.subject_kind, subject)
+            stale = _stale_sources(snapshot, check.kind, subject)
             return bool(stale), float(len(stale)), ", ".join(stale)
-        figure: Figure = self._figures.figure_at(
-            snapshot, rule.subject_kind, subject, rule.figure, window
-        )
-        bound = rule.bound
+        figure: Figure = self._figures.figure_at(snapshot, check.kind, subject, rule.figure, window)
+        bound = check.bound
         assert bound is not None  # the config refuses a figure rule without one
         if figure.value is None:
             return None, None, figure.note or "not known"
@@ -186,7 +217,19 @@ class AlertEngine:
             message=message,
             runbook=rule.runbook,
             labels=dict(rule.labels),
+            figure=None if rule.figure == STALE else rule.figure,
+            value=state.value,
+            worst=state.worst if kind == "alert.resolved" else None,
+            worst_at=state.worst_at if kind == "alert.resolved" else None,
         )
+
+
+def _track_worst(state: AlertState, bound: tuple[str, float] | None, now: float) -> None:
+    value = state.value
+    assert value is not None
+    above = bound is None or bound[0] == "above"
+    if state.worst is None or (value > state.worst if above else value < state.worst):
+        state.worst, state.worst_at = value, now
 
 
 def _step(state: AlertState, holds: bool | None, now: float) -> str | None:

@@ -8,15 +8,15 @@ Both are read from the hub's readings only: nothing here talks to the world.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from console.config import Config, NodeConfig
 from console.figures import FIGURES
 from console.models import FleetSnapshot, Histogram
 from console.stats import merge_histograms, observations, quantile
-from console.windows import EngineWindow, window_figures
+from console.windows import E2E, ITL, TTFT, EngineWindow, window_figures
 
 if TYPE_CHECKING:
     from console.hub import Hub
@@ -79,7 +79,11 @@ _ENDPOINT_FIELDS = {
     "requests_per_s": "requests_per_s",
 }
 UNKNOWN = Figure(None, note="not known")
+# The histograms window_figures merges (and remembers per engine), by family.
+_WINDOW_FAMILIES = {E2E: "e2e", TTFT: "ttft", ITL: "itl"}
 MIN_PROBES = 2  # probes behind an error rate of probes alone
+_T = TypeVar("_T")
+_MEMO_ENTRIES = 20_000  # figures a reader remembers (a few evaluations of 1,000 rules)
 GAUGES = ("kv_cache_pct", "running", "waiting")  # read off the latest scrape
 
 
@@ -93,6 +97,7 @@ class FigureReader:
     def __init__(self, hub: Hub, world: World | None = None) -> None:
         self.hub = hub
         self.world = world
+        self._memo: dict[tuple[object, ...], object] = {}
 
     @property
     def config(self) -> Config:
@@ -123,7 +128,7 @@ class FigureReader:
     def _endpoint_figure(
         self, snapshot: FleetSnapshot, endpoint: str, name: str, window_s: float
     ) -> Figure:
-        row = next((e for e in snapshot.endpoints if e.name == endpoint), None)
+        row = snapshot.endpoint_rows.get(endpoint)
         if row is None:
             return Figure(None, note=f"unknown endpoint {endpoint}")
         if name == "model_changed":
@@ -163,7 +168,7 @@ class FigureReader:
     def _node_figure(
         self, snapshot: FleetSnapshot, node: str, name: str, window_s: float
     ) -> Figure:
-        row = next((n for n in snapshot.nodes if n.name == node), None)
+        row = snapshot.node_rows.get(node)
         if row is None:
             return Figure(None, note=f"unknown node {node}")
         if name == "gpu_temp_max_c":
@@ -208,31 +213,62 @@ class FigureReader:
     def _windows(self, nodes: Sequence[str]) -> list[EngineWindow]:
         return [w for n in nodes if (w := self.hub.readings.engines.get(n)) is not None]
 
+    def _remembered(
+        self,
+        what: tuple[object, ...],
+        nodes: Sequence[str],
+        now: float,
+        window_s: float,
+        make: Callable[[], _T],
+    ) -> _T:
+        """``make()``, remembered for the scrapes the nodes' windows hold in range: a thousand
+        alert rules ask for a few hundred distinct figures, and until a scrape enters or leaves
+        a window its figures stay the same."""
+        spans = tuple(w.span_key(now, window_s) for w in self._windows(nodes))
+        key = (*what, tuple(nodes), spans)
+        if key not in self._memo:
+            if len(self._memo) > _MEMO_ENTRIES:  # entries of older scrapes are never asked again
+                self._memo.clear()
+            self._memo[key] = make()
+        return self._memo[key]  # type: ignore[return-value]
+
     def _merged(
         self, nodes: Sequence[str], family: str, now: float, window_s: float
     ) -> Histogram | None:
-        parts = [
-            (f"{w.node} {family}", hist)
-            for w in self._windows(nodes)
-            for hist in w.histogram_increases(family, now, window_s).values()
-        ]
-        return merge_histograms(parts).histogram
+        windows = self._windows(nodes)
+        if len(windows) == 1 and family in _WINDOW_FAMILIES:  # merged by window_figures already
+            figures = window_figures(windows, now, window_s)
+            return getattr(figures, _WINDOW_FAMILIES[family]) if figures else None
+
+        def merge() -> Histogram | None:
+            parts = [
+                (f"{w.node} {family}", hist)
+                for w in self._windows(nodes)
+                for hist in w.histogram_increases(family, now, window_s).values()
+            ]
+            return merge_histograms(parts).histogram
+
+        return self._remembered(("merged", family), nodes, now, window_s, merge)
 
     def _engine_quantile(
         self, nodes: Sequence[str], name: str, now: float, window_s: float
     ) -> Figure:
-        family, q = _QUANTILES[name]
-        merged = self._merged(nodes, family, now, window_s)
-        result = quantile(q, merged)
-        covered = self._covered(nodes, now, window_s)
-        if merged is None or result is None:
-            return Figure(None, 0, covered, note="engine: no request in the window")
-        n = result.n
-        if name == "itl_p95":  # its histogram counts token gaps; n counts requests
-            e2e = self._merged(nodes, _QUANTILES["e2e_p95"][0], now, window_s)
-            n = observations(e2e) if e2e is not None else 0.0
-        note = "engine" + (" floor" if result.floor else "")
-        return Figure(result.value, n, covered, note=note)
+        def make() -> Figure:
+            family, q = _QUANTILES[name]
+            merged = self._merged(nodes, family, now, window_s)
+            result = quantile(q, merged)
+            covered = self._covered(nodes, now, window_s)
+            if merged is None or result is None:
+                return Figure(None, 0, covered, note="engine: no request in the window")
+            n = result.n
+            if name == "itl_p95":  # its histogram counts token gaps; n counts requests
+                e2e = self._merged(nodes, _QUANTILES["e2e_p95"][0], now, window_s)
+                n = observations(e2e) if e2e is not None else 0.0
+            note = "engine" + (" floor" if result.floor else "")
+            return Figure(result.value, n, covered, note=note)
+
+        # A Figure is frozen, and the same for the same scrapes: one per rule is not needed.
+        return self._remembered(("quantile", name), nodes, now, window_s, make)
 
     def _covered(self, nodes: Sequence[str], now: float, window_s: float) -> float | None:
         """The time the scrapes in the window span (the shortest of the engines'): what a

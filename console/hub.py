@@ -25,7 +25,7 @@ import httpx
 
 from backends.host import HostCollector
 from backends.ssh import SshPool, SshTarget
-from console.aggregate import endpoint_row, fleet_snapshot
+from console.aggregate import fleet_snapshot
 from console.alertmanager_source import alertmanager_source
 from console.alerts import AlertEngine, AlertEvent
 from console.collectors import Collectors, FleetReadings
@@ -163,12 +163,15 @@ class Hub:
         last_purge = float("-inf")  # purge once at start, then every PURGE_EVERY_S
         while True:
             await asyncio.sleep(STORE_FLUSH_S)
+            snapshot = None
             try:
-                self._sample_history()
+                # One snapshot a second, for the sparklines and the alert rules alike.
+                snapshot = self.snapshot()
+                self._sample_history(snapshot)
             except Exception:  # a bug here must not stop the store writes below, or for good
                 log.exception("sparkline sampling failed")
             try:
-                self.evaluate_alerts()
+                self.evaluate_alerts(snapshot)
             except Exception:  # likewise: the alerts fail, the store writes go on
                 log.exception("alert evaluation failed")
             if self.incident_desk is not None:
@@ -181,31 +184,31 @@ class Hub:
                 last_purge = time.monotonic()
                 await self.writer.purge()
 
-    def _sample_history(self) -> None:
-        now = self.clock()
-        statuses = self._statuses()
-        for endpoint in self.config.endpoints:
-            row = endpoint_row(self.config, endpoint, self.readings, statuses, now, self.window_s)
+    def _sample_history(self, snapshot: FleetSnapshot) -> None:
+        for row in snapshot.endpoints:
             # A stale row's figures are frozen: the trend shows only what was measured.
             frozen = row.engines and row.engines_stale == row.engines
             if row.p95_s is not None and not frozen:
-                self.readings.add_history_point(endpoint.name, now, row.p95_s)
+                self.readings.add_history_point(row.name, snapshot.taken_at, row.p95_s)
 
-    def evaluate_alerts(self) -> list[AlertEvent]:
-        """Evaluate every alert rule once; what fired or resolved goes to the incident log."""
-        events = self.alerts.evaluate()
+    def evaluate_alerts(self, snapshot: FleetSnapshot | None = None) -> list[AlertEvent]:
+        """Evaluate every alert rule once (on ``snapshot``, taken over the hub's window just
+        now, when given); what fired or resolved goes to the incident log."""
+        events = self.alerts.evaluate(snapshot)
         for event in events:
-            self.publish_alert(event)
+            self.publish_alert(event, snapshot)
         return events
 
-    def publish_alert(self, event: AlertEvent) -> None:
+    def publish_alert(self, event: AlertEvent, snapshot: FleetSnapshot | None = None) -> None:
         """One alert event, from the rules or from an outside source (Alertmanager): to the
         incident log, and to every listener."""
         log.info("%s", event.message)
         if self.incident_desk is None:
             self.writer.add_event(event.kind, event.source, event.message)
         else:  # logged with its incident by record_incidents, in the incident's transaction
-            self._pending_alerts.append(self.incident_desk.prepare(event, self.snapshot()))
+            # Its evidence is read now, on the figures that fired it.
+            snapshot = snapshot if snapshot is not None else self.snapshot()
+            self._pending_alerts.append(self.incident_desk.prepare(event, snapshot))
         for listener in self.alert_listeners:
             listener(event)
 

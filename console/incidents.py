@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from console.facts import Figure, figure_text
 from console.redact import redact
 from console.store import Store, Transaction
 
@@ -605,49 +606,172 @@ class IncidentLog:
 
 
 def incident_json(log: IncidentLog, incident_id: int) -> dict[str, Any]:
-    """The incident, each run with its events in order: what tickets and archives keep."""
+    """The incident, each run with its events in order, and what the postmortem draws from
+    them (impact, evidence, decisions, follow-ups): what tickets and archives keep."""
     incident = log.incident(incident_id)
+    events = log.events(incident_id=incident_id)
     data = asdict(incident)
     data["runs"] = []
     for run in incident.runs:
         entry = asdict(run)
         entry["state"] = run.state
-        entry["events"] = log.events(run_id=run.id)
+        entry["events"] = [e for e in events if e["run_id"] == run.id]
         data["runs"].append(entry)
-    data["events"] = [e for e in log.events(incident_id=incident_id) if e["run_id"] is None]
+    data["events"] = [e for e in events if e["run_id"] is None]
+    data["impact"] = _impact(events)
+    data["suggestions"] = _suggestions(events)
+    data["decisions"] = _decisions(events)
+    data["follow_ups"] = [
+        {"ts": e["ts"], "operator": e["operator"], "text": e["message"]}
+        for e in events
+        if e["kind"] == "incident.follow_up"
+    ]
     return data
+
+
+def _impact(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per alert of the incident: its figure when it fired, at its worst, and when it
+    resolved (None while it still fires), each with its time."""
+    found: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if event["kind"] not in ("alert.firing", "alert.resolved"):
+            continue
+        data = event["data"]
+        key = event["source"] or ""
+        entry = found.setdefault(
+            key,
+            {
+                "alert": f"{data.get('rule')} on {data.get('subject')}",
+                "figure": data.get("figure"),
+                "at_open": None,
+                "worst": None,
+                "at_resolve": None,
+            },
+        )
+        point = {"value": data.get("value"), "ts": event["ts"]}
+        if event["kind"] == "alert.firing":
+            if entry["at_open"] is None:
+                entry["at_open"] = point
+            entry["at_resolve"] = None  # fired again: not resolved (yet)
+        else:
+            entry["at_resolve"] = point
+            worst = data.get("worst")
+            if worst is not None and _worse(entry, worst):
+                entry["worst"] = {"value": worst, "ts": data.get("worst_at")}
+    return list(found.values())
+
+
+def _worse(entry: dict[str, Any], value: float) -> bool:
+    known = entry["worst"]
+    return known is None or known["value"] is None or abs(value) > abs(known["value"])
+
+
+def _suggestions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    opened = next((e for e in events if e["kind"] == "incident.opened"), None)
+    return list(opened["data"].get("suggestions", [])) if opened else []
+
+
+def _decisions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Who decided what: each confirmation asked of an engineer, and each state change."""
+    kinds = ("step.decision", *(f"incident.{s}" for s in STATE_VERBS))
+    return [
+        {
+            "ts": e["ts"],
+            "operator": e["operator"],
+            "step": e["step"],
+            "kind": e["kind"],
+            "decision": e["message"],
+        }
+        for e in events
+        if e["kind"] in kinds
+    ]
 
 
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts))
 
 
+def _clock(ts: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) if ts is not None else "?"
+
+
+def _span(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes}m {secs}s" if hours else f"{minutes}m {secs}s"
+
+
+def _point(figure: str | None, point: dict[str, Any] | None) -> str:
+    if point is None:
+        return "still firing" if figure is not None else "-"
+    value = point["value"]
+    if value is None or figure is None:
+        return f"at {_clock(point['ts'])}"
+    return f"{figure_text(figure, Figure(value))} at {_clock(point['ts'])}"
+
+
 def incident_markdown(log: IncidentLog, incident_id: int) -> str:
-    """A postmortem draft: summary, then each run's steps with commands, diffs and results."""
+    """A postmortem draft: summary, impact, evidence, timeline, actions with the exact
+    commands, diffs and results, decisions and who made them, and follow-ups."""
+    data = incident_json(log, incident_id)
     incident = log.incident(incident_id)
-    lines = [
-        f"# Incident {incident.id}: {incident.title}",
-        "",
-        f"- State: {incident.state}",
-        f"- Opened: {_when(incident.opened_at)} by {incident.opened_by}",
-        f"- Target: {incident.target or 'n/a'}",
-        f"- Runbook runs: {len(incident.runs)}",
-        "",
-        "## Timeline",
-        "",
-    ]
-    for event in log.events(incident_id=incident_id):
+    events = log.events(incident_id=incident_id)
+    changes = {e["kind"]: e for e in events if e["kind"].startswith("incident.")}
+    lines = [f"# Incident {incident.id}: {incident.title}", "", "## Summary", ""]
+    lines.append(f"- State: {incident.state}")
+    lines.append(f"- Severity: {incident.severity or 'n/a'}")
+    touched = "; ".join(f"{k}: {', '.join(v)}" for k, v in incident.affected.items() if v)
+    lines.append(f"- Target: {incident.target or 'n/a'}" + (f" ({touched})" if touched else ""))
+    lines.append(f"- Opened: {_when(incident.opened_at)} by {incident.opened_by}")
+    for state in STATES[1:]:
+        change = changes.get(f"incident.{state}")
+        if change is not None:
+            lines.append(f"- {state.capitalize()}: {_when(change['ts'])} by {change['operator']}")
+    resolved = changes.get("incident.resolved")
+    if resolved is not None:
+        lines.append(f"- Open for: {_span(resolved['ts'] - incident.opened_at)}")
+    if incident.runbook:
+        lines.append(f"- Suggested runbook: {incident.runbook}")
+    runs = ", ".join(f"run {r.id} {r.runbook}: {r.state}" for r in incident.runs) or "none"
+    lines.append(f"- Runbook runs: {runs}")
+    if data["impact"]:
+        lines += [
+            "",
+            "## Impact",
+            "",
+            "| Alert | At open | Worst | At resolve |",
+            "|---|---|---|---|",
+        ]
+        for item in data["impact"]:
+            figure = item["figure"]
+            what = f"{item['alert']} ({figure})" if figure else item["alert"]
+            worst = _point(figure, item["worst"]) if item["worst"] else "-"
+            lines.append(
+                f"| {what} | {_point(figure, item['at_open'])} | {worst} "
+                f"| {_point(figure, item['at_resolve'])} |"
+            )
+    if data["suggestions"]:
+        lines += ["", "## Evidence at open", ""]
+        for suggestion in data["suggestions"]:
+            lines.append(f"- {suggestion['runbook']}: {suggestion['why']}")
+            for line in suggestion["evidence"]:
+                mark = {True: "holds", False: "does not hold"}.get(line["holds"], "not known")
+                lines.append(f"  - {mark}: {line['shown']}")
+    lines += ["", "## Timeline", ""]
+    for event in events:
         who = f" ({event['operator']})" if event["operator"] else ""
         step = f" [{event['step']}]" if event["step"] else ""
         lines.append(f"- {_when(event['ts'])}{step} {event['message']}{who}")
+    if incident.runs:
+        lines += ["", "## Actions"]
     for run in incident.runs:
-        lines += ["", f"## Run {run.id}: {run.runbook} ({run.state})", ""]
+        lines += ["", f"### Run {run.id}: {run.runbook} ({run.state})", ""]
         lines.append(f"Started {_when(run.started_at)} by {run.operator}, mode {run.mode}.")
         if run.params:
             shown = ", ".join(f"`{k}={v}`" for k, v in run.params.items())
             lines.append(f"Parameters: {shown}.")
-        for event in log.events(run_id=run.id):
-            data = event["data"]
+        for event in (e for e in events if e["run_id"] == run.id):
+            details = event["data"]
             if event["kind"] not in (
                 "step.finished",
                 "step.planned",
@@ -655,11 +779,24 @@ def incident_markdown(log: IncidentLog, incident_id: int) -> str:
                 "rollback.planned",
             ):
                 continue
-            lines += ["", f"### {event['step']}: {event['message']}", ""]
-            if data.get("detail"):
-                lines += ["```", data["detail"].rstrip("\n"), "```"]
-            if data.get("exit_status") is not None:
-                lines.append(f"Exit status {data['exit_status']}.")
-            if data.get("output"):
-                lines += ["", "Output:", "```", data["output"].rstrip("\n"), "```"]
+            lines += ["", f"#### {event['step']}: {event['message']}", ""]
+            if details.get("detail"):
+                lines += ["```", details["detail"].rstrip("\n"), "```"]
+            if details.get("exit_status") is not None:
+                lines.append(f"Exit status {details['exit_status']}.")
+            if details.get("output"):
+                lines += ["", "Output:", "```", details["output"].rstrip("\n"), "```"]
+    lines += ["", "## Decisions", ""]
+    for decision in data["decisions"]:
+        step = f" [{decision['step']}]" if decision["step"] else ""
+        lines.append(f"- {_when(decision['ts'])}{step} {decision['decision']}")
+    if not data["decisions"]:
+        lines.append("None recorded.")
+    lines += ["", "## Follow-ups", ""]
+    for follow_up in data["follow_ups"]:
+        lines.append(
+            f"- [ ] {follow_up['text']} ({follow_up['operator']}, {_when(follow_up['ts'])})"
+        )
+    if not data["follow_ups"]:
+        lines.append("None recorded (`llmops incidents note ID TEXT --follow-up`).")
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ hardware does not report, or a source that has not answered) and is shown as ``N
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -314,3 +315,12 @@ class FleetSnapshot:
     def failed_sources(self) -> tuple[SourceStatus, ...]:
         """Sources whose latest poll failed."""
         return tuple(s for s in self.sources if s.consecutive_failures > 0)
+
+    @functools.cached_property
+    def node_rows(self) -> dict[str, NodeRow]:
+        """The node rows by name (alert rules look a thousand up per evaluation)."""
+        return {n.name: n for n in self.nodes}
+
+    @functools.cached_property
+    def endpoint_rows(self) -> dict[str, EndpointRow]:
+        return {e.name: e for e in self.endpoints}

@@ -79,6 +79,25 @@ def _prepared(buckets: Iterable[tuple[float, float]]) -> list[list[float]]:
     return merged
 
 
+# Histograms prepared lately, by identity: the screens, the alert rules and the runbook
+# checks take several quantiles of the same merged histogram each second. Each entry holds
+# its histogram, so an id is not reused while its entry stands.
+_PREPARED: dict[int, tuple[Histogram, list[list[float]]]] = {}
+_PREPARED_ENTRIES = 4096
+
+
+def _prepared_of(hist: Histogram) -> list[list[float]]:
+    """:func:`_prepared` of ``hist``'s buckets, remembered (the result is never changed)."""
+    entry = _PREPARED.get(id(hist))
+    if entry is not None and entry[0] is hist:
+        return entry[1]
+    if len(_PREPARED) >= _PREPARED_ENTRIES:
+        _PREPARED.clear()
+    prepared = _prepared(hist.buckets)
+    _PREPARED[id(hist)] = (hist, prepared)
+    return prepared
+
+
 def _bucket_quantile(q: float, hist: Histogram) -> tuple[float, bool, float]:
     """PromQL's BucketQuantile: (value, whether the rank fell in +Inf, observations)."""
     if math.isnan(q):
@@ -87,9 +106,11 @@ def _bucket_quantile(q: float, hist: Histogram) -> tuple[float, bool, float]:
         return -math.inf, False, 0.0
     if q > 1:
         return math.inf, False, 0.0
-    if not hist.buckets or max(le for le, _ in hist.buckets) != math.inf:
+    if not hist.buckets:
         return math.nan, False, 0.0
-    buckets = _prepared(hist.buckets)
+    buckets = _prepared_of(hist)
+    if buckets[-1][0] != math.inf:  # sorted: the highest bound is the last
+        return math.nan, False, 0.0
     if len(buckets) < 2:
         return math.nan, False, 0.0
     observations = buckets[-1][1]

@@ -230,6 +230,10 @@ class IncidentDesk:
             "subject": event.subject,
             "severity": event.severity,
             "labels": event.labels,
+            "figure": event.figure,
+            "value": event.value,
+            "worst": event.worst,
+            "worst_at": event.worst_at,
         }
         if event.kind == "alert.resolved":
             resolved = self.log.alert_resolved(key, event.message, data)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from console.models import EngineStats, Histogram, SeriesLabels
 from console.stats import counter_delta, merge_histograms, observations
@@ -24,6 +25,9 @@ TTFT = "vllm:time_to_first_token_seconds"
 ITL = "vllm:inter_token_latency_seconds"
 SUCCESS = "vllm:request_success_total"
 ERROR_REASONS = frozenset({"error", "abort"})
+
+_T = TypeVar("_T")
+_ANSWERS = 4096  # figures a window remembers before it forgets them all
 
 # One counter series inside a family: its labels, and for a histogram which of its counters
 # (a bucket's bound, "sum" or "count"; None for a plain counter).
@@ -60,17 +64,28 @@ class EngineWindow:
         self._scrapes: deque[_Scrape] = deque()
         # (family, key) -> (last raw value, its running total, when it was seen).
         self._last: dict[tuple[str, _Key], tuple[float, float, float]] = {}
+        # Figures already computed, by the scrapes they stand on (the first and last in
+        # range): the screens, each alert rule and each runbook condition ask for the same
+        # ones many times a second, and until a scrape enters or leaves the range they are
+        # the same. Which scrapes a range holds, by (now, range), until the next scrape.
+        self._answers: dict[tuple[object, ...], object] = {}
+        self._ranges: dict[tuple[float, float], list[_Scrape]] = {}
 
     def add(self, ts: float, stats: EngineStats) -> None:
         """Append a scrape taken at ``ts`` and drop those older than ``max_age_s`` before it."""
+        self._ranges.clear()
+        if len(self._answers) > _ANSWERS:  # those of scrapes long gone are never asked again
+            self._answers.clear()
         if self._scrapes and ts < self._scrapes[-1].ts:
             # The clock went back: the history cannot be ordered against the new scrape.
             self._scrapes.clear()
             self._last.clear()
+            self._answers.clear()
         elif self._scrapes and ts == self._scrapes[-1].ts:
             # Two scrapes at one instant (a coarse or frozen clock): the newer one stands.
             # The running totals stay chained through the one replaced.
             self._scrapes.pop()
+            self._answers.clear()  # figures that stood on the one replaced
         totals: dict[str, dict[_Key, float]] = {}
         for family, key, value in _series(stats):
             last = self._last.get((family, key))
@@ -99,8 +114,27 @@ class EngineWindow:
         return self._scrapes[-1].ts if self._scrapes else None
 
     def _in_range(self, now: float, range_s: float) -> list[_Scrape]:
-        # Left-open like a PromQL range selector: (now - range_s, now].
-        return [s for s in self._scrapes if now - range_s < s.ts <= now]
+        found = self._ranges.get((now, range_s))
+        if found is None:
+            # Left-open like a PromQL range selector: (now - range_s, now].
+            found = [s for s in self._scrapes if now - range_s < s.ts <= now]
+            self._ranges[(now, range_s)] = found
+        return found
+
+    def span_key(self, now: float, range_s: float) -> tuple[float, ...]:
+        """What a figure over ``(now - range_s, now]`` stands on: its first and last scrape,
+        and how many there are. Equal keys, equal figures."""
+        scrapes = self._in_range(now, range_s)
+        return (scrapes[0].ts, scrapes[-1].ts, len(scrapes), range_s) if scrapes else (range_s,)
+
+    def remembered(
+        self, what: tuple[object, ...], now: float, range_s: float, make: Callable[[], _T]
+    ) -> _T:
+        """``make()`` for the range, computed once for the scrapes it stands on."""
+        key = (*what, *self.span_key(now, range_s))
+        if key not in self._answers:
+            self._answers[key] = make()
+        return self._answers[key]  # type: ignore[return-value]
 
     def span(self, now: float, range_s: float) -> tuple[float, float] | None:
         """First and last scrape in ``(now - range_s, now]``; None with fewer than two."""
@@ -137,19 +171,31 @@ class EngineWindow:
         not by ``range_s``: a window only partly covered reads the rate of the part it covers.
         None with fewer than two scrapes in range, or when the family is not exposed.
         """
-        scrapes = self._in_range(now, range_s)
-        if len(scrapes) < 2:
-            return None
-        increases = self._increases(scrapes, family)
-        if increases is None:
-            return None
-        total = sum(v for (labels, _), v in increases.items() if where is None or where(labels))
-        return total / (scrapes[-1].ts - scrapes[0].ts)
+
+        def make() -> float | None:
+            scrapes = self._in_range(now, range_s)
+            if len(scrapes) < 2 or (increases := self._increases(scrapes, family)) is None:
+                return None
+            total = sum(v for (labels, _), v in increases.items() if where is None or where(labels))
+            return total / (scrapes[-1].ts - scrapes[0].ts)
+
+        return self.remembered(("rate", family, where), now, range_s, make)
 
     def histogram_increases(
         self, family: str, now: float, range_s: float
     ) -> dict[SeriesLabels, Histogram]:
-        """Per series of a histogram family: the observations made in ``(now - range_s, now]``."""
+        """Per series of a histogram family: the observations made in ``(now - range_s, now]``.
+        The mapping is shared with later callers until the next scrape: read it, never change it."""
+        return self.remembered(
+            ("histograms", family),
+            now,
+            range_s,
+            lambda: self._histogram_increases(family, now, range_s),
+        )
+
+    def _histogram_increases(
+        self, family: str, now: float, range_s: float
+    ) -> dict[SeriesLabels, Histogram]:
         scrapes = self._in_range(now, range_s)
         increases = self._increases(scrapes, family) if len(scrapes) > 1 else None
         parts: dict[SeriesLabels, tuple[list[tuple[float, float]], dict[str, float]]] = {}
@@ -219,8 +265,20 @@ def window_figures(
     """Figures over ``(now - range_s, now]`` from the windows of the engines passed.
 
     Rates are per engine over its own span, then summed. None until some engine has two
-    scrapes in range.
+    scrapes in range. One engine's figures are remembered by its window until its next
+    scrape: the overview's node row, the alert rules and the runbook checks share them.
     """
+    windows = list(windows)
+    if len(windows) == 1:
+        return windows[0].remembered(
+            ("figures",), now, range_s, lambda: _window_figures(windows, now, range_s)
+        )
+    return _window_figures(windows, now, range_s)
+
+
+def _window_figures(
+    windows: list[EngineWindow], now: float, range_s: float
+) -> EngineFigures | None:
     histograms: dict[str, list[tuple[str, Histogram]]] = {E2E: [], TTFT: [], ITL: []}
     spans: list[float] = []
     rates: list[float] = []

@@ -20,7 +20,7 @@ from console.cli import main
 from console.config import load_config
 from console.facts import FigureReader
 from console.hub import Hub
-from console.incidents import IncidentLog, StateRefused
+from console.incidents import IncidentLog, StateRefused, incident_json, incident_markdown
 from console.runbook import load_folders, shipped_folder
 from console.store import Store
 from console.triage import IncidentDesk, affected
@@ -378,4 +378,39 @@ async def test_a_watching_hub_opens_incidents_and_counts_the_open_ones(tmp_path:
     assert [c.kind for c in told] == ["incident.opened"]
     assert [i.target for i in hub.open_incidents] == ["gpu-a1"]
     await asyncio.sleep(0)
+    store.close()
+
+
+def test_the_postmortem_holds_the_impact_decisions_and_follow_ups(tmp_path: Path) -> None:
+    """The KV cache climbs to 99% and comes back: the postmortem's impact row reads the
+    figure when the alert fired, at its worst and when it resolved, each with its time."""
+    clock = Clock()
+    hub = Hub(make_config(tmp_path), clock=clock)
+    store = Store(tmp_path / "incidents.db")
+    desk = desk_for(hub, store, clock)
+    engine = AlertEngine(hub.config, FigureReader(hub), clock)
+    for dt, kv in [(0, 0.95), (1, 0.95), (1, 0.96), (1, 0.99), (1, 0.97), (1, 0.5)] + [
+        (1, 0.5)
+    ] * 6:
+        clock.now += dt
+        hub.readings.engine_window("gpu-a1").add(clock.now, scrape(10, kv))
+        hub.scheduler.record_ok("engine:gpu-a1")
+        for event in engine.evaluate():
+            desk.record(desk.prepare(event, hub.snapshot()))
+    (incident,) = desk.log.incidents()
+    log = desk.log
+    log.set_state(incident.id, "acknowledged", "ana@bastion")
+    log.add_note(incident.id, "alert on KV cache at 85% instead", "ana@bastion", follow_up=True)
+    log.set_state(incident.id, "resolved", "ana@bastion", "traffic back to normal")
+    (impact,) = incident_json(log, incident.id)["impact"]
+    assert impact["at_open"]["value"] == pytest.approx(96.0)
+    assert impact["worst"] == {"value": pytest.approx(99.0), "ts": T0 + 3}
+    assert impact["at_resolve"]["value"] == pytest.approx(50.0)
+    text = incident_markdown(log, incident.id)
+    for section in ("## Summary", "## Impact", "## Evidence at open", "## Timeline"):
+        assert section in text
+    row = next(line for line in text.splitlines() if line.startswith("| kv-full on gpu-a1"))
+    assert "| 96.0% at " in row and "| 99.0% at " in row and "| 50.0% at " in row
+    assert "acknowledged by ana@bastion" in text.split("## Decisions")[1]
+    assert "- [ ] alert on KV cache at 85% instead" in text.split("## Follow-ups")[1]
     store.close()
