@@ -27,6 +27,11 @@ from console.models import FleetSnapshot
 from console.runbook import Condition, Runbook
 
 SUGGESTED = 3  # runbooks named in the incident's event; the screen shows every ranked one
+# Facts that pick the subject something is wrong with: a parameter defaulting to one of them
+# is prefilled with the incident's target instead (console/facts.py FACTS).
+CULPRIT_FACTS = frozenset(
+    {"worst_itl_node", "worst_ttft_node", "worst_e2e_node", "failing_upstream", "unpinned_node"}
+)
 
 
 def alert_key(event: AlertEvent) -> str:
@@ -164,9 +169,16 @@ def _evidence(
 def _prefilled(
     runbook: Runbook, event: AlertEvent, touched: Mapping[str, list[str]]
 ) -> dict[str, str]:
-    """Its node, endpoint and upstream parameters, where the target names one of each."""
+    """The parameters that name what is wrong, set to the incident's target: the one whose
+    default would pick the culprit (the worst node, the failing upstream) or, without a
+    default, one of the target's kind. The target itself, or the one subject of that kind it
+    affects (an endpoint alert's one upstream). The others (the gateway, the backup) are
+    left to their own defaults."""
     values = {}
     for param in runbook.params:
+        culprit = param.fact in CULPRIT_FACTS or (param.fact is None and param.default is None)
+        if not culprit or any(p.type == param.type and p.name in values for p in runbook.params):
+            continue
         if param.type == event.subject_kind:
             values[param.name] = event.subject
         elif len(names := touched.get(param.type + "s", [])) == 1:
