@@ -491,6 +491,13 @@ def _command(args: argparse.Namespace, config: Config, fleet: DemoFleet | None) 
         from console.session import secrets_of
 
         secrets = secrets_of(config)
+        if getattr(args, "expire_silences", False):
+            expired = _with_store(config, lambda store: _expire(config, store, args, read_only))
+            if not expired:
+                print(
+                    f"incident {args.id} stays as it is: a silence was not expired", file=sys.stderr
+                )
+                return 1
         return _with_store(config, lambda store: incidents_command(store, args, secrets=secrets))
     if args.command == "runbook":
         return _runbook_command(args, config, read_only)
@@ -500,6 +507,32 @@ def _command(args: argparse.Namespace, config: Config, fleet: DemoFleet | None) 
         except HostsUsageError as exc:
             raise UsageError(str(exc)) from None
     return _run_console(config, fleet, read_only, bool(_option(args, "quiet", False)))
+
+
+def _expire(config: Config, store: Store, args: argparse.Namespace, read_only: bool) -> bool:
+    """`incidents resolve --expire-silences`: the incident's silences, expired first."""
+    from console.incidents import IncidentLog, operator
+    from console.session import secrets_of
+    from console.silences import expire_silences
+
+    log = IncidentLog(store, secrets=secrets_of(config))
+    try:
+        log.incident(args.id)
+    except KeyError:
+        raise UsageError(f"no incident {args.id} in {store.path}") from None
+    print(f"incident {args.id}: expiring the silences its runbooks made")
+    return asyncio.run(
+        expire_silences(
+            config,
+            log,
+            args.id,
+            operator(),
+            yes=args.yes,
+            confirm_targets=args.confirm_target,
+            read_only=read_only,
+            out=sys.stdout,
+        )
+    )
 
 
 def _runbook_catalogue(args: argparse.Namespace, loaded: tuple[dict, list[str]]) -> int:

@@ -128,6 +128,20 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
         change = inc.add_parser(verb, parents=[common], help=f"mark an incident {state}")
         change.add_argument("id", type=int)
         change.add_argument("--note", metavar="TEXT", help="why (kept with the change)")
+        if state == "resolved":
+            change.add_argument(
+                "--expire-silences",
+                action="store_true",
+                help="first expire the Alertmanager silences the incident's runbooks made",
+            )
+            change.add_argument("--yes", action="store_true", help="confirm each expiry")
+            change.add_argument(
+                "--confirm-target",
+                action="append",
+                default=[],
+                metavar="HOST",
+                help="in a protected environment: the Alertmanager host, typed to confirm",
+            )
     note = inc.add_parser("note", parents=[common], help="add a note to an incident")
     note.add_argument("id", type=int)
     note.add_argument("text", metavar="TEXT")
@@ -321,7 +335,9 @@ async def warm_up(hub: object, limit_s: float = WARM_UP_S) -> None:
         answered = all(s.last_ok_at is not None or s.consecutive_failures for s in statuses)
         now = hub.clock()
         scraped = all(w.span(now, 3600.0) is not None for w in hub.readings.engines.values())
-        if answered and scraped and hub.readings.engines:
+        # A fleet of API endpoints alone has no engine to wait for.
+        engines = hub.readings.engines or not any(n.engine for n in hub.config.nodes)
+        if answered and scraped and engines:
             return
         await asyncio.sleep(0.2)
 

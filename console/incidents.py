@@ -318,6 +318,25 @@ class IncidentLog:
             )
         return self.incident(incident_id)
 
+    def log_incident(
+        self,
+        incident_id: int,
+        kind: str,
+        message: str,
+        operator_name: str | None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """An event of the incident itself (not of one of its runs), committed on return."""
+        self.store.append_event(
+            kind,
+            self._clean(message),
+            source="console",
+            data=self._clean(data),
+            operator=operator_name,
+            ts=self.clock(),
+            incident_id=incident_id,
+        )
+
     def add_note(
         self, incident_id: int, text: str, operator_name: str, *, follow_up: bool = False
     ) -> None:
