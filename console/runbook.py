@@ -631,6 +631,8 @@ class _Evidence(_Condition):
         found = _pop_keys(
             data, ("at_most", "min_requests"), "not allowed in evidence (expected above or below)"
         )
+        if found and not any(k in data for k in ("above", "below")):
+            return found + _figure_problems(data)  # the comparison is the one said already
         return found + super()._problems(data)
 
 

@@ -21,7 +21,7 @@ from console.config import load_config
 from console.facts import FigureReader
 from console.hub import Hub
 from console.incidents import IncidentLog, StateRefused, incident_json, incident_markdown
-from console.runbook import load_folders, shipped_folder
+from console.runbook import RunbookError, load_folders, load_runbook, shipped_folder
 from console.store import Store
 from console.triage import IncidentDesk, affected
 from tests.test_facts import T0, Clock, scrape
@@ -414,3 +414,31 @@ def test_the_postmortem_holds_the_impact_decisions_and_follow_ups(tmp_path: Path
     assert "acknowledged by ana@bastion" in text.split("## Decisions")[1]
     assert "- [ ] alert on KV cache at 85% instead" in text.split("## Follow-ups")[1]
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("evidence", "error"),
+    [
+        ("{figure: kv_cache_pct, node: gpu-a1, above: 90}", "answers.evidence[0].node: 'gpu-a1'"),
+        ("{figure: kv_cache_pct, node: '*'}", "answers.evidence[0]: no comparison"),
+        ("{figure: kv_cache, node: '*', above: 90}", "answers.evidence[0].figure: unknown figure"),
+        (
+            "{figure: kv_cache_pct, endpoint: '*', above: 90}",
+            "kv_cache_pct is not a figure of an endpoint",
+        ),
+        (
+            "{figure: itl_p95, node: '*', at_most: {times: 2, of: {node: a}}}",
+            "answers.evidence[0].at_most: not allowed in evidence",
+        ),
+    ],
+)
+def test_broken_evidence_is_one_line_at_its_line(tmp_path: Path, evidence: str, error: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "id: bad\ntitle: Bad\nanswers:\n  evidence:\n"
+        f"    - {evidence}\nsteps:\n  - {{id: n, kind: note, text: hi}}\n"
+    )
+    with pytest.raises(RunbookError) as raised:
+        load_runbook(path)
+    (problem,) = raised.value.problems
+    assert problem.startswith(f"{path}:5: ") and error in problem, problem
