@@ -29,7 +29,7 @@ import re
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
 
-from backends.ssh import CommandFailed, CommandTimedOut, SshError
+from backends.remote_errors import CommandFailed, CommandTimedOut, SshError
 from console.models import GpuProcess, GpuReading, GpuSnapshot, MigDevice
 
 log = logging.getLogger(__name__)
