@@ -55,6 +55,27 @@ class FleetReadings:
             window = self.engines[node] = EngineWindow(max_age_s=self.window_s)
         return window
 
+    def add_gpus(self, node: str, gpus: tuple[GpuReading, ...], now: float, poll_s: float) -> None:
+        """One poll of a node's GPUs: its latest readings, and a point of each one's history
+        (the replay fills its readings through here too)."""
+        self.gpus[node] = gpus
+        for r in gpus:
+            key = (node, r.index)
+            history = self.gpu_history.get(key)
+            if history is None:
+                history = self.gpu_history[key] = GpuHistory(poll_s)
+            history.add(now, r)
+
+    def add_probe(self, result: ProbeResult) -> None:
+        """One probe result, into its endpoint's window (the replay's too)."""
+        window = self.probes.setdefault(result.endpoint, deque())
+        window.append(result)
+        while window and window[0].started_at < result.started_at - self.probe_window_s:
+            window.popleft()
+        if result.ok and result.model:
+            # APIs answer an alias with a dated name: compare with the first answer, not config.
+            self.first_model.setdefault(result.endpoint, result.model)
+
     def add_history_point(self, endpoint: str, now: float, value: float) -> None:
         """One sparkline point per ``HISTORY_STEP_S`` at most, so the trend spans a minute."""
         if now - self.endpoint_history_at.get(endpoint, float("-inf")) < HISTORY_STEP_S:
@@ -129,16 +150,10 @@ class Collectors:
         else:
             snapshot = await self._gpu_readers[node.name].read()
             via_note = snapshot.fallback_reason
-        self.readings.gpus[node.name] = snapshot.gpus
         self.readings.gpu_snapshots[node.name] = snapshot
         now = self._clock()
-        for r in snapshot.gpus:
-            key = (node.name, r.index)
-            history = self.readings.gpu_history.get(key)
-            if history is None:
-                history = self.readings.gpu_history[key] = GpuHistory(self.config.poll.gpus_s)
-            history.add(now, r)
-        self._writer.add_gpus(snapshot.gpus)
+        self.readings.add_gpus(node.name, snapshot.gpus, now, self.config.poll.gpus_s)
+        self._writer.add_gpus(snapshot.gpus, now)
         self._via(f"gpus:{node.name}", snapshot.method, via_note)
         self._warn(f"gpus:{node.name}", snapshot_warning(snapshot))
 
@@ -170,8 +185,9 @@ class Collectors:
             )
         scraper.base_url = await engine_base_url(self._ssh, node)
         stats = await scraper.scrape()
-        self.readings.engine_window(node.name).add(self._clock(), stats)
-        self._writer.add_engine(stats)
+        now = self._clock()
+        self.readings.engine_window(node.name).add(now, stats)
+        self._writer.add_engine(stats, now)  # under the window's time: the replay's too
         self._warn_dropped(node, stats)
 
     async def _engine_from_prometheus(self, node: NodeConfig) -> None:
@@ -184,9 +200,10 @@ class Collectors:
         text = exposition_text(series, self.prometheus.server.node_label)
         stats = await asyncio.to_thread(engine_stats_from_text, node.name, text)
         # When the server scraped it, on the console's clock (the two clocks may differ).
-        self.readings.engine_window(node.name).add(self._clock() - series.age_s, stats)
+        scraped = self._clock() - series.age_s
+        self.readings.engine_window(node.name).add(scraped, stats)
         self._scraped_at[node.name] = series.scraped_at
-        self._writer.add_engine(stats)
+        self._writer.add_engine(stats, scraped)
         self._warn_dropped(node, stats)
 
     def _warn_dropped(self, node: NodeConfig, stats: EngineStats) -> None:
@@ -210,14 +227,8 @@ class Collectors:
 
     async def probe(self, endpoint: EndpointConfig) -> None:
         result = await probe(self._http, probe_target(endpoint))
-        window = self.readings.probes.setdefault(endpoint.name, deque())
-        window.append(result)
-        while window and window[0].started_at < result.started_at - self.readings.probe_window_s:
-            window.popleft()
+        self.readings.add_probe(result)
         self._writer.add_probe(result)
-        if result.ok and result.model:
-            # APIs answer an alias with a dated name: compare with the first answer, not config.
-            self.readings.first_model.setdefault(endpoint.name, result.model)
         if not result.ok:
             # Recorded above for error %, and raised so the source shows the failure. No answer
             # backs it off, and a 429 for as long as its Retry-After says; an error answered

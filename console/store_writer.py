@@ -70,13 +70,17 @@ class StoreWriter:
             self.dropped[kind] += 1
         queue.append(item)
 
-    def add_gpus(self, readings: Iterable[GpuReading]) -> None:
-        now = self._clock()
+    def add_gpus(self, readings: Iterable[GpuReading], ts: float | None = None) -> None:
+        """One poll of one node's GPUs, taken at ``ts`` (now when not given): the time the
+        readings' own windows keep them under, so that a replay sees what the screen saw."""
+        now = self._clock() if ts is None else ts
         for r in readings:
             self._append(self._gpus, "samples", (now, r))
 
-    def add_engine(self, stats: EngineStats) -> None:
-        self._append(self._engines, "samples", (self._clock(), stats))
+    def add_engine(self, stats: EngineStats, ts: float | None = None) -> None:
+        """One engine scrape, taken at ``ts`` (now when not given; a Prometheus-read engine's
+        is when the server scraped it)."""
+        self._append(self._engines, "samples", (self._clock() if ts is None else ts, stats))
 
     def add_probe(self, result: ProbeResult) -> None:
         self._append(self._probes, "probe results", result)

@@ -51,7 +51,7 @@ async def test_a_failing_store_keeps_bounded_rows_and_says_what_it_dropped(
     readings = [replace(reading, index=i) for i in range(8)]  # one capture, eight GPUs
     make_read_only(store, True)
     for poll in range(4):  # four polls of 8 GPUs while the disk is full: 32 rows for 16 places
-        writer.add_gpus(readings)
+        writer.add_gpus(readings, ts=float(poll))
         writer.add_probe(ProbeResult("chat", float(poll), True, 200, 0.1, 0.5, 10, 2))
         writer.add_probe(ProbeResult("chat", poll + 0.5, True, 200, 0.1, 0.5, 10, 2))
         writer.add_event("source.failed", "gpus:gpu-a2", f"down {poll}")
@@ -61,7 +61,7 @@ async def test_a_failing_store_keeps_bounded_rows_and_says_what_it_dropped(
     make_read_only(store, False)
     await writer.flush()
     assert record.oks == 1
-    assert store.db["samples"].count == 16  # the newest two polls
+    assert [p.ts for p in store.read_samples(0, 10).gpus] == [2.0, 3.0]  # the newest two polls
     assert [r["ts"] for r in store.db["probes"].rows] == [1.5, 2.0, 2.5, 3.0, 3.5]
     # The incident log lost nothing.
     assert [e["message"] for e in store.events()][::-1] == [f"down {i}" for i in range(4)]
@@ -77,7 +77,8 @@ async def test_a_flush_that_fails_half_way_writes_nothing_twice(tmp_path: Path) 
     )
     # A real SQLite failure after the probe rows went in: the samples insert is refused.
     store.conn.execute(
-        "CREATE TRIGGER refuse BEFORE INSERT ON samples BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        "CREATE TRIGGER refuse BEFORE INSERT ON gpu_samples "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
     )
     writer.add_probe(ProbeResult("chat", 1.0, True, 200, 0.1, 0.5, 10, 2))
     writer.add_gpus([reading])
@@ -87,5 +88,5 @@ async def test_a_flush_that_fails_half_way_writes_nothing_twice(tmp_path: Path) 
     store.conn.execute("DROP TRIGGER refuse")
     await writer.flush()
     assert store.db["probes"].count == 1  # not written once in the failed flush and again now
-    assert store.db["samples"].count == 1
+    assert store.db["gpu_samples"].count == 1
     assert [e["message"] for e in store.events()] == ["down"]
