@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import socket
 import sqlite3
 import struct
 import threading
@@ -187,7 +188,24 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        "one recorder of samples per database",
+        # A TUI and `llmops watch` on one database poll the same fleet: only one of them
+        # (the holder, while its heartbeat is fresh) writes samples and probe results, so a
+        # week of them is not stored twice; events are written by every process.
+        """
+        CREATE TABLE recorder (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            heartbeat REAL NOT NULL
+        );
+        """,
+    ),
 )
+
+# A recorder whose last write is older than this is gone: another process takes over.
+RECORDER_STALE_S = 15.0
 
 # The purge deletes this many rows per transaction, so that it never holds the write lock
 # for long: the hub's writes and a second console wait for one batch at most.
@@ -263,6 +281,10 @@ class Store:
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
+                if (polls or scrapes or "probes" in tables) and not self._records():
+                    # Another console records this fleet's samples: ours would double them.
+                    tables.pop("probes", None)
+                    polls, scrapes = {}, []
                 for table, rows in tables.items():
                     self.db.table(table).insert_all(rows)
                 keys = _KeyWriter(self.conn, self._key_ids)
@@ -288,6 +310,21 @@ class Store:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
+
+    def _records(self) -> bool:
+        """Whether this process is the database's recorder of samples, taking the place when
+        it is free or its holder is gone (no write for RECORDER_STALE_S); inside the write
+        transaction, so two processes never both take it."""
+        me = (socket.gethostname(), os.getpid())
+        now = time.time()
+        row = self.conn.execute("SELECT host, pid, heartbeat FROM recorder WHERE id = 1").fetchone()
+        if row is not None and (row[0], row[1]) != me and row[2] > now - RECORDER_STALE_S:
+            return False
+        self.conn.execute(
+            "INSERT OR REPLACE INTO recorder (id, host, pid, heartbeat) VALUES (1, ?, ?, ?)",
+            (*me, now),
+        )
+        return True
 
     def write_batch(
         self,

@@ -294,7 +294,7 @@ def test_an_old_database_with_json_samples_opens_and_is_read(
     monkeypatch.undo()
 
     store = Store(path)
-    assert store.schema_version == len(MIGRATIONS) == 5
+    assert store.schema_version == len(MIGRATIONS)
     store.write_batch(gpus=[(12.0, gpu)])
     first, second = store.read_samples(0, 20).gpus
     # The JSON rows never kept a GPU's name and uuid, nor an engine's histograms.
@@ -307,3 +307,50 @@ def test_an_old_database_with_json_samples_opens_and_is_read(
     assert store.sample_span() == (10.0, 12.0)
     assert store.purge(11.0 + RETENTION_S["samples"])["samples"] == 2
     assert store.sample_span() == (12.0, 12.0)
+
+
+RECORDER = """
+import sys
+from pathlib import Path
+from console.models import ProbeResult
+from console.store import Store
+store = Store(Path(sys.argv[1]))
+store.write_batch([ProbeResult("chat", 1.0, True, 200, 0.1, 0.5, 10, 3)])
+print("recorded", flush=True)
+sys.stdin.read()  # holds the place while it lives (its heartbeat is its last write)
+"""
+
+
+def test_one_console_records_samples_while_another_records_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `llmops watch` records the fleet's samples; a TUI opened on the same database writes
+    its events but not a second copy of every sample, until the recorder is gone."""
+    path = tmp_path / "shared.db"
+    Store(path).close()
+    watch = subprocess.Popen(
+        [sys.executable, "-c", RECORDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert watch.stdout is not None and watch.stdout.readline() == "recorded\n"
+    store = Store(path)
+    store.write_batch(
+        [ProbeResult("chat", 2.0, True, 200, 0.1, 0.5, 10, 3)],
+        [(2.0, rich_reading())],
+        events=[{"kind": "console.started", "message": "tui started"}],
+    )
+    assert [p.started_at for p in store.read_probes(0, 10)] == [1.0]
+    assert store.read_samples(0, 10).gpus == []
+    assert [e["message"] for e in store.events()] == ["tui started"]  # events always
+    watch.communicate("", timeout=30)
+    # The recorder's heartbeat goes stale (shortened here): this console takes its place.
+    monkeypatch.setattr(store_module, "RECORDER_STALE_S", 0.0)
+    store.write_batch(
+        [ProbeResult("chat", 3.0, True, 200, 0.1, 0.5, 10, 3)], [(3.0, rich_reading())]
+    )
+    assert [p.started_at for p in store.read_probes(0, 10)] == [1.0, 3.0]
+    assert [poll.ts for poll in store.read_samples(0, 10).gpus] == [3.0]
+    store.close()
