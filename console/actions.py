@@ -174,6 +174,11 @@ class Plan:
     # Writes nothing: restarts or reloads on a file an interrupted call changed, and verifies
     # (planned with ``finish``). What undoes the change is what undoes that call.
     finishes: bool = False
+    # Arguments the planner chose from the world because the call left them out (the newest
+    # backup engine.restore_args puts back). A later attempt of the same call, or its resume
+    # in another process, passes them as given: by then the newest backup is the safety copy
+    # the earlier attempt kept of the very file it meant to replace.
+    chosen: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -532,7 +537,9 @@ class Registry:
         node = args["node"]
         engine = self._engine(node)
         path = engine.args_file
-        backup = args.get("backup") or await self._newest_backup(node, path)
+        given = args.get("backup")
+        backup = given or await self._newest_backup(node, path)
+        chosen: dict[str, object] = {} if given else {"backup": backup}
         if posixpath.basename(backup) not in await self._names_beside(action, node, backup):
             raise BackupMissing(f"engine.restore_args on {node}: there is no {backup}")
         current = await self._read_text(action, node, path)
@@ -544,9 +551,10 @@ class Registry:
                 raise AlreadyDone(
                     f"engine.restore_args on {node}: {path} already matches {backup}; nothing to do"
                 )
-            return self._finish_engine_plan(
+            plan = self._finish_engine_plan(
                 action, rendered, f"{path} matches {backup} already", current, {"set": {}}, ()
             )
+            return dataclasses.replace(plan, chosen=chosen)
         notes: list[str] = [f"restores {backup}"]
         try:
             version, catalogue, version_notes = await self._catalogue(node, engine)
@@ -571,6 +579,7 @@ class Registry:
             + _wait_line(engine, wait),
             notes=tuple(notes),
             state={"path": path, "backup": keep, "before": current, "after": restored, "set": {}},
+            chosen=chosen,
         )
 
     def _finish_engine_plan(
@@ -819,7 +828,14 @@ class Registry:
                 state={"host": host, "before": before, "previous": previous},
                 finishes=True,
             )
-        after = _dump_router_file(router, new_doc)
+        after = _edit_weights(router, before, weights)
+        if after is not None:
+            try:
+                # The text edit stands only if it reads back as the intended document.
+                if _load_router_file(where, router, after) != new_doc:
+                    after = None
+            except ActionRefused:
+                after = None
         backup = await self._free_backup_name(action, host, router.file)
         notes = [
             f"entries named {name} had different weights; undo sets them all to "
@@ -827,6 +843,12 @@ class Registry:
             for name in weights
             if len({json.dumps(_weight_of(router, e)) for n, e in entries if n == name}) > 1
         ]
+        if after is None:
+            after = _dump_router_file(router, new_doc)
+            notes.append(
+                f"{router.file} is written whole: its weights could not be edited in place "
+                "(comments and formatting are not kept)"
+            )
         return Plan(
             action=action,
             args=rendered,
@@ -1358,6 +1380,10 @@ def _private_path(word: str) -> bool:
     if ".." in word.split("/"):
         return True  # ../../etc/shadow: where it leads depends on the directory it runs in
     path = posixpath.normpath(word)  # /etc/./shadow is /etc/shadow
+    # POSIX lets normpath keep exactly two leading slashes (implementation-defined), but
+    # Linux reads //etc/shadow as /etc/shadow: the checks below see it as the kernel does.
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
     if _PROC_PRIVATE_RE.match(path):
         return True
     return ".ssh" in path or path.startswith(("/etc/shadow", "/etc/gshadow", "/etc/sudoers"))
@@ -1613,6 +1639,109 @@ def _load_router_file(where: str, router: RouterConfig, text: str) -> object:
     except (ValueError, yaml.YAMLError) as exc:
         problem = " ".join(str(exc).split())
         raise ActionRefused(f"{where}: {router.file} is not {router.format}: {problem}") from exc
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _edit_weights(router: RouterConfig, text: str, weights: Mapping[str, object]) -> str | None:
+    """The router file with only its weights changed, edited as text where each weight's
+    scalar is (located through PyYAML's node marks): comments, quoting, key order and every
+    other line stay as the file's owner wrote them, and the diff shows the weights alone.
+    A weight not in the file yet is added to its mapping, one set to None removed. None when
+    the file's shape is beyond an edit in place (no parent mapping, a weight that is not a
+    plain scalar, ...); the caller also checks that the result reads back as intended."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    entries = _node_at(root, router.list_path)
+    if not isinstance(entries, yaml.SequenceNode):
+        return None
+    *parents, last = router.weight_key.split(".")
+    edits: list[tuple[int, int, str]] = []
+    for entry in entries.value:
+        name = _node_at(entry, router.name_key)
+        if not isinstance(name, yaml.ScalarNode) or name.value not in weights:
+            continue
+        parent = _node_at(entry, ".".join(parents)) if parents else entry
+        if not isinstance(parent, yaml.MappingNode):
+            return None
+        edit = _weight_edit(text, parent, last, weights[name.value], router.format == "json")
+        if edit is None:
+            return None
+        edits.append(edit)
+    for start, end, new in sorted(edits, reverse=True):  # from the end: marks stay right
+        text = text[:start] + new + text[end:]
+    return text
+
+
+def _node_at(node: yaml.Node | None, path: str) -> yaml.Node | None:
+    for part in path.split("."):
+        if isinstance(node, yaml.MappingNode):
+            node = next(
+                (v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part),
+                None,
+            )
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+        else:
+            return None
+    return node
+
+
+def _weight_edit(
+    text: str, parent: yaml.MappingNode, key: str, weight: object, json_style: bool
+) -> tuple[int, int, str] | None:
+    """(start, end, replacement) that sets ``key`` of the mapping to ``weight`` (None: removes
+    it), or None where that cannot be done in place."""
+    pairs = parent.value
+    at = next(
+        (i for i, (k, _) in enumerate(pairs) if isinstance(k, yaml.ScalarNode) and k.value == key),
+        None,
+    )
+    value = json.dumps(weight)  # a number: the same text in YAML and JSON
+    if at is not None:
+        k, v = pairs[at]
+        if weight is not None:
+            if not isinstance(v, yaml.ScalarNode):
+                return None
+            return v.start_mark.index, v.end_mark.index, value
+        if parent.flow_style:  # {a: 1, weight: 2} -> {a: 1}
+            if at > 0:
+                return pairs[at - 1][1].end_mark.index, v.end_mark.index, ""
+            end = pairs[1][0].start_mark.index if len(pairs) > 1 else v.end_mark.index
+            return k.start_mark.index, end, ""
+        # A block mapping: the key's whole line, when nothing else is on it.
+        line_start = text.rfind("\n", 0, k.start_mark.index) + 1
+        line_end = text.find("\n", v.end_mark.index)
+        line_end = len(text) if line_end < 0 else line_end + 1
+        rest = text[v.end_mark.index : line_end].strip()
+        if text[line_start : k.start_mark.index].strip() or (rest and not rest.startswith("#")):
+            return None
+        return line_start, line_end, ""
+    if weight is None:
+        return 0, 0, ""  # not there: nothing to remove
+    name = key if _PLAIN_KEY.fullmatch(key) and not json_style else json.dumps(key)
+    if parent.flow_style:
+        if pairs:  # {model: x} -> {model: x, weight: 100}
+            last_key, last_value = pairs[-1]
+            end = last_value.end_mark.index
+            if "\n" in text[end : parent.end_mark.index]:  # one pair a line (JSON's indent)
+                return end, end, f",\n{' ' * last_key.start_mark.column}{name}: {value}"
+            return end, end, f", {name}: {value}"
+        close = parent.end_mark.index - 1
+        return (close, close, f"{name}: {value}") if text[close : close + 1] == "}" else None
+    if not pairs:
+        return None
+    # A block mapping: a line of its own after the mapping's last line, at its keys' column.
+    end = pairs[-1][1].end_mark.index
+    if end > 0 and text[end - 1] == "\n":
+        return end, end, " " * pairs[0][0].start_mark.column + f"{name}: {value}\n"
+    line_end = text.find("\n", end)
+    if line_end < 0:
+        return len(text), len(text), "\n" + " " * pairs[0][0].start_mark.column + f"{name}: {value}"
+    return line_end + 1, line_end + 1, " " * pairs[0][0].start_mark.column + f"{name}: {value}\n"
 
 
 def _dump_router_file(router: RouterConfig, doc: object) -> str:

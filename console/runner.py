@@ -119,6 +119,12 @@ class StepState:
     progress: str = ""
     started_at: float | None = None
     finished_at: float | None = None
+    # Arguments its first plan chose from the world (Plan.chosen): every later attempt, and
+    # a resume, plans with them as given, so a retry acts on what the first attempt meant to.
+    chosen: dict[str, object] = field(default_factory=dict)
+    # An earlier attempt changed the world (wrote the file) without finishing well: later
+    # attempts are planned to finish, or they would refuse a change that is "already there".
+    changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,8 @@ class _Done:
     # (another process made it) is undone only when the one taking the run over confirms.
     confirmed_here: bool = False
     # Its undo began in a process that died: the file may be put back while the restart or
-    # reload never ran, so a file that matches already is not "nothing to undo".
+    # reload never ran, so a file that matches already is not "nothing to undo". Also set when
+    # a later step of the run put the file back without verifying the engine serves it.
     undo_begun: bool = False
 
 
@@ -198,6 +205,11 @@ class Run:
         self.rollback_requested = False  # abort(rollback=True): undo the changes made so far
         # On resume, the mutating step the run died in: its change may have landed.
         self._interrupted_step: str | None = None
+        # Whether an undo began in this process: a rollback declined after that leaves the run
+        # "interrupted during rollback" (it cannot be resumed), at the step still to undo.
+        self._undo_began_here = False
+        self._not_undone: list[_Done] = []  # after roll_back(): what it left, oldest first
+        self._declined: _Done | None = None  # ...and the undo it stopped at, declined
         self._started = clock()
 
     # -- the run
@@ -227,8 +239,10 @@ class Run:
             failing = f"; {self.failed_checks} check(s) would fail" if self.failed_checks else ""
             await self._finish("dry-run", f"dry-run: nothing was changed{failing}")
         elif self.mode == "read-only":
+            failed = f"; {self.failed_checks} step(s) failed" if self.failed_checks else ""
             await self._finish(
-                "read-only", f"read-only: checks ran, {self.blocked} mutating step(s) not run"
+                "read-only",
+                f"read-only: checks ran, {self.blocked} mutating step(s) not run{failed}",
             )
         else:
             await self._finish("verified", "finished and verified")
@@ -310,8 +324,8 @@ class Run:
         call = state.step.action
         if state.step.kind != "mutate" or call is None:
             return None
-        finish = state.step.id == self._interrupted_step
-        plan = await self.registry.plan(call.action, self._args(call), finish=finish)
+        finish = state.step.id == self._interrupted_step or state.changed
+        plan = await self.registry.plan(call.action, self._call_args(state), finish=finish)
         return replace(plan, summary=self._mask(plan.summary), detail=self._mask(plan.detail))
 
     async def _roll_back_and_finish(self, outcome: str, why: str) -> None:
@@ -323,33 +337,80 @@ class Run:
             )
             return
         if not self.done:
-            await self._finish(outcome, f"{why}; nothing had been changed", rollback=False)
+            # A change a later step put back (a forward restore_args) leaves nothing to undo,
+            # but the run did change the fleet on the way.
+            ran = any(
+                s.step.kind == "mutate" and (s.outcome is not None or s.status == "ok")
+                for s in self.steps
+            )
+            said = "nothing left to undo" if ran else "nothing had been changed"
+            await self._finish(outcome, f"{why}; {said}", rollback=False)
             return
         result = await self.roll_back()
         if result == "ok":
             await self._finish(outcome, f"{why}; rolled back {len(self.done)} change(s)")
         elif result == "declined":
-            await self._release(f"{why}; an undo was declined, the changes not undone stay")
+            await self._declined_undo(why)
         else:
             await self._finish("needs attention", f"{why}; a rollback step failed")
 
     async def resume(self, progress: Progress) -> str:
-        """Go on from the step that was interrupted, after re-running the checks before it."""
+        """Go on from the step that was interrupted, after re-running the checks before it
+        that still gate a change not made yet."""
         self.done = list(progress.done)
         if progress.interrupted_undo is not None:
             # The run died inside a mutating step, whose change may have landed: it is undone
-            # with the others should the run fail or be rolled back, and the step, planned
-            # again to finish, restarts or reloads on a file that landed rather than refusing
-            # to make the change twice (or taking a file nothing runs yet for done).
+            # with the others should the run fail or be rolled back.
             self.done.append(progress.interrupted_undo)
-            self._interrupted_step = progress.interrupted_undo.step
+        # The step, planned again to finish, restarts or reloads on a file that landed rather
+        # than refusing to make the change twice (or taking a file nothing runs yet for done).
+        # Set from the step itself, not from its undo: a finish cut off in its turn logs no
+        # undo of its own (the first attempt's stands), and is finished again all the same.
+        self._interrupted_step = progress.interrupted_step
+        for state in self.steps:
+            state.chosen = dict(progress.chosen.get(state.step.id, {}))
         for state in self.steps[: progress.start_at]:
             state.status = progress.statuses.get(state.step.id, "ok")
         self._emit("progress", None, f"resuming at step {progress.start_at + 1}")
+        landed = self._landed_before(progress)
         for state in self.steps[: progress.start_at]:
-            if state.step.kind == "check" and not await self._run_step(state):
+            if state.step.kind != "check":
+                continue
+            # A check before a change that has landed is not judged again. It said "the
+            # problem is there" (ITL above 75 ms) and the change made it false: judged now it
+            # would fail and roll back the very fix that worked. What verifies the change is
+            # the steps after it. A check that failed, or precedes no change yet, still gates
+            # what comes next: the fleet may have healed while no console ran.
+            later = next((i for i in landed if i > state.index), None)
+            if later is not None and progress.statuses.get(state.step.id) == "ok":
+                await self._passed_before(state, self.steps[later].step.id)
+                continue
+            if not await self._run_step(state):
                 return self.outcome or "failed"
         return await self.execute(progress.start_at)
+
+    def _landed_before(self, progress: Progress) -> list[int]:
+        """The indexes, in order, of the mutating steps up to the resume point whose change
+        has (or may have) landed: those that ran, those with an undo pending, the one the run
+        died in. A note changes nothing a check judges."""
+        undone = {d.step for d in self.done}
+        landed = []
+        for state in self.steps[: progress.start_at + 1]:
+            step = state.step
+            if step.kind != "mutate" or (step.action and step.action.action == "incident.note"):
+                continue
+            ran = state.index < progress.start_at and progress.statuses.get(step.id) == "ok"
+            if ran or step.id in undone or step.id == self._interrupted_step:
+                landed.append(state.index)
+        return landed
+
+    async def _passed_before(self, state: StepState, changed_by: str) -> None:
+        await self._start(state, state.step.title or "check")
+        text = (
+            "passed before the interruption (not re-checked: "
+            f"{changed_by} has changed what it judged since)"
+        )
+        await self._end(state, "ok", text, {"rechecked": False})
 
     async def roll_back_interrupted(self, progress: Progress) -> str:
         """Undo what the interrupted run changed: its completed steps, and the step it died in."""
@@ -364,29 +425,48 @@ class Run:
     async def _mutate(self, state: StepState, attempt: int) -> bool | None:
         step = state.step
         assert step.action is not None
-        # The attempt the run died in may have written the file: its undo is in self.done,
-        # and a plan to finish it (restart or reload, then verify) makes what it began run.
-        finish = step.id == self._interrupted_step
+        # The attempt the run died in, or an earlier attempt here, may have written the file:
+        # its undo is in self.done, and a plan to finish it (restart or reload, then verify)
+        # makes what it began run.
+        finish = step.id == self._interrupted_step or state.changed
         try:
             plan = await self.registry.plan(
-                step.action.action, self._args(step.action), finish=finish
+                step.action.action, self._call_args(state), finish=finish
             )
         except ActionRefused as refusal:
             await self._start(state, f"{step.action.action}: planning")
+            if self.mode == "read-only":
+                # Shown as a check's failure is: a read-only run changes nothing, so what
+                # would be refused is news for the engineer, not a failed run.
+                self.failed_checks += 1
+                await self._end(state, "failed", f"would be refused: {refusal}", {})
+                return True
             await self._end(state, "failed", f"refused before anything changed: {refusal}", {})
             return False
         state.plan = plan
+        if plan.chosen and not state.chosen:
+            state.chosen = dict(plan.chosen)
         detail = self._mask(plan.detail)
         data: dict[str, Any] = {
             "action": plan.action,
             "detail": detail,
             "notes": list(plan.notes),
         }
-        if self.mode == "dry-run" or (self.mode == "read-only" and plan.mutating):
-            await self._start(state, plan.summary, data)
+        if state.chosen:
+            data["chosen"] = dict(state.chosen)  # what a resume plans with (recorded_progress)
+        if self.mode in ("dry-run", "read-only"):
+            # Not even an action the registry lets through unconfirmed runs: a GET may change
+            # things behind an admin API, and an incident.note would tell the timeline of a
+            # change (traffic moved) that was never made.
+            # A note's text stays out of the timeline's "started" line too, as a note step's.
+            note = plan.action == "incident.note"
+            await self._start(state, "incident.note" if note else plan.summary, data)
             for line in detail.splitlines():
                 self._emit("plan", step.id, line)
-            if self.mode == "dry-run":
+            if note:
+                text = f"not noted ({self.mode}), would note: {plan.detail}"
+                await self._end(state, "planned", text, data)
+            elif self.mode == "dry-run":
                 await self._end(state, "planned", f"dry-run, not run: {plan.summary}", data)
             else:
                 await self._blocked(state, plan)
@@ -440,6 +520,8 @@ class Run:
                 if line and self._mask(line) not in streamed:
                     self._output(state, line)
         result = self._result_data(plan, outcome, self.clock() - started)
+        if outcome.undo is not None or "backup" in outcome.facts:
+            state.changed = True  # the file is written: a retry finishes, not writes again
         if (outcome.ok or outcome.undo is not None) and not plan.finishes:
             # A failed step that changed something is undone with the others (a plan that
             # finishes an interrupted change: the undo of that change is in self.done).
@@ -447,9 +529,35 @@ class Run:
             if undo is not None:
                 self.done.append(undo)
                 result["undo"] = {"action": undo.action, "args": dict(undo.args)}
+        put_back = self._puts_back(plan, outcome)
+        if put_back:
+            result["puts_back"] = put_back
         status = "ok" if outcome.ok else "failed"
         await self._end(state, status, outcome.summary, result)
         return outcome.ok
+
+    def _puts_back(self, plan: Plan, outcome: Outcome) -> list[dict[str, Any]]:
+        """A forward engine.restore_args that put back the backup an earlier change of this run
+        kept undoes that change: verified, it is no longer one to undo (nor "left in place");
+        written but not verified, its undo has begun (a rollback restarts on the file put back
+        rather than finding "nothing to undo"). Returns what it put back, for the log: a
+        resume reads it (recorded_progress)."""
+        wrote = "backup" in outcome.facts or plan.finishes
+        if plan.action != "engine.restore_args" or not wrote:
+            return []
+        node, backup = plan.args.get("node"), plan.args.get("backup")
+        put_back = [
+            d
+            for d in self.done
+            if d.action == "engine.restore_args"
+            and d.args.get("node") == node
+            and d.args.get("backup") == backup
+        ]
+        if outcome.ok:
+            self.done = [d for d in self.done if d not in put_back]
+        else:
+            self.done = [replace(d, undo_begun=True) if d in put_back else d for d in self.done]
+        return [{"step": d.step, "args": dict(d.args)} for d in put_back]
 
     async def _blocked(self, state: StepState, plan: Plan) -> None:
         self.blocked += 1
@@ -612,22 +720,56 @@ class Run:
         if rollback and self.done:
             await self._roll_back_and_finish(outcome, what)
             return False
-        kept = f"; {len(self.done)} change(s) left in place" if self.done else ""
-        await self._finish(outcome, f"{what}{kept}", rollback=False)
+        await self._finish(outcome, f"{what}{self._kept_text()}", rollback=False)
         return False
+
+    def _kept_text(self) -> str:
+        """``; 2 change(s) left in place: shrink, move`` (what a rollback would still undo)."""
+        if not self.done:
+            return ""
+        names = ", ".join(
+            d.step + (" (its file put back, the engine not verified on it)" if d.undo_begun else "")
+            for d in self.done
+        )
+        return f"; {len(self.done)} change(s) left in place: {names}"
 
     async def roll_back(self) -> str:
         """Undo the completed mutating steps, newest first: ``ok``, ``failed`` (one of them
         failed) or ``declined``. A declined undo stops the rollback there: undoing older
         changes beneath a newer one that stays would make a state nobody planned."""
         result = "ok"
-        for done in reversed(self.done):
-            undone = await self._compensate(done)
+        self._not_undone = []
+        for i in range(len(self.done) - 1, -1, -1):
+            undone = await self._compensate(self.done[i])
             if undone == "declined":
+                # This one and every older one stay, with those whose undo failed.
+                self._not_undone = [*self.done[: i + 1], *reversed(self._not_undone)]
+                self._declined = self.done[i]
                 return undone
             if undone == "failed":
+                self._not_undone.append(self.done[i])
                 result = undone
         return result
+
+    async def _declined_undo(self, why: str) -> None:
+        """A take-over's rollback stopped at an undo the engineer declined: the run is let go
+        (interrupted) naming each change not undone, oldest first."""
+        not_undone, pending = self._not_undone, self._declined
+        if pending is not None and (self._undo_began_here or self.record.rollback_step):
+            # The run is past resuming (some undo began): it reads "interrupted during
+            # rollback at STEP" from its last rollback.started, which must name the step whose
+            # undo is still to do, not the one undone last. Marked pending: nothing of it began
+            # (recorded_progress does not take it for an undo cut off).
+            self.log.log(
+                self.record,
+                "rollback.started",
+                f"rollback stopped at {pending.step}: its undo ({pending.action}) was declined",
+                step=pending.step,
+                data={"action": pending.action, "args": dict(pending.args), "pending": True},
+            )
+        names = ", ".join(f"{d.step} ({d.action})" for d in not_undone)
+        declined = f"the undo of {pending.step} was declined" if pending else "an undo was declined"
+        await self._release(f"{why}; {declined}; not undone: {names or 'none'}")
 
     async def _compensate(self, done: _Done) -> str:
         """Undo one change: ``ok`` (undone, or nothing to undo), ``failed`` or ``declined``.
@@ -701,6 +843,7 @@ class Run:
         """Log that an undo begins. Only once it is confirmed: the run reads ``interrupted
         during rollback`` from this event, and a take-over declined before anything changed
         leaves the run as it was (resumable)."""
+        self._undo_began_here = True
         self.log.log(
             self.record,
             "rollback.started",
@@ -758,6 +901,11 @@ class Run:
         self._emit("run.finished", None, f"{outcome}: {self.summary}")
 
     # -- helpers
+
+    def _call_args(self, state: StepState) -> dict[str, Any]:
+        """A mutate step's arguments, with those its first plan chose (Plan.chosen)."""
+        assert state.step.action is not None
+        return {**self._args(state.step.action), **state.chosen}
 
     def _args(self, call: ActionCall) -> dict[str, Any]:
         from console.action_specs import ACTION_SPECS
@@ -1009,6 +1157,10 @@ class Progress:
     done: tuple[_Done, ...]  # completed changes not undone yet, oldest first
     interrupted_undo: _Done | None  # what undoes the step the run died in, if it had begun
     statuses: dict[str, str]  # step id -> status recorded
+    # The mutating step to go on with when it had begun (the run died in it, or it failed
+    # after changing something): planned to finish, it restarts on a file that landed.
+    interrupted_step: str | None = None
+    chosen: dict[str, dict[str, object]] = field(default_factory=dict)  # step -> Plan.chosen
 
 
 def recorded_progress(log: IncidentLog, record: RunRecord, runbook: Runbook) -> Progress:
@@ -1017,24 +1169,36 @@ def recorded_progress(log: IncidentLog, record: RunRecord, runbook: Runbook) -> 
     # The undo of a mutating step that started and has not finished (yet, or ever).
     pending: dict[str, _Done] = {}
     undoing: tuple[str, object] | None = None  # the step and args of the last undo begun
+    chosen: dict[str, dict[str, object]] = {}
     for event in log.events(run_id=record.id):
         kind, step, data = event["kind"], event["step"], event["data"]
         if kind == "step.started":
             pending.pop(step, None)
             if undo := data.get("undo_if_interrupted"):
                 pending[step] = _Done(step, undo["action"], undo["args"], interrupted=True)
+            if data.get("chosen"):
+                chosen.setdefault(step, data["chosen"])  # the first plan's choice holds
         elif kind in ("step.finished", "step.planned"):
             pending.pop(step, None)
             statuses[step] = data.get("status", "ok")
             if undo := data.get("undo"):
                 done.append(_Done(step, undo["action"], undo["args"]))
+            for put in data.get("puts_back") or ():
+                # A later step put that change's backup back (Run._puts_back).
+                key = (put["step"], dict(put["args"]))
+                hit = [i for i, d in enumerate(done) if (d.step, dict(d.args)) == key]
+                for i in hit:
+                    done[i] = replace(done[i], undo_begun=True)
+                if data.get("ok"):
+                    done = [d for i, d in enumerate(done) if i not in hit]
         elif kind in ("run.resumed", "run.rolled back"):
             # Taken over after a crash cut a step off: the change it was making may have
             # landed, and that attempt will never record its undo; the run's does.
             done.extend(pending.values())
             pending.clear()
         elif kind == "rollback.started":
-            undoing = (step, data.get("args"))
+            # One marked pending names where a declined rollback stopped: nothing of it ran.
+            undoing = None if data.get("pending") else (step, data.get("args"))
         elif kind == "rollback.finished" and data.get("ok") and undoing is not None:
             # This one change is undone; a step's other attempt may not be.
             matches = [i for i, d in enumerate(done) if (d.step, dict(d.args)) == undoing]
@@ -1059,7 +1223,14 @@ def recorded_progress(log: IncidentLog, record: RunRecord, runbook: Runbook) -> 
         # again: going on after it would skip what failed.
         failed = last >= 0 and statuses[ids[last]] in ("failed", "declined")
         start_at = last if failed else last + 1
-    return Progress(start_at, tuple(done), interrupted_undo, statuses)
+    interrupted_step = None
+    if start_at < len(ids) and runbook.steps[start_at].kind == "mutate":
+        at = ids[start_at]
+        # It began: the run died in it (its finish too, which logs no undo of its own), or
+        # an attempt of it failed after changing something (its undo is recorded).
+        if at == open_step or any(d.step == at for d in done):
+            interrupted_step = at
+    return Progress(start_at, tuple(done), interrupted_undo, statuses, interrupted_step, chosen)
 
 
 def _plain(value: object) -> object:

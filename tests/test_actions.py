@@ -38,6 +38,7 @@ from console.demo.engine_args import EngineArgs
 from console.demo.router_config import ROUTE_API
 from console.facts import FigureReader
 from console.hub import Hub, ssh_target
+from console.runbook import lint
 from console.session import FleetWorld
 from tests.conftest import FIXTURES
 from tests.loopback_http import LoopbackServer
@@ -477,6 +478,34 @@ async def test_failover_on_the_demo_gateway_moves_what_its_router_loads(
     assert fleet.router_weights(ROUTE_API) == before
 
 
+async def test_weights_are_edited_in_place_keeping_the_router_files_comments(
+    fleet: DemoFleet, demo: tuple[Config, SshPool, httpx.AsyncClient]
+) -> None:
+    """Only the weight lines change: a comment, another section's quoting and every other
+    line of the file stay as its owner wrote them, in the diff and in the file."""
+    path = fleet._running_gateway().config_path
+    original = path.read_text()
+    assert original.count("    weight: 100\n") == 2 and original.count("    weight: 0\n") == 1
+    text = "# Owned by the platform team: weights move through runbooks only\n" + (
+        original.replace("router_settings:\n", "router_settings:  # keep shuffle\n")
+        + "general_settings:\n  master_key: 'os.environ/LITELLM_MASTER_KEY'\n"
+    )
+    path.write_text(text)
+    reg = registry(demo)
+    plan = await reg.plan(
+        "routing.set_weights", {"weights": {PRIMARY_UPSTREAM: 0, BACKUP_UPSTREAM: 100}}
+    )
+    changed = [line for line in plan.detail.splitlines() if line[:2] in ("- ", "+ ")]
+    assert changed == ["-    weight: 100", "+    weight: 0", "-    weight: 0", "+    weight: 100"]
+    assert plan.notes == ()  # not written whole
+    assert (await reg.execute(plan, confirm(plan))).ok
+    entry = "\n  model_info:\n    id: "
+    assert path.read_text() == text.replace(
+        f"weight: 100{entry}{PRIMARY_UPSTREAM}", f"weight: 0{entry}{PRIMARY_UPSTREAM}"
+    ).replace(f"weight: 0{entry}{BACKUP_UPSTREAM}", f"weight: 100{entry}{BACKUP_UPSTREAM}")
+    assert fleet.router_weights(ROUTE_API) == {PRIMARY_UPSTREAM: 0, BACKUP_UPSTREAM: 100}
+
+
 async def test_a_change_whose_file_landed_without_its_restart_is_finished_not_done(
     fleet: DemoFleet, demo: tuple[Config, SshPool, httpx.AsyncClient]
 ) -> None:
@@ -737,11 +766,37 @@ async def test_node_inspect_runs_read_only_commands_unconfirmed(
         ("cat ../../etc/shadow", "cat: private keys, password files"),
         ("cat /proc/self/root/etc/shadow", "cat: private keys, password files"),
         ("cat /proc/1234/environ", "cat: private keys, password files"),
+        # Two leading slashes: POSIX normpath keeps them, Linux reads the path from /.
+        ("cat //proc/self/environ", "cat: private keys, password files"),
+        ("cat //etc/shadow", "cat: private keys, password files"),
+        ("ls //proc/1/fd", "ls: private keys, password files"),
+        ("head ///etc//shadow", "head: private keys, password files"),
     ],
 )
 def test_node_inspect_refuses_what_is_not_one_read_only_command(command: str, why: str) -> None:
     problem = read_only_problem(command)
     assert problem is not None and problem.startswith(why)
+
+
+def test_lint_refuses_a_private_path_behind_two_slashes(tmp_path: Path) -> None:
+    path = tmp_path / "peek.yaml"
+    path.write_text(
+        "id: peek\ntitle: Peek\nsteps:\n"
+        "  - {id: env, kind: check, command: {node: gpu-a1, run: cat //proc/self/environ}}\n"
+        "  - {id: fds, kind: check, command: {node: gpu-a1, run: ls //proc/1/fd}}\n"
+    )
+    problems = lint([path])
+    assert [p.split(": ", 1)[0] for p in problems] == [f"{path}:4", f"{path}:5"]
+    assert all("private keys, password files" in p for p in problems), problems
+
+
+async def test_node_inspect_refuses_a_private_path_behind_two_slashes_when_planned(
+    demo: tuple[Config, SshPool, httpx.AsyncClient],
+) -> None:
+    with pytest.raises(ActionRefused, match=r"'cat //proc/self/environ' refused: cat: private"):
+        await registry(demo).plan(
+            "node.inspect", {"node": "gpu-a1", "command": "cat //proc/self/environ"}
+        )
 
 
 @pytest.mark.parametrize(
@@ -792,29 +847,18 @@ async def test_set_weights_plans_executes_verifies_and_compensates(
         f"keep {routes} on gw-1 as {routes}.{STAMP}, then write:\n"
         f"--- a/{str(routes).lstrip('/')}\n"
         f"+++ b/{str(routes).lstrip('/')}\n"
-        "@@ -1,8 +1,14 @@\n"
-        "-# the gateway's routes\n"
+        "@@ -2,7 +2,7 @@\n"
         " model_list:\n"
-        "-  - model_name: chat\n"
-        "-    model_info: {id: primary}\n"
+        "   - model_name: chat\n"
+        "     model_info: {id: primary}\n"
         '-    litellm_params: {model: openai/llama, api_base: "http://10.0.3.11:8000/v1", '
         "weight: 100}\n"
-        "-  - model_name: chat\n"
-        "-    model_info: {id: backup}\n"
+        '+    litellm_params: {model: openai/llama, api_base: "http://10.0.3.11:8000/v1", '
+        "weight: 0}\n"
+        "   - model_name: chat\n"
+        "     model_info: {id: backup}\n"
         "-    litellm_params: {model: openai/gpt-4o-mini}\n"
-        "+- model_name: chat\n"
-        "+  model_info:\n"
-        "+    id: primary\n"
-        "+  litellm_params:\n"
-        "+    model: openai/llama\n"
-        "+    api_base: http://10.0.3.11:8000/v1\n"
-        "+    weight: 0\n"
-        "+- model_name: chat\n"
-        "+  model_info:\n"
-        "+    id: backup\n"
-        "+  litellm_params:\n"
-        "+    model: openai/gpt-4o-mini\n"
-        "+    weight: 100\n"
+        "+    litellm_params: {model: openai/gpt-4o-mini, weight: 100}\n"
         "then run on gw-1: reload-router\n"
     )
     assert reg.compensation(plan, None) == (
@@ -849,7 +893,7 @@ async def test_set_weights_plans_executes_verifies_and_compensates(
     )
     back = await reg.plan(*undo)
     assert (await reg.execute(back, confirm(back))).ok
-    assert yaml.safe_load(routes.read_text()) == yaml.safe_load(ROUTES)
+    assert routes.read_text() == ROUTES  # the weight it added is gone again, the rest as it was
 
 
 @needs_sshd

@@ -1,7 +1,8 @@
 """A real ``llmops runbook run`` killed with SIGKILL during a step: the incident log shows the
 run interrupted at that step with nothing missing, and a later process resumes it (after
-re-running its checks) or rolls it back. Killed during its rollback, it can only be rolled
-back; a take-over is confirmed, and in dry-run or read-only mode leaves the run as it was.
+re-running the checks that still gate a change) or rolls it back. Killed during its rollback,
+it can only be rolled back; a take-over is confirmed, and in dry-run or read-only mode leaves
+the run as it was.
 
 The demo fleet runs in the test's process, so it outlives the killed console the way real
 nodes do; the console talks to it through the config the fleet wrote, like any fleet.
@@ -218,8 +219,9 @@ def test_killed_during_a_step_it_resumes_there_after_its_checks(
     assert run["state"] == "verified"
     steps = [(e["kind"], e["step"]) for e in run["events"] if e["kind"] != "step.progress"]
     after = steps[steps.index(("run.resumed", "watch")) :]
-    # The check ran again before the run went on from the step it died in; the change was
-    # not made twice.
+    # The check before the change is logged, not judged again (the change landed since: it
+    # may have made the check false, as a fix does), then the run went on from the step it
+    # died in; the change was not made twice.
     assert after == [
         ("run.resumed", "watch"),
         ("step.started", "look"),
@@ -231,6 +233,10 @@ def test_killed_during_a_step_it_resumes_there_after_its_checks(
         ("step.finished", "record"),
         ("run.finished", None),
     ]
+    (look,) = [
+        e for e in run["events"][-8:] if e["kind"] == "step.finished" and e["step"] == "look"
+    ]
+    assert "passed before the interruption (not re-checked" in look["message"]
     args = fleet.engine_args("gpu-a1")
     assert args is not None and args.max_num_batched_tokens == 4096
 
