@@ -21,12 +21,14 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from textual.actions import parse as parse_action
 from textual.app import App, ScreenStackError, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
 from console.models import FleetSnapshot, SourceStatus
 from screens.gpus import GpuHistorySource, GpusScreen
+from screens.incidents import IncidentsScreen, TimelineScreen
 from screens.modals import CommandLine, FaultPicker, HelpScreen
 from screens.runbooks import (
     RUNNER_KEYS,
@@ -40,11 +42,12 @@ from screens.tables import GpusRequested
 from screens.views import VIEWS, FleetView
 
 if TYPE_CHECKING:
+    from console.incidents import IncidentRecord
     from console.session import Session
 
 log = logging.getLogger(__name__)
 
-VIEW_NAMES = (*VIEWS, "gpus", "runbooks")
+VIEW_NAMES = (*VIEWS, "gpus", "runbooks", "incidents")
 COMMANDS = (*VIEW_NAMES, "quit")  # what the ``:`` line takes
 FLEET_KEYS = (  # what the help lists besides a fleet view's footer keys
     ("/!text", "Inverse filter"),
@@ -57,6 +60,14 @@ FLEET_KEYS = (  # what the help lists besides a fleet view's footer keys
 )
 STARTUP_REFRESH_S = 0.1
 STARTUP_WAIT_S = 15.0  # sources that have not answered by then are shown at the normal pace
+INCIDENT_CHECK_S = 1.0  # the hub reads the open incidents once a second: look as often
+
+
+def _action(text: str) -> tuple[str, tuple[object, ...]]:
+    """A binding's action as check_action is asked about it: ``set_state('resolved')`` is
+    ``set_state`` with ``('resolved',)``, as Textual asks when it dims a key."""
+    _, name, parameters = parse_action(text)
+    return name, parameters
 
 
 class SnapshotSource(Protocol):
@@ -119,6 +130,7 @@ class LlmopsApp(App[None]):
         self.read_only = read_only or (session is not None and session.read_only)
         self.runs: dict[str, RunDriver] = {}  # runbook id -> its latest run in this console
         self.add_mode("runbooks", self._runbooks_screen)
+        self.add_mode("incidents", self._incidents_screen)
         # The GPU graphs read the hub's history rings; a source without them gets none.
         history = source if isinstance(source, GpuHistorySource) else None
         self.add_mode("gpus", partial(GpusScreen, history))
@@ -130,6 +142,11 @@ class LlmopsApp(App[None]):
         self.stopped_by_signal: int | None = None
         # A view whose repaint raised: shown on the sources view like a failing source.
         self._view_errors: dict[str, SourceStatus] = {}
+        # The open incidents as last looked at (the hub's tuple), and every id seen open: a
+        # new id is a new incident, whichever console opened it.
+        self._incidents_seen_in: tuple[IncidentRecord, ...] | None = None
+        self._incident_ids: set[int] = set()
+        self._started_wall = time.time()
 
     def on_load(self) -> None:
         # Collect from the moment the loop runs: the first polls (SSH handshakes, scrapes)
@@ -149,6 +166,9 @@ class LlmopsApp(App[None]):
             for signum in (signal.SIGHUP, signal.SIGTERM):
                 loop.add_signal_handler(signum, self._exit_on_signal, signum)
         self.set_interval(self.refresh_s, self.refresh_view)
+        self._started_wall = time.time()  # an incident opened before this is not news
+        # Not paused with the repaint: a new incident is told even while the screen stands still.
+        self.set_interval(min(self.refresh_s, INCIDENT_CHECK_S), self._watch_incidents)
         # Until every source has answered once, repaint often: the first readings show as
         # soon as they arrive, not up to a refresh interval later.
         self._first_answers = self.set_interval(STARTUP_REFRESH_S, self._refresh_until_answered)
@@ -235,8 +255,49 @@ class LlmopsApp(App[None]):
                 self._view_errors[name], consecutive_failures=0, last_ok_at=snapshot.taken_at
             )
 
+    def open_incidents(self) -> tuple[IncidentRecord, ...] | None:
+        """The open incidents as the hub last read them (in its thread: no SQLite here);
+        None when the source keeps no incident log (a hub that opens no incidents)."""
+        if getattr(self.source, "incident_desk", True) is None:
+            return None
+        return getattr(self.source, "open_incidents", None)
+
+    def _watch_incidents(self) -> None:
+        """The header's count, and a toast and one bell for each incident not seen before.
+
+        The incidents open when the console started were there before it: no toast for them
+        (they are older than the console, and the count says they are there).
+        """
+        records = self.open_incidents()
+        if records is None or records is self._incidents_seen_in:
+            return
+        counted = self._incidents_seen_in is not None
+        was = len(self._incidents_seen_in or ())
+        self._incidents_seen_in = records
+        new = [r for r in records if r.id not in self._incident_ids]
+        self._incident_ids.update(r.id for r in records)
+        if not counted or len(records) != was:
+            self._update_subtitle()
+        news = [r for r in new if r.opened_at >= self._started_wall]
+        for record in news:
+            runbook = (
+                f"; suggested runbook {record.runbook} (:incidents, s)" if record.runbook else ""
+            )
+            self.notify(
+                f"{record.title} · {record.severity or 'no severity'}{runbook}",
+                title=f"incident {record.id} opened",
+                severity="error" if record.severity == "page" else "warning",
+                timeout=20,
+            )
+        if news and self.bell_on_incident:
+            self.bell()  # once, however many opened together
+
     def _update_subtitle(self) -> None:
         parts = [self.current_mode]
+        records = self._incidents_seen_in
+        if records is not None:
+            n = len(records)
+            parts.append(f"{n} incident{'s' if n != 1 else ''} open" if n else "no incident open")
         if self.paused:
             parts.append("PAUSED (space resumes)")
         self.sub_title = " · ".join(parts)
@@ -274,9 +335,12 @@ class LlmopsApp(App[None]):
             for binding in bindings
             if isinstance(binding, Binding)
             and binding.show
-            and node.check_action(binding.action, ())
+            and node.check_action(*_action(binding.action))
         ]
-        keys += (*screen.HELP_KEYS, *FLEET_KEYS) if isinstance(screen, FleetView) else RUNNER_KEYS
+        if isinstance(screen, FleetView):
+            keys += (*screen.HELP_KEYS, *FLEET_KEYS)
+        else:  # the runner's keys, or those a screen of its own lists (an incident's timeline)
+            keys += getattr(screen, "HELP_KEYS", RUNNER_KEYS)
         self.push_screen(HelpScreen(self.current_mode, keys))
 
     def action_command_line(self) -> None:
@@ -332,6 +396,40 @@ class LlmopsApp(App[None]):
             self.notify(text, title="fault injected", severity="warning")
         except Exception as exc:  # a fault that cannot be applied must not take the app down
             self.notify(f"{choice}: {exc}", title="fault not injected", severity="error")
+
+    # -- incidents
+
+    def _incidents_screen(self) -> IncidentsScreen:
+        return IncidentsScreen(self.session, self.start_from_incident)
+
+    def open_incident(self, incident_id: int) -> None:
+        """One incident's timeline, on the incidents view (the palette's ``incident: #N``)."""
+        if self.session is None:
+            return
+        self.action_show_view("incidents")
+        timeline = TimelineScreen(self.session, incident_id, self.start_from_incident)
+        if isinstance(self.screen, TimelineScreen):
+            self.switch_screen(timeline)
+        else:
+            self.push_screen(timeline)
+
+    def start_from_incident(
+        self, runbook_id: str, values: dict[str, str], incident_id: int
+    ) -> None:
+        """``s`` on an incident: the runbook's form with the incident's values, the run joined
+        to the incident. A run of that runbook going here is shown instead (one at a time)."""
+        if self.session is None or runbook_id not in self.session.runbooks:
+            return
+        driver = self._run_driver(self.session, runbook_id)
+        if driver.running:
+            self.notify(
+                f"runbook {runbook_id} has a run going here: finish it first",
+                title=f"incident {incident_id}",
+                severity="warning",
+            )
+        else:
+            driver.prefill(values, incident_id, f"from incident {incident_id}")
+        self._show_runner(driver)
 
     # -- runbooks
 
@@ -408,6 +506,13 @@ class LlmopsApp(App[None]):
             for runbook in sorted(self.session.runbooks.values(), key=lambda r: r.id):
                 yield SystemCommand(
                     f"runbook: {runbook.id}", runbook.title, partial(self.open_runbook, runbook.id)
+                )
+        if self.session is not None:
+            for record in self.open_incidents() or ():
+                yield SystemCommand(
+                    f"incident: #{record.id}",
+                    f"{record.state} · {record.title}",
+                    partial(self.open_incident, record.id),
                 )
         yield SystemCommand("pause: toggle", "Stop or resume repainting", self.action_toggle_pause)
         if self.faults is not None:

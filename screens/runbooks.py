@@ -214,6 +214,10 @@ class RunDriver:
     events: deque[str] = field(default_factory=lambda: deque(maxlen=50))  # notes, the outcome
     undoing: set[str] = field(default_factory=set)  # steps whose undo began: its plan is shown
     screen: RunnerScreen | None = None  # the runner showing this driver now, if any
+    # The incident the next run started from the form joins (None: the run opens one); set
+    # when the form is opened from an incident (``s`` on :incidents).
+    incident_id: int | None = None
+    prefilled: set[str] = field(default_factory=set)  # fields an incident filled: kept as set
 
     @property
     def mode(self) -> str:
@@ -261,7 +265,20 @@ class RunDriver:
         self.defaults_read = True
         self.changed()
 
+    def prefill(self, values: Mapping[str, str], incident_id: int, why: str) -> None:
+        """Open the form for an incident: its suggested values, and the run joins it."""
+        self.prefilled = set()
+        for name, text in values.items():
+            if any(p.name == name for p in self.runbook.params):
+                self.texts[name] = text
+                self.hints[name] = why
+                self.prefilled.add(name)
+        self.incident_id = incident_id
+        self.changed()
+
     def _fill(self, name: str, text: str, hint: str) -> None:
+        if name in self.prefilled:  # the incident's value and why it is there stay
+            return
         if not self.texts.get(name):  # what the engineer typed meanwhile stays
             self.texts[name] = text
         self.hints[name] = _one_line(hint)
@@ -316,7 +333,12 @@ class RunDriver:
             return
         controller = self._fresh()
         self.run = self.session.start(
-            self.runbook, values, controller, mode=self.mode, listener=self._listen
+            self.runbook,
+            values,
+            controller,
+            mode=self.mode,
+            incident_id=self.incident_id,
+            listener=self._listen,
         )
         self.starting = False
         self.changed()
@@ -670,7 +692,7 @@ class RunbooksScreen(DetailView):
         params = " ".join(f"{k}={v}" for k, v in record.params.items())
         at = f"at {record.open_step}" if record.open_step else "after its last finished step"
         offers = {
-            "resume": f"r resumes it {at}, after running its checks again",
+            "resume": f"r resumes it {at} (checks a landed change cured are not judged again)",
             "rollback": "b undoes its changes, newest first, each undo confirmed",
         }
         lines = [
@@ -894,6 +916,8 @@ class RunnerScreen(Screen[None]):
         if driver.read_only:
             parts.append("READ-ONLY: mutating steps are shown, not run")
         run = driver.run
+        if driver.incident_id is not None and not driver.running:
+            parts.append(f"a run started here joins incident {driver.incident_id}")
         if run is not None:
             record = run.record
             parts.append(f"run {record.id} · incident {record.incident_id} · {run.mode}")

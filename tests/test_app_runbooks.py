@@ -646,7 +646,7 @@ async def test_an_interrupted_run_is_shown_and_rolled_back_after_a_declined_undo
         assert isinstance(app.focused, InterruptedTable)  # on top, with its keys
         shown = screen_text(app)
         assert "Interrupted runs (1): r resumes, b rolls back" in shown
-        assert "r resumes it at watch, after running its checks again" in shown
+        assert "r resumes it at watch (checks a landed change cured are not judged again)" in shown
         assert footer_keys(app)["r"] is True and footer_keys(app)["b"] is True
 
         await pilot.press("b")
