@@ -117,3 +117,62 @@ def test_a_fault_opens_an_incident_that_a_runbook_mitigates_and_a_postmortem_rec
     actions = postmortem.split("## Actions")[1]
     assert "#### move-traffic" in actions and "backup-api" in actions
     assert "- [ ] page the provider's status channel" in postmortem
+
+
+async def test_the_same_drill_through_the_tui(tmp_path: Path) -> None:
+    """Through Pilot: the fault opens an incident (the header counts it, a toast names the
+    runbook), `s` on it starts provider-failover prefilled and joined to it, the run is
+    confirmed through the runner, `m` and `R` close it, and `e` writes the postmortem."""
+    from tests.test_app_demo import wait_for
+    from tests.test_app_incidents import notices, open_list, select
+    from tests.test_app_runbooks import (
+        PROVIDER_WINDOW,
+        fill,
+        make_app,
+        ran_in_order,
+        run_through,
+        shows,
+        verified,
+    )
+
+    with DemoFleet(tmp_path / "demo", seed=1, deterministic=True) as fleet:
+        app = make_app(fleet, tmp_path)
+        assert app.session is not None
+        app.source.keep_incidents(app.session.incident_desk())  # as `llmops` itself does
+        async with app.run_test(size=(80, 24)) as pilot:
+            await shows(app, "upstream", "primary-api", "error_pct", lambda v: v == 0)
+            fleet.inject("provider-5xx", "primary-api")
+            await wait_for(pilot, lambda: "1 incident open" in app.sub_title, 60)
+            (incident,) = app.source.open_incidents
+            assert incident.runbook == "provider-failover"
+            assert any("provider-failover" in message for _, message in notices(app))
+            table = await open_list(pilot, app)
+            await select(pilot, table, incident.id)
+            await pilot.press("s")
+            driver = app.runs["provider-failover"]
+            await wait_for(pilot, lambda: driver.defaults_read, 10)
+            await pilot.pause()
+            assert driver.incident_id == incident.id
+            await fill(pilot, app, window=PROVIDER_WINDOW)
+            questions = await run_through(pilot, app, driver)
+            verified(app, driver)
+            assert questions == ["Move all traffic from primary-api to backup-api?"]
+            ran_in_order(driver)
+            assert driver.run is not None and driver.run.record.incident_id == incident.id
+            await pilot.press("colon", *"inc", "enter")
+            table = await open_list(pilot, app)
+            await select(pilot, table, incident.id)
+            await pilot.press("m", "enter")
+            log = app.session.log
+            await wait_for(pilot, lambda: log.incident(incident.id).state == "mitigated", 5)
+            await pilot.press("R", *"failed over to the backup", "enter")
+            await wait_for(pilot, lambda: log.incident(incident.id).state == "resolved", 5)
+            await pilot.press("e")
+            path = tmp_path / f"incident-{incident.id}.md"
+            await wait_for(pilot, lambda: path.exists(), 5)
+    postmortem = path.read_text()
+    timeline = postmortem.split("## Timeline")[1].split("## Actions")[0]
+    for step in ("failing-errors", "move-traffic", "gateway-recovers", "record"):
+        assert f"[{step}]" in timeline, step
+    assert "confirmed by" in postmortem.split("## Decisions")[1]
+    assert "resolved by" in postmortem.split("## Decisions")[1]
