@@ -558,7 +558,10 @@ def _runbook_command(args: argparse.Namespace, config: Config, read_only: bool) 
     if command in ("list", "show"):
         return _runbook_catalogue(args, load_runbooks(config))
     if command == "settle":
-        return _with_store(config, lambda store: settle_run(store, args))
+        from console.session import secrets_of
+
+        secrets = secrets_of(config)
+        return _with_store(config, lambda store: settle_run(store, args, secrets))
     return _with_store(
         config, lambda store: asyncio.run(run_runbook(config, store, args, read_only))
     )

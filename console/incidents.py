@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 
 from console.facts import Figure, figure_text
-from console.redact import redact
+from console.redact import REDACTED, names_a_variable, redact, secret_key_name
 from console.store import Store, Transaction
 
 # How a run ended; None (NULL) while it runs or after its process died.
@@ -145,14 +145,28 @@ class IncidentLog:
         # Every text on its way in is redacted here, whoever wrote it (a parameter, a note).
         self.secrets = tuple(secrets)
 
-    def _clean(self, value: Any) -> Any:
+    def _clean(self, value: Any, names_variables: bool = False) -> Any:
+        """``value`` as it may be kept: text redacted, and whatever a mapping holds under a
+        secret-named key (vLLM's ``api-key`` in the arguments an engine started with) masked
+        whatever its type, at any depth: a number or a list is as secret as a string. Only
+        None (nothing to hide) and a reference to where the secret is (``${NAME}``) stay.
+        The values of a ``header_env`` mapping name environment variables and are kept."""
         if isinstance(value, str):
             return redact(value, known=self.secrets)
-        if isinstance(value, dict):
-            return {k: self._clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self._clean(v) for v in value]
-        return value
+        if not isinstance(value, dict):
+            return value
+        cleaned: dict[Any, Any] = {}
+        for key, item in value.items():
+            named = isinstance(key, str) and secret_key_name(key) and not names_variables
+            if not named or item is None:
+                item = self._clean(item, key == "header_env")
+            elif not (isinstance(item, str) and names_a_variable(item)):
+                item = REDACTED
+            # A key can be the secret itself (a mapping keyed by API key).
+            cleaned[self._clean(key) if isinstance(key, str) else key] = item
+        return cleaned
 
     # -- writing
 

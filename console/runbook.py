@@ -12,17 +12,21 @@ a step.
 
 Templates insert parameters only: ``{{ name }}``. Into a shell command each value goes through
 :func:`shlex.quote`, so it reaches the command as exactly one word; the linter refuses the places
-where a shell would not honour those quotes (inside quotes, comments and here-documents, after a
-backslash or a ``$``).
+where a shell would not honour those quotes (inside quotes, backticks, comments and
+here-documents, after a backslash or a ``$``), where bash evaluates the word (arithmetic,
+``[[ ]]``, variable names), where its output is split again (``$( )``), and the words a program
+parses again as code (``sh -c``, ``eval``, ``ssh``, ``su -c``, ``python -c``, a pipe into a
+shell): see :func:`_shell_problems`.
 """
 
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 import shlex
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
@@ -41,13 +45,17 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+from yaml.nodes import MappingNode, ScalarNode
 
 from console.action_specs import ACTION_SPECS, ActionSpec
+from console.actions import read_only_problem
 from console.facts import FACTS, FACTS_OF
 from console.figures import FIGURES
+from console.redact import looks_secret, secret_key_name
 from console.yamlconf import (
     DURATION,
     Check,
+    Document,
     DocumentError,
     Duration,
     Loc,
@@ -312,6 +320,19 @@ _Text = Annotated[str, text()]
 _OptionalText = Annotated[str | None, text(nullable=True)]
 
 
+def _title(*, nullable: bool = False) -> Check:
+    """A title: a step's line of output and a list's row show it on one line."""
+    as_text = text(nullable=nullable)
+
+    def read(value: Any, info: ValidationInfo) -> Any:
+        value = as_text.read(value, info)
+        if value is not None and len(value.strip().splitlines()) > 1:
+            raise problem(f"{show(value)} spans more than one line (expected a title of one line)")
+        return value
+
+    return Check(as_text.expect, read)
+
+
 def _window() -> Check:
     """A duration, or one ``{{ param }}`` of a duration parameter (kept as written: the step
     engine reads the parameter's value); the template's parameter is checked with the others."""
@@ -528,7 +549,7 @@ class _Step(_File):
 
     id: Annotated[str, text(f"a step id: {_NAME}", pattern=_NAME_RE)]
     kind: Annotated[str, _one_of("step kind", STEP_KINDS)]
-    title: _OptionalText = None
+    title: Annotated[str | None, _title(nullable=True)] = None
     when: _When | None = None
     on_failure: Annotated[str, _one_of("on_failure", ON_FAILURE)] = "rollback"
     action: Annotated[str | None, text("an action name such as engine.set_args", nullable=True)] = (
@@ -656,7 +677,7 @@ class _RunbookFile(_File):
     model_config = ConfigDict(title="runbook")
 
     id: Annotated[str, text(f"a runbook id: {_NAME}", pattern=_NAME_RE)]
-    title: _Text
+    title: Annotated[str, _title()]
     description: _OptionalText = None
     answers: Annotated[_Answers, null_means({})] = Field(default_factory=_Answers)
     params: Annotated[dict[str, _ParamFile], null_means({})] = Field(
@@ -677,9 +698,13 @@ class _RunbookFile(_File):
     def _checked(
         cls, data: Any, handler: ModelWrapValidatorHandler[_RunbookFile], info: ValidationInfo
     ) -> _RunbookFile:
-        found = _References(data, info).problems() if _is_map(data) else []
+        references = _References(data, info) if _is_map(data) else None
+        found = references.problems() if references is not None else []
         result = _with_problems(handler, data, found)
-        result._runbook = _build(result, info)
+        if references is None or not references.refused:
+            # A refused parameter fails the file at the YAML reader's report: there is no
+            # runbook to build (its templates name a parameter the data does not hold).
+            result._runbook = _build(result, info)
         return result
 
     @property
@@ -967,6 +992,18 @@ def _fact_problems(kind: str, default: dict[str, Any]) -> tuple[str | None, _Pro
 # --- checks across the runbook ------------------------------------------------------------------
 
 
+def _written_keys(info: ValidationInfo, loc: Loc) -> set[str]:
+    """The keys written in the file in the mapping at ``loc``, those the YAML reader kept out
+    of the data too."""
+    document = info.context
+    if not isinstance(document, Document):
+        return set()
+    _, node, found = document.locate(loc)
+    if not found or not isinstance(node, MappingNode):
+        return set()
+    return {key.value for key, _ in node.value if isinstance(key, ScalarNode)}
+
+
 class _References:
     """What a runbook's parts say about each other, read from the raw data so that it is
     reported even where a part has problems of its own: step ids, templates and the
@@ -977,6 +1014,10 @@ class _References:
         self.info = info
         params = data.get("params")
         self.raw_params: dict[str, Any] = params if isinstance(params, dict) else {}
+        # Parameters written in the file but refused by the YAML reader (a secret-named one,
+        # `token:`): said once at their line, they are not also "unknown" where they are used.
+        self.refused = _written_keys(info, ("params",)) - set(self.raw_params)
+        self.known = set(self.raw_params) | self.refused
         self.found: _Problems = []
 
     def problems(self) -> _Problems:
@@ -1011,6 +1052,8 @@ class _References:
                 continue
             of = default["of"]
             kind = FACTS_OF.get(str(default.get("fact")), ("node", True))[0]
+            if isinstance(of, str) and of in self.refused:
+                continue  # said at its own line
             if not isinstance(of, str) or of not in self.raw_params:
                 options = [n for n in self.raw_params if self.type_of(n) == kind]
                 what = f"unknown parameter {show(str(of))} ({suggest(str(of), options)})"
@@ -1050,7 +1093,8 @@ class _References:
         command = step.get("command") if "command" in allowed else None
         if isinstance(command, dict):
             self.subject((*loc, "command", "node"), "node", command.get("node"))
-            self.shell((*loc, "command", "run"), command.get("run"))
+            if not self.shell((*loc, "command", "run"), command.get("run")):
+                self.read_only((*loc, "command", "run"), command.get("run"))
         if "action" in allowed:
             aloc: Loc = (*loc, "action")
             spec = self.call(aloc, (*loc, "with"), step.get("action"), step.get("with"))
@@ -1058,23 +1102,53 @@ class _References:
 
     # templates
 
-    def text(self, loc: Loc, value: object) -> None:
-        """Templates in a string: each names a declared parameter."""
-        if isinstance(value, str):
-            for what in _template_problems(value, self.raw_params):
-                self.add(loc, value, problem(what))
+    def text(self, loc: Loc, value: object) -> bool:
+        """Templates in a string: each names a declared parameter. Whether one was wrong."""
+        wrong = _template_problems(value, self.known) if isinstance(value, str) else []
+        for what in wrong:
+            self.add(loc, value, problem(what))
+        return bool(wrong)
 
-    def shell(self, loc: Loc, value: object) -> None:
-        """A shell command: templates where the shell keeps a quoted value one word."""
+    def shell(self, loc: Loc, value: object) -> bool:
+        """A shell command: templates where the shell keeps a quoted value one word of data.
+        Whether something was wrong."""
+        if not isinstance(value, str):
+            return True  # not a command: the field says so
+        templates_wrong = self.text(loc, value)
+        wrong = _shell_problems(value)
+        for what in wrong:
+            self.add(loc, value, problem(what))
+        return templates_wrong or bool(wrong)
+
+    def read_only(self, loc: Loc, value: object) -> None:
+        """A check step's command runs through node.inspect, which refuses at run time any
+        command that is not one plain read-only one: the same rule, at lint. Each template
+        stands for a plain value of its type, so that only the command's own text is judged
+        (the values are judged again when it runs)."""
         if not isinstance(value, str):
             return
-        self.text(loc, value)
-        for what in _shell_problems(value):
+        command = _TEMPLATE_RE.sub(lambda m: shlex.quote(self.sample(m[1])), value)
+        why = read_only_problem(command)
+        if why:
+            what = (
+                f"is not a read-only command: {why} (a check step runs it through "
+                "node.inspect; a change goes in a mutate step with node.run)"
+            )
             self.add(loc, value, problem(what))
+
+    def sample(self, name: str) -> str:
+        """A plain value of the parameter's type, for :meth:`read_only`."""
+        raw = self.raw_params.get(name)
+        kind = self.type_of(name)
+        if kind == "enum" and isinstance(raw, dict):
+            choices = raw.get("choices")
+            if isinstance(choices, list) and choices and isinstance(choices[0], str):
+                return choices[0]
+        return {"int": "1", "float": "1", "duration": "1", "bool": "true"}.get(kind or "", "x")
 
     def whole(self, loc: Loc, value: str, types: Collection[str], expect: str) -> None:
         """A value that is one template, of a parameter of one of ``types``."""
-        wrong = _template_problems(value, self.raw_params)
+        wrong = _template_problems(value, self.known)
         if wrong:
             for what in wrong:
                 self.add(loc, value, problem(what))
@@ -1115,8 +1189,9 @@ class _References:
         if not isinstance(name, str):
             return
         if name not in self.raw_params:
-            what = f"unknown parameter {show(name)} ({suggest(name, self.raw_params)})"
-            self.add((*loc, "param"), name, problem(what))
+            if name not in self.refused:
+                what = f"unknown parameter {show(name)} ({suggest(name, self.raw_params)})"
+                self.add((*loc, "param"), name, problem(what))
             return
         raw = self.raw_params[name]
         param = _read_param(raw)[0] if isinstance(raw, dict) else None
@@ -1169,7 +1244,23 @@ class _References:
             if arg.required and name not in given:
                 what = f"missing required argument of {action} (expected {_ARG_EXPECT[arg.kind]})"
                 self.add((*wloc, name), None, key_problem(what))
+        if action == "http.request":
+            self.headers((*wloc, "headers"), given.get("headers"))
         return spec
+
+    def headers(self, loc: Loc, headers: object) -> None:
+        """http.request's literal headers: none may carry a credential. The YAML reader
+        refuses a secret-named one (Authorization) already; this finds the others: a name
+        that says so (Cookie, X-Auth) or a value that does (Basic ..., Bearer ...)."""
+        if not isinstance(headers, dict):
+            return
+        for name, value in headers.items():
+            if _credential_header(str(name), value):
+                what = (
+                    "literal credentials are not allowed in the runbook (name an environment "
+                    f"variable that holds it: header_env: {{{name}: VARIABLE}})"
+                )
+                self.add((*loc, name), value, problem(what))
 
     def rollback(self, rloc: Loc, rollback: object, spec: ActionSpec | None) -> None:
         """A rollback: a call with its arguments, or an action taking what the step reports."""
@@ -1256,6 +1347,25 @@ class _References:
                 self.anything((*loc, key), item)
 
 
+# Words of a header name that make it a credential, and the schemes of one in a value.
+_CREDENTIAL_HEADER_WORDS = frozenset(
+    {"auth", "authorization", "cookie", "session", "credential", "credentials", "apikey"}
+    | {"password", "passwd", "secret", "token"}
+)
+_CREDENTIAL_SCHEME_RE = re.compile(
+    r"(?i)\s*(?:basic|bearer|token|digest|negotiate|apikey|hmac|aws4-hmac-sha256)\s+\S"
+)
+
+
+def _credential_header(name: str, value: object) -> bool:
+    words = set(re.split(r"[-_]", name.lower()))
+    if secret_key_name(name) or words & _CREDENTIAL_HEADER_WORDS:
+        return True
+    return isinstance(value, str) and bool(
+        _CREDENTIAL_SCHEME_RE.match(value) or looks_secret(value)
+    )
+
+
 _KEY_TYPES = ("string", "node", "endpoint", "upstream", "enum")
 _KEY_EXPECT = "a name, or {{ param }} of a name parameter"
 _ARG_EXPECT = {
@@ -1308,57 +1418,736 @@ def _template_problems(text: str, known: Collection[str]) -> list[str]:
 
 
 def _shell_problems(command: str) -> list[str]:
-    """Templates a shell would not receive as one word once quoted: inside quotes (doubled or
-    broken quoting), in a comment or a here-document (where a newline in the value starts a
-    command), after a backslash (which escapes the opening quote) or a ``$`` (``$'...'``)."""
-    found: list[str] = []
-    state = ""  # "'", '"', "$'" (ANSI-C quotes), "#" (a comment), "<<" (a here-document)
-    i = 0
-    while i < len(command):
-        template = _TEMPLATE_RE.match(command, i)
-        if template is not None:
-            why = _QUOTED_CONTEXT.get(state)
-            if why is None and i and command[i - 1] in "\\$" and _unescaped(command, i - 1):
-                after = "a backslash" if command[i - 1] == "\\" else "a $"
-                why = f"comes right after {after} (expected it as a word of its own)"
-            if why is not None:
-                found.append(f"{template[0]} {why}")
-            i = template.end()
-            continue
-        char = command[i]
-        if state == "'":
-            state = "" if char == "'" else state
-        elif state in ('"', "$'"):
-            if char == "\\" and not _TEMPLATE_RE.match(command, i + 1):
-                i += 1
-            elif char == state[-1]:
-                state = ""
-        elif state == "#":
-            state = "" if char == "\n" else state
-        elif state == "":
-            if char == "\\" and not _TEMPLATE_RE.match(command, i + 1):
-                i += 1  # the escaped character; a template after it is reported above
-            elif command.startswith("$'", i):
-                state, i = "$'", i + 1
-            elif char in "'\"":
-                state = char
-            elif char == "#" and (i == 0 or command[i - 1] in " \t\n;&|()<>"):
-                state = "#"
-            elif command.startswith("<<<", i):
-                i += 2  # a here-string: its word is quoted like any other
-            elif command.startswith("<<", i):
-                state = "<<"
-        i += 1
-    return found
+    """Templates a shell would not receive as one word of data once quoted, each said once:
+    inside quotes (doubled or broken quoting), backticks (where quotes are not honoured), a
+    comment or a here-document (where a newline in the value starts a command), after a
+    backslash (which escapes the opening quote) or a ``$`` (``$'...'``), in bash arithmetic
+    or names (where an array subscript runs commands), and words that a program parses
+    again as code: ``sh -c``, ``eval``, ``ssh``, ``su -c``, a pipe into a shell, ..."""
+    scan = _ShellScan(command)
+    scan.scan(None)
+    for pipeline in scan.pipelines:
+        scan.judge(pipeline)
+    # After the rules, which say more about a template inside $( ) where one applies.
+    for pos, template in scan.substituted:
+        scan.refuse(pos, template, _QUOTED_CONTEXT["$("])
+    return [scan.found[pos] for pos in sorted(scan.found)]
 
 
+# Why a template cannot stand where it is, by the context the scan found it in.
+_INSIDE_QUOTES = (
+    "is inside quotes (a parameter in a shell command is quoted for you; remove the quotes)"
+)
 _QUOTED_CONTEXT = {
-    "'": "is inside quotes (a parameter in a shell command is quoted for you; remove the quotes)",
-    '"': "is inside quotes (a parameter in a shell command is quoted for you; remove the quotes)",
-    "$'": "is inside quotes (a parameter in a shell command is quoted for you; remove the quotes)",
+    "'": _INSIDE_QUOTES,
+    '"': _INSIDE_QUOTES,
+    "$'": _INSIDE_QUOTES,
     "#": "is in a shell comment (expected it in the command)",
     "<<": "is in a here-document, where quotes are not honoured (expected it as an argument)",
+    "`": (
+        "is inside backticks, where quotes are not honoured and the value can end the "
+        "substitution (expected $(...) instead of `...`)"
+    ),
+    "((": (
+        "is in shell arithmetic, which evaluates the value as an expression (an array "
+        "subscript there runs commands; expected it as an argument, as in test X -gt 3)"
+    ),
+    "${": "is inside ${...}, where the value is part of an expansion (expected it as a word)",
+    # The value is one word for the command inside; what that prints is split into words,
+    # globbed and, first on the line, run: the value can become the outer command's words.
+    "$(": (
+        "is inside $(...), whose output the shell splits into words and may run (expected it "
+        "in a command of its own: pgrep -f X | xargs kill, not kill $(pgrep -f X))"
+    ),
+    "[[": (
+        "is inside [[ ]], where bash evaluates operands as arithmetic (an array subscript "
+        "there runs commands; expected test or [ instead)"
+    ),
+    # bash reads an array's items again (a=( a=( x VALUE ) runs a line of VALUE).
+    "=(": "is in an array assignment, which bash reads again (expected it as an argument)",
+    "[]=": (
+        "is in an array subscript, which bash evaluates as arithmetic (an expression there "
+        "runs commands; expected it as the value)"
+    ),
 }
+
+_SHELLS = frozenset(
+    {"sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "ash", "yash", "rbash", "posh"}
+    | {"lksh", "fish", "csh", "tcsh"}
+)
+# Variables that name a shell: `$SHELL -c ...` is sh -c.
+_SHELL_VARIABLES = frozenset({"$SHELL", "${SHELL}", "$BASH", "${BASH}"})
+# Programs that run the rest of their words as a command: the short options that take a
+# value as the next word, and how many words (a duration, a directory) come before it.
+_WRAPPERS: dict[str, tuple[str, int]] = {
+    "sudo": ("CDghpRrTtUu", 0),
+    "doas": ("Cu", 0),
+    "env": ("CSu", 0),
+    "nice": ("n", 0),
+    "ionice": ("cnp", 0),
+    "nohup": ("", 0),
+    "setsid": ("", 0),
+    "time": ("fo", 0),
+    "timeout": ("ks", 1),
+    "stdbuf": ("eio", 0),
+    "exec": ("a", 0),
+    "command": ("", 0),
+    "builtin": ("", 0),
+    "xargs": ("adEILnPs", 0),
+    "chroot": ("", 1),
+    "flock": ("Ew", 1),
+    "taskset": ("", 1),
+    "chrt": ("", 1),
+    "busybox": ("", 0),
+    "unbuffer": ("", 0),
+    "runuser": ("gGu", 0),
+}
+_LONG_WITH_VALUE = frozenset(
+    {"--user", "--group", "--prompt", "--signal", "--kill-after", "--arg-file", "--delimiter"}
+    | {"--max-args", "--max-procs", "--max-lines", "--max-chars", "--chdir", "--unset"}
+)
+_RESERVED = frozenset(
+    {"!", "{", "}", "if", "then", "else", "elif", "while", "until", "do", "coproc"}
+)
+_NOT_COMMANDS = frozenset({"for", "case", "select", "function", "in", "fi", "done", "esac"})
+# Programs whose option runs its value as code, and that option.
+_CODE_FLAGS: dict[str, tuple[str, ...]] = {
+    "python": ("-c",),
+    "perl": ("-e", "-E"),
+    "ruby": ("-e",),
+    "node": ("-e", "-p", "--eval", "--print"),
+    "nodejs": ("-e", "-p", "--eval", "--print"),
+    "php": ("-r",),
+    "lua": ("-e",),
+    "julia": ("-e",),
+    "su": ("-c", "--command", "--session-command"),
+    "runuser": ("-c", "--command", "--session-command"),
+    "flock": ("-c", "--command"),
+    "script": ("-c", "--command"),
+}
+# Bash builtins that read a word as a variable name or an arithmetic expression.
+_NAME_BUILTINS = frozenset(
+    {"declare", "typeset", "local", "readonly", "let", "read", "mapfile", "readarray", "unset"}
+)
+# Programs that run whatever comes on their input as code, whatever their arguments.
+_INPUT_RUNNERS = frozenset({"at", "batch", "parallel"})
+_ASSIGNMENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\[[^\]]*\])?\+?=")
+_FD_RE = re.compile(r"[0-9]+|\{[A-Za-z_][A-Za-z0-9_]*\}")  # 2>, {fd}>: not a word
+
+
+@dataclass
+class _Word:
+    """One word of a simple command as the scan read it."""
+
+    start: int
+    end: int = 0
+    plain: str | None = ""  # its text without quotes; None once it holds a template or $
+    templates: list[tuple[int, str]] = field(default_factory=list)
+    # Templates inside a $( ) or <( ) in the word: the word's value is their output.
+    nested: list[tuple[int, str]] = field(default_factory=list)
+
+    def every_template(self) -> list[tuple[int, str]]:
+        return self.templates + self.nested
+
+
+@dataclass
+class _Simple:
+    """One simple command: its words, its here-strings (its input) and the templates that
+    only reach it as data otherwise (redirection targets, a subshell's)."""
+
+    words: list[_Word] = field(default_factory=list)
+    here: list[_Word] = field(default_factory=list)
+    other: list[tuple[int, str]] = field(default_factory=list)
+
+    def every_template(self) -> list[tuple[int, str]]:
+        found = list(self.other)
+        for word in self.words + self.here:
+            found += word.every_template()
+        return found
+
+
+class _ShellScan:
+    """Reads a command as a POSIX shell (and bash) would, far enough to know each template's
+    context and the simple command it is a word of. Conservative: what it cannot tell
+    apart, it treats as the riskier of the two."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.found: dict[int, str] = {}  # a template's offset: why it is refused
+        self.pipelines: list[list[_Simple]] = []  # every pipeline, nested ones too
+        self.substituted: list[tuple[int, str]] = []  # templates inside a $( )
+        self.in_test = False  # between [[ and ]]
+
+    def refuse(self, pos: int, template: str, why: str) -> None:
+        self.found.setdefault(pos, f"{template} {why}")
+
+    def refuse_in(self, start: int, end: int, context: str) -> list[tuple[int, str]]:
+        """Every template between start and end, refused for ``context``."""
+        inside = [(m.start(), m[0]) for m in _TEMPLATE_RE.finditer(self.text, start, end)]
+        for pos, template in inside:
+            self.refuse(pos, template, _QUOTED_CONTEXT[context])
+        return inside
+
+    # -- reading
+
+    def scan(self, closer: str | None, start: int = 0) -> tuple[list[tuple[int, str]], int]:
+        """Commands from ``start`` to ``closer`` (a ``)``) or the end: every template in
+        them, and where the scan stopped."""
+        text, n = self.text, len(self.text)
+        inside: list[tuple[int, str]] = []
+        pipeline: list[_Simple] = []
+        simple = _Simple()
+        word: _Word | None = None
+        target = ""  # "here" or "file" while reading a redirection's word
+        i = start
+
+        def end_word() -> None:
+            nonlocal word, target
+            if word is None:
+                return  # a redirection's word may follow
+            word.end = i
+            if target == "here":
+                simple.here.append(word)
+            elif target == "file":
+                simple.other += word.every_template()
+            else:
+                if word.plain == "[[" and all(w.plain in _RESERVED for w in simple.words):
+                    self.in_test = True
+                elif word.plain == "]]":
+                    self.in_test = False
+                simple.words.append(word)
+            word, target = None, ""
+
+        def end_simple() -> None:
+            nonlocal simple
+            end_word()
+            if simple.words or simple.here or simple.other:
+                pipeline.append(simple)
+            simple = _Simple()
+
+        def end_pipeline() -> None:
+            nonlocal pipeline
+            end_simple()
+            if pipeline:
+                self.pipelines.append(pipeline)
+            pipeline = []
+
+        def this_word() -> _Word:
+            nonlocal word
+            if word is None:
+                word = _Word(i)
+            return word
+
+        while i < n:
+            char = text[i]
+            template = _TEMPLATE_RE.match(text, i)
+            if template is not None:
+                if i and text[i - 1] in "\\$" and _unescaped(text, i - 1):
+                    after = "a backslash" if text[i - 1] == "\\" else "a $"
+                    self.refuse(
+                        i,
+                        template[0],
+                        f"comes right after {after} (expected it as a word of its own)",
+                    )
+                if self.in_test:
+                    self.refuse(i, template[0], _QUOTED_CONTEXT["[["])
+                current = this_word()
+                current.templates.append((i, template[0]))
+                current.plain = None
+                inside.append((i, template[0]))
+                i = template.end()
+                continue
+            if closer is not None and char == closer:
+                i += 1
+                break
+            if char in " \t":
+                end_word()
+                i += 1
+            elif char == "\\":
+                if text.startswith("\n", i + 1):
+                    i += 2  # a line continuation
+                    continue
+                current = this_word()
+                if _TEMPLATE_RE.match(text, i + 1):
+                    i += 1  # reported as "after a backslash" with the template
+                    continue
+                if current.plain is not None:
+                    current.plain += text[i + 1 : i + 2]
+                i += 2
+            elif char == "#" and word is None:
+                end = text.find("\n", i)
+                end = n if end < 0 else end
+                inside += self.refuse_in(i, end, "#")
+                i = end
+            elif char == "'":
+                end = text.find("'", i + 1)
+                end = n if end < 0 else end
+                current = this_word()
+                found = self.refuse_in(i + 1, end, "'")
+                inside += found
+                current.plain = (
+                    None if found or current.plain is None else (current.plain + text[i + 1 : end])
+                )
+                i = end + 1
+            elif text.startswith("$'", i) or char in '"`':
+                kind = "$'" if char == "$" else char
+                begin = i + len(kind)
+                end = self.quoted_end(begin, kind[-1])
+                found = self.refuse_in(begin, end, kind)
+                inside += found
+                current = this_word()
+                body = text[begin:end]
+                plain = kind == '"' and not found and not any(c in body for c in "\\$`")
+                current.plain = (
+                    current.plain + body if plain and current.plain is not None else None
+                )
+                i = end + 1
+            elif (
+                text.startswith("$((", i)
+                or text.startswith("$[", i)
+                or (word is None and text.startswith("((", i))
+            ):
+                begin = i + (2 if text.startswith("$[", i) else 3 if char == "$" else 2)
+                end = self.closing(begin, "[" if text.startswith("$[", i) else "((")
+                inside += self.refuse_in(begin, end, "((")
+                this_word().plain = None
+                i = end
+            elif text.startswith("${", i) and not _TEMPLATE_RE.match(text, i + 1):
+                end = self.closing(i + 2, "{")
+                inside += self.refuse_in(i + 2, end, "${")
+                this_word().plain = None
+                i = end
+            elif text.startswith(("$(", "<(", ">("), i):
+                current = this_word()
+                substitution = char == "$"
+                nested, i = self.scan(")", i + 2)
+                if substitution:
+                    self.substituted += nested
+                current.nested += nested
+                current.plain = None
+                inside += nested
+            elif char == "$":
+                this_word().plain = None
+                i += 1
+            elif char == "(":
+                if word is not None and text[i - 1] == "=":  # a=( ... ): an array's items
+                    current = word
+                    nested, end = self.scan(")", i + 1)
+                    for pos, found_template in nested:
+                        if text.rfind("[", i, pos) > text.rfind("]", i, pos):
+                            self.refuse(pos, found_template, _QUOTED_CONTEXT["[]="])
+                        self.refuse(pos, found_template, _QUOTED_CONTEXT["=("])
+                    current.nested += nested
+                    inside += nested
+                    i = end
+                    continue
+                end_word()
+                nested, i = self.scan(")", i + 1)  # a subshell: its own commands
+                simple.other += nested
+                inside += nested
+            elif char == ")":
+                end_simple()  # a case pattern's ) outside any subshell
+                i += 1
+            elif char in "\n;":
+                end_pipeline()
+                i += 1
+            elif char == "&":
+                if text.startswith("&>", i):
+                    end_word()
+                    target = "file"
+                    i += 3 if text.startswith("&>>", i) else 2
+                else:
+                    end_pipeline()
+                    i += 2 if text.startswith("&&", i) else 1
+            elif char == "|":
+                if text.startswith("||", i):
+                    end_pipeline()
+                    i += 2
+                else:
+                    end_simple()
+                    i += 2 if text.startswith("|&", i) else 1
+            elif char in "<>":
+                if text.startswith("<<<", i):
+                    if word is not None and word.plain is not None and _FD_RE.fullmatch(word.plain):
+                        word = None  # 0<<<: the descriptor, not a word
+                    end_word()
+                    target = "here"
+                    i += 3
+                elif text.startswith("<<", i):
+                    # A here-document: what follows is read as its text, quotes and all.
+                    inside += self.refuse_in(i, n, "<<")
+                    i = n
+                else:
+                    if word is not None and word.plain is not None and _FD_RE.fullmatch(word.plain):
+                        word = None  # 2>: the descriptor, not a word
+                    end_word()
+                    target = "file"
+                    i += 2 if text[i + 1 : i + 2] in ("<", ">", "&", "|") else 1
+            else:
+                current = this_word()
+                if current.plain is not None:
+                    current.plain += char
+                i += 1
+        end_pipeline()
+        return inside, i
+
+    def quoted_end(self, begin: int, quote: str) -> int:
+        """Where the quote opened before ``begin`` closes (a backslash escapes the next
+        character, but not a template: that is reported inside the quotes)."""
+        i = begin
+        while i < len(self.text):
+            if self.text[i] == "\\" and not _TEMPLATE_RE.match(self.text, i + 1):
+                i += 2
+            elif self.text[i] == quote:
+                return i
+            else:
+                i += 1
+        return len(self.text)
+
+    def closing(self, begin: int, opening: str) -> int:
+        """The end (past the closing mark) of ``$((``, ``((``, ``$[`` or ``${`` opened
+        before ``begin``: nested brackets counted, templates stepped over."""
+        close = {"((": "))", "[": "]", "{": "}"}[opening]
+        inner = {"((": "()", "[": "[]", "{": "{}"}[opening]
+        depth, i = 0, begin
+        while i < len(self.text):
+            template = _TEMPLATE_RE.match(self.text, i)
+            if template is not None:
+                i = template.end()
+                continue
+            if depth == 0 and self.text.startswith(close, i):
+                return i + len(close)
+            if self.text[i] == inner[0]:
+                depth += 1
+            elif self.text[i] == inner[1]:
+                depth -= 1
+            i += 2 if self.text[i] == "\\" else 1
+        return len(self.text)
+
+    # -- judging
+
+    def judge(self, pipeline: list[_Simple]) -> None:
+        """The rules of each command, and of a pipe into one that runs its input."""
+        for k, simple in enumerate(pipeline):
+            runner = self.command(simple)
+            if runner is None:
+                continue
+            for earlier in pipeline[:k]:
+                for pos, template in earlier.every_template():
+                    why = f"is piped into {runner}, which can run what it reads as code"
+                    self.refuse(pos, template, why)
+            for word in simple.here:
+                for pos, template in word.every_template():
+                    why = f"is the input of {runner}, which can run it as code"
+                    self.refuse(pos, template, why)
+
+    def code(self, word: _Word, why: str) -> None:
+        for pos, template in word.every_template():
+            self.refuse(pos, template, why.replace("TEMPLATE", template))
+
+    def command(self, simple: _Simple) -> str | None:
+        """Refuses the words of ``simple`` that its program parses again as code; the
+        program's name when it runs what comes on its input as code."""
+        words = simple.words
+        self.anywhere(words)
+        for word in words:  # any word: `time a[X]=1` assigns too
+            assignment = _ASSIGNMENT_RE.match(self.raw(word))
+            if assignment and "[" in assignment[0]:
+                for pos, template in word.templates:
+                    if pos < word.start + assignment.end():
+                        self.refuse(pos, template, _QUOTED_CONTEXT["[]="])
+        at = 0
+        while at < len(words) and (
+            words[at].plain in _RESERVED or _ASSIGNMENT_RE.match(self.raw(words[at]))
+        ):
+            at += 1
+        if at < len(words) and words[at].plain in _NOT_COMMANDS:
+            return None
+        found, through_xargs = self.program(words, at)
+        if found is None:
+            return None
+        at = found
+        name = self.name(words[at])
+        if name is None:
+            return None
+        args = words[at + 1 :]
+        plains = [w.plain for w in args]
+        if name in _SHELLS:
+            return self.shell(name, args, through_xargs)
+        if name in ("eval", "trap"):
+            for word in args:
+                self.code(
+                    word,
+                    f"is an argument of {name}, which parses it again as shell code "
+                    "(expected the command itself)",
+                )
+        elif name in ("ssh", "scp"):
+            for word in args:
+                self.code(
+                    word,
+                    f"is an argument of {name}: the remote shell parses the command "
+                    "and paths again, and a value can be an option such as "
+                    "-oProxyCommand (expected a command run on the node itself)",
+                )
+            if name == "ssh" and self.ssh_reads_input(args):
+                return "ssh"
+        elif name == "watch":
+            if not {"-x", "--exec"} & set(plains):
+                for word in args:
+                    self.code(
+                        word,
+                        "is an argument of watch, which runs its command through "
+                        "sh -c (expected watch -x COMMAND ...)",
+                    )
+        elif name in ("sed", "gsed"):
+            for word in self.scripts(args, ("-e", "--expression"), ("-f", "--file"), "fl"):
+                self.code(
+                    word,
+                    "is in sed's script, where a value can add commands (sed's e "
+                    "command runs them; expected it as a file or data)",
+                )
+        elif name in ("awk", "gawk", "mawk", "nawk"):
+            for word in self.scripts(args, ("-e", "--source"), ("-f", "--file", "-E"), "fFvil"):
+                self.code(
+                    word,
+                    f"is in {name}'s program, where a value can add code (system() "
+                    "runs commands; expected it as data: -v name=TEMPLATE)",
+                )
+        elif name in ("source", "."):
+            for word in args[:1]:
+                self.code(word, f"is in the script {name} runs, as shell code")
+        elif name in _NAME_BUILTINS:
+            for word in args:
+                self.code(
+                    word,
+                    f"is an argument of {name}, which bash reads as a name or "
+                    "arithmetic (an array subscript there runs commands)",
+                )
+        elif name in ("printf", "test", "["):
+            names = ("-v",) if name == "printf" else ("-v", "-R")
+            for word in self.after_flags(args, names):
+                self.code(
+                    word,
+                    f"names a variable for {name} -v (an array subscript there runs commands)",
+                )
+        elif name in _INPUT_RUNNERS:
+            if name == "parallel":
+                for word in args:
+                    self.code(
+                        word, "is an argument of parallel, which runs its command through a shell"
+                    )
+            return name
+        if through_xargs and (name in ("eval", "sed", "awk") or self.interpreter(name)):
+            return f"xargs {name}"
+        flags = self.code_flags(name)
+        if flags:
+            for word in self.after_flags(args, flags):
+                self.code(word, self.code_why(name))
+            if self.interpreter(name):
+                return name  # python3 alone, or a program that reads more code on its input
+        return None
+
+    def anywhere(self, words: list[_Word]) -> None:
+        """``sh -c WORD`` or ``python3 -c WORD`` further into a command (docker exec, kubectl
+        exec --, find -exec): WORD is code whatever runs the shell."""
+        names = [self.name(word) for word in words]
+        for j, name in enumerate(names):
+            if name in _SHELLS:
+                command = self.command_string(words[j + 1 :])
+                if command is not None:
+                    self.code(command, self.shell_c(name))
+        # After the shells, so that runuser -u x -- sh -c WORD is said as sh -c's.
+        for j, name in enumerate(names):
+            if name is not None:
+                for later in self.after_flags(words[j + 1 :], self.code_flags(name)):
+                    self.code(later, self.code_why(name))
+
+    def shell(self, name: str, args: list[_Word], through_xargs: bool) -> str | None:
+        """A shell: its command string (-c) is code, and a template before it could be an
+        option such as -c. Whatever it runs may read its input as code (sh alone, sh -s,
+        sh -c sh, a script that runs one): it is always a runner of what is piped into it."""
+        options, j = "", 0
+        while j < len(args):
+            plain = args[j].plain
+            if plain is None or plain[:1] not in ("-", "+") or plain in ("-", "+"):
+                break
+            j += 1
+            if plain == "--":
+                break
+            if plain in ("-o", "+o", "-O", "+O", "--rcfile", "--init-file"):
+                j += 1
+            elif not plain.startswith("--"):
+                options += plain[1:]
+        runner = f"xargs {name}" if through_xargs else name
+        if j >= len(args):
+            return runner
+        operand = args[j]
+        if "c" in options:
+            self.code(operand, self.shell_c(name))
+        elif "s" in options:
+            return runner  # sh -s ARGS: the arguments are data, the input is code
+        else:
+            self.code(
+                operand,
+                f"names the script {name} runs, and a value there can be an "
+                f"option such as -c (expected {name} -c '...\"$1\"' {name} TEMPLATE)",
+            )
+        return runner
+
+    @staticmethod
+    def code_why(name: str) -> str:
+        if name in _INTERPRETER_NAMES:
+            return (
+                f"is program text for {name}, which runs it as code (expected it as an "
+                "argument after the program text)"
+            )
+        return (
+            f"is the command of {name} -c, which a shell parses again as code (expected "
+            "the command run without it, e.g. sudo -u USER COMMAND ...)"
+        )
+
+    @staticmethod
+    def shell_c(name: str) -> str:
+        return (
+            f"is the command string of {name} -c, which parses it again as shell code "
+            f"(expected it as an argument after the command string: "
+            f"{name} -c '...\"$1\"' {name} TEMPLATE)"
+        )
+
+    def command_string(self, args: list[_Word]) -> _Word | None:
+        """After a shell's name: the word its -c runs, if it has one."""
+        has_c = False
+        j = 0
+        while j < len(args):
+            plain = args[j].plain
+            if plain is None or plain[:1] not in ("-", "+") or plain in ("-", "+"):
+                return args[j] if has_c else None
+            j += 1
+            if plain == "--":
+                return args[j] if has_c and j < len(args) else None
+            if plain in ("-o", "+o", "-O", "+O", "--rcfile", "--init-file"):
+                j += 1
+            elif not plain.startswith("--") and "c" in plain:
+                has_c = True
+        return None
+
+    def program(self, words: list[_Word], at: int) -> tuple[int | None, bool]:
+        """The word that names the program run, past sudo, env, timeout 5, xargs, ... and
+        whether it is run by xargs (fed with what xargs reads)."""
+        through_xargs = False
+        while at < len(words):
+            name = self.name(words[at])
+            if name not in _WRAPPERS:
+                return at, through_xargs
+            if name in _CODE_FLAGS and any(
+                w.plain in _CODE_FLAGS[name] or self.raw(w).startswith(_CODE_FLAGS[name])
+                for w in words[at + 1 :]
+            ):
+                return at, through_xargs  # flock FILE -c CMD: a runner of code itself
+            through_xargs = through_xargs or name == "xargs"
+            takes, positional = _WRAPPERS[name]
+            at += 1
+            while at < len(words):
+                plain = words[at].plain
+                if plain is None:
+                    break
+                if plain == "--":
+                    at += 1
+                    break
+                if name == "env" and _ASSIGNMENT_RE.match(plain):
+                    at += 1
+                elif plain.startswith("-") and len(plain) > 1:
+                    at += 1
+                    short = len(plain) == 2 and plain[1] in takes
+                    if short or plain in _LONG_WITH_VALUE:
+                        at += 1
+                else:
+                    break
+            at += positional
+        return None, through_xargs
+
+    def name(self, word: _Word) -> str | None:
+        """The program a word names (/usr/bin/sh is sh), None when it is not plain text."""
+        if word.plain is None:
+            return "sh" if self.raw(word) in _SHELL_VARIABLES else None
+        base = posixpath.basename(word.plain)
+        versioned = _VERSIONED_RE.fullmatch(base)  # python3.11, lua5.4
+        return versioned[1] if versioned else base
+
+    def raw(self, word: _Word) -> str:
+        return self.text[word.start : word.end]
+
+    @staticmethod
+    def interpreter(name: str) -> bool:
+        return name in _INTERPRETER_NAMES
+
+    @staticmethod
+    def code_flags(name: str) -> tuple[str, ...]:
+        return _CODE_FLAGS.get(name, ())
+
+    def after_flags(self, args: list[_Word], flags: tuple[str, ...]) -> list[_Word]:
+        """The words given as the value of one of ``flags``: the next word (``-c WORD``), or
+        the word itself when glued (``-cWORD``, ``--command=WORD``)."""
+        found = []
+        for j, word in enumerate(args):
+            raw = self.raw(word)
+            if word.plain in flags or self.short_cluster(word.plain, flags):
+                if j + 1 < len(args):
+                    found.append(args[j + 1])
+            elif word.plain is None and any(
+                raw.startswith(f + "=") or (not f.startswith("--") and raw.startswith(f))
+                for f in flags
+            ):
+                found.append(word)
+        return found
+
+    @staticmethod
+    def short_cluster(plain: str | None, flags: tuple[str, ...]) -> bool:
+        """``-Ic``: python's -c after other single-letter options."""
+        if plain is None or plain.startswith("--") or not plain.startswith("-"):
+            return False
+        return any(len(f) == 2 and plain.endswith(f[1]) and plain[1:].isalpha() for f in flags)
+
+    def scripts(
+        self,
+        args: list[_Word],
+        script_flags: tuple[str, ...],
+        file_flags: tuple[str, ...],
+        takes: str,
+    ) -> list[_Word]:
+        """The words sed or awk runs as its program: those after -e, else the first operand
+        (unless -f names a file)."""
+        given = self.after_flags(args, script_flags)
+        if given or any(w.plain in file_flags for w in args):
+            return given
+        j = 0
+        while j < len(args):
+            plain = args[j].plain
+            if plain is None or not plain.startswith("-") or plain == "-":
+                return [args[j]]
+            j += 1
+            if plain == "--":
+                return args[j : j + 1]
+            if len(plain) == 2 and plain[1] in takes:
+                j += 1
+        return []
+
+    def ssh_reads_input(self, args: list[_Word]) -> bool:
+        """ssh with a host and no command: the remote shell runs what ssh reads."""
+        operands, j = 0, 0
+        while j < len(args):
+            plain = args[j].plain
+            j += 1
+            if plain is not None and plain.startswith("-") and len(plain) > 1:
+                if len(plain) == 2 and plain[1] in "BbcDEeFIiJLlmOoPpQRSWw":
+                    j += 1
+            else:
+                operands += 1
+        return operands <= 1
+
+
+_INTERPRETER_NAMES = frozenset({"python", "perl", "ruby", "node", "nodejs", "php", "lua", "julia"})
+_VERSIONED_RE = re.compile(r"(python|perl|ruby|php|lua)[0-9.]*")
 
 
 def _unescaped(command: str, i: int) -> bool:
