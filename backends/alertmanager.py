@@ -21,12 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import httpx
 
 from backends.engines import describe_http_error
 from backends.providers import parse_retry_after
+from backends.urls import display_url
 
 MAX_REPLY_BYTES = 64 * 2**20  # a reply past this is a misdirected URL, not a list of alerts
 SILENCE_STATES = ("active", "pending", "expired")
@@ -145,11 +146,7 @@ class AlertmanagerClient:
     @property
     def name(self) -> str:
         """The URL as messages show it: never with a user or password in it."""
-        parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        host = f"[{host}]" if ":" in host else host
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        return display_url(self.url)
 
     def endpoint(self, path: str) -> str:
         """The full URL of an API path such as ``/api/v2/silences``."""

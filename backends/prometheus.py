@@ -28,7 +28,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -49,6 +48,7 @@ from backends.engines import (
 )
 from backends.gpu import clock_event_words
 from backends.providers import parse_retry_after
+from backends.urls import display_url
 from console.models import GpuReading, GpuSnapshot
 
 PROMETHEUS = "prometheus"  # the GpuSnapshot method and the sources view's Via
@@ -132,11 +132,7 @@ class Server:
     @property
     def name(self) -> str:
         """The URL as messages show it: never with a user or password in it."""
-        parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        host = f"[{host}]" if ":" in host else host
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        return display_url(self.url)
 
 
 @dataclass(frozen=True)

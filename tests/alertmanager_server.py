@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
+from tests.ready_server import serving
 from tests.sshd import free_port
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
@@ -43,33 +41,12 @@ def running_alertmanager(workdir: Path) -> Iterator[str]:
     config_file = workdir / "alertmanager.yml"
     config_file.write_text(yaml.safe_dump(CONFIG))
     port = free_port()
-    log_path = workdir / "alertmanager.log"
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [
-            ALERTMANAGER,
-            f"--config.file={config_file}",
-            f"--storage.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"alertmanager did not become ready: {log_path.read_text()}")
-            time.sleep(0.05)
+    argv = [
+        ALERTMANAGER,
+        f"--config.file={config_file}",
+        f"--storage.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    with serving("alertmanager", argv, port, workdir / "alertmanager.log") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
+from tests.ready_server import serving
 from tests.sshd import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -36,32 +34,11 @@ def running_prometheus(config: dict, workdir: Path) -> Iterator[str]:
     config_file = workdir / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config))
     port = free_port()
-    log_path = workdir / "prometheus.log"
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config_file}",
-            f"--storage.tsdb.path={workdir / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus did not become ready: {log_path.read_text()}")
-            time.sleep(0.2)
+    argv = [
+        PROMETHEUS,
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={workdir / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with serving("prometheus", argv, port, workdir / "prometheus.log") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
