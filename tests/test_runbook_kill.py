@@ -110,11 +110,13 @@ def llmops(*args: str, config: Path, timeout_s: float = 120) -> subprocess.Compl
 
 def run_until_killed(config: Path, marker: str, runbook: str = "kill-drill") -> str:
     """Start a run, SIGKILL it as soon as ``marker`` is printed; what it printed."""
+    return killed_at(config, marker, "runbook", "run", runbook, "--yes")
+
+
+def killed_at(config: Path, marker: str, *args: str, nth: int = 1) -> str:
+    """Run ``llmops ARGS``, SIGKILL it when ``marker`` is printed the ``nth`` time."""
     process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "console.cli", "--config", str(config)),
-            *("runbook", "run", runbook, "--yes"),
-        ],
+        [sys.executable, "-m", "console.cli", "--config", str(config), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -131,10 +133,10 @@ def run_until_killed(config: Path, marker: str, runbook: str = "kill-drill") -> 
         if not line:
             break
         seen.append(line)
-        if marker in line:
+        if marker in line and (nth := nth - 1) == 0:
             os.kill(process.pid, signal.SIGKILL)
             break
-    process.wait(timeout=10)
+    process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "".join(seen)
     return "".join(seen)
 

@@ -10,12 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import selectors
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +21,14 @@ from console.actions import Registry
 from console.config import EngineConfig
 from console.demo import DemoFleet
 from tests.loopback_http import LoopbackServer
-from tests.test_runbook_kill import llmops, only_run, run_state, run_until_killed, serving
+from tests.test_runbook_kill import (
+    killed_at,
+    llmops,
+    only_run,
+    run_state,
+    run_until_killed,
+    serving,
+)
 
 # The change, then a wait that holds for a while: the kill lands in the wait, after the fix.
 PRECHECK_DRILL = """
@@ -133,32 +134,6 @@ def config_with(fleet: DemoFleet, tmp_path: Path, *runbooks: str) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def killed_at(config: Path, marker: str, *args: str, nth: int = 1) -> str:
-    """Run ``llmops ARGS``, SIGKILL it when ``marker`` is printed the ``nth`` time."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "console.cli", "--config", str(config), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    seen = []
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and selector.select(timeout=1) is not None:
-        line = process.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if marker in line and (nth := nth - 1) == 0:
-            os.kill(process.pid, signal.SIGKILL)
-            break
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, "".join(seen)
-    return "".join(seen)
 
 
 def not_serving_on_calls(monkeypatch: pytest.MonkeyPatch, *calls: int) -> None:
