@@ -1611,7 +1611,11 @@ class _ShellScan:
             elif target == "file":
                 simple.other += word.every_template()
             else:
-                if word.plain == "[[" and all(w.plain in _RESERVED for w in simple.words):
+                # bash's `time` (and its -p) is a reserved word too: `time [[ ... ]]` tests.
+                before = (w.plain for w in simple.words)
+                if word.plain == "[[" and all(
+                    w in _RESERVED or w in ("time", "-p") for w in before
+                ):
                     self.in_test = True
                 elif word.plain == "]]":
                     self.in_test = False

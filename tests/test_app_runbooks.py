@@ -796,6 +796,8 @@ async def confirm(pilot, app: LlmopsApp) -> str:
     """Confirm in the dialog (it opens with Cancel focused); returns its question."""
     await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog), 60)
     dialog = app.screen
+    # The screen is pushed before its widgets are mounted: wait for the question itself.
+    await wait_for(pilot, lambda: bool(dialog.query("#question")))
     question = str(dialog.query_one("#question").render())
     await wait_for(pilot, lambda: isinstance(app.focused, Button))  # set once it is mounted
     assert isinstance(app.focused, Button) and app.focused.id == "cancel"
